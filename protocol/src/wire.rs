@@ -1,0 +1,194 @@
+//! The wire types: what travels on a Pod's socket, one JSON object per line.
+
+use serde::{Deserialize, Serialize};
+
+/// One request on a Pod's control socket.
+///
+/// Adjacently tagged: `{"method":"<name>","params":{...}}`, names in
+/// snake_case. Only `pod_event` and `notify` are understood by the event
+/// layer; the other variants exist so that every line an existing Pod sends
+/// decodes, and a receiver that does not handle one can reject it by name
+/// instead of failing to parse it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", content = "params", rename_all = "snake_case")]
+pub enum Method {
+    /// A lifecycle event from a child Pod.
+    PodEvent(PodEvent),
+    /// A free-form message for the Pod's operator.
+    Notify {
+        /// The message text, untrusted.
+        message: String,
+    },
+    /// Ask the Pod to shut down.
+    Shutdown,
+    /// Ask the Pod to start a turn; the parameters are passed through opaque.
+    Run(Option<serde_json::Value>),
+    /// Ask the Pod to resume; the parameters are passed through opaque.
+    Resume(Option<serde_json::Value>),
+    /// Ask the Pod to cancel its current turn.
+    Cancel,
+    /// Ask the Pod to pause.
+    Pause,
+    /// Ask the Pod for its history; the parameters are passed through opaque.
+    GetHistory(Option<serde_json::Value>),
+}
+
+impl Method {
+    /// The wire name of this method (`"pod_event"`, `"notify"`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::PodEvent(_) => "pod_event",
+            Method::Notify { .. } => "notify",
+            Method::Shutdown => "shutdown",
+            Method::Run(_) => "run",
+            Method::Resume(_) => "resume",
+            Method::Cancel => "cancel",
+            Method::Pause => "pause",
+            Method::GetHistory(_) => "get_history",
+        }
+    }
+}
+
+impl From<PodEvent> for Method {
+    fn from(event: PodEvent) -> Self {
+        Method::PodEvent(event)
+    }
+}
+
+/// A lifecycle event a child Pod reports to its parent.
+///
+/// Internally tagged by `kind` (snake_case). Field values are exactly what
+/// the sender wrote: decoding checks the shape, [`PodEvent::validate`]
+/// checks the content (names and paths).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PodEvent {
+    /// The pod finished one turn and is idle.
+    TurnEnded {
+        /// The pod the event is about.
+        pod_name: String,
+        /// Incarnation of that pod, when the sender knows it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        incarnation: Option<String>,
+    },
+    /// The pod's worker hit a runtime error.
+    Errored {
+        /// The pod the event is about.
+        pod_name: String,
+        /// The error text, untrusted.
+        message: String,
+        /// Incarnation of that pod, when the sender knows it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        incarnation: Option<String>,
+    },
+    /// The pod's controller loop is exiting.
+    ShutDown {
+        /// The pod the event is about.
+        pod_name: String,
+        /// Incarnation of that pod, when the sender knows it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        incarnation: Option<String>,
+    },
+    /// `parent_pod` spawned `sub_pod` and delegated `scope` to it.
+    ScopeSubDelegated {
+        /// The pod that spawned `sub_pod` (rewritten to itself by each relay).
+        parent_pod: String,
+        /// The newly spawned pod.
+        sub_pod: String,
+        /// The control socket of `sub_pod`.
+        sub_socket: String,
+        /// The rules delegated to `sub_pod`.
+        scope: Vec<ScopeRule>,
+        /// Incarnation of `sub_pod`, when the sender knows it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sub_incarnation: Option<String>,
+        /// The socket `sub_pod` reports to, set by the original sender and
+        /// preserved by every relay.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        spawner_socket: Option<String>,
+    },
+}
+
+impl PodEvent {
+    /// The wire name of this event's kind (`"turn_ended"`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PodEvent::TurnEnded { .. } => "turn_ended",
+            PodEvent::Errored { .. } => "errored",
+            PodEvent::ShutDown { .. } => "shut_down",
+            PodEvent::ScopeSubDelegated { .. } => "scope_sub_delegated",
+        }
+    }
+
+    /// The pod this event is about: `pod_name`, or `sub_pod` for a
+    /// sub-delegation. Receivers order events by this name.
+    pub fn subject(&self) -> &str {
+        match self {
+            PodEvent::TurnEnded { pod_name, .. }
+            | PodEvent::Errored { pod_name, .. }
+            | PodEvent::ShutDown { pod_name, .. } => pod_name,
+            PodEvent::ScopeSubDelegated { sub_pod, .. } => sub_pod,
+        }
+    }
+
+    /// The incarnation of [`subject`](Self::subject), when the sender gave one.
+    pub fn subject_incarnation(&self) -> Option<&str> {
+        match self {
+            PodEvent::TurnEnded { incarnation, .. }
+            | PodEvent::Errored { incarnation, .. }
+            | PodEvent::ShutDown { incarnation, .. } => incarnation.as_deref(),
+            PodEvent::ScopeSubDelegated {
+                sub_incarnation, ..
+            } => sub_incarnation.as_deref(),
+        }
+    }
+}
+
+/// Read or write access; `Read < Write`, and write implies read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Permission {
+    /// May read under the target.
+    Read,
+    /// May read and write under the target.
+    Write,
+}
+
+/// One rule of a scope: a permission over a path.
+///
+/// A recursive rule covers `target` and everything below it; a
+/// non-recursive rule covers `target` and its direct children.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ScopeRule {
+    /// Absolute, lexically normal path (see [`crate::validate_path`]).
+    pub target: String,
+    /// What the rule allows.
+    pub permission: Permission,
+    /// Whether the rule reaches below the direct children of `target`.
+    #[serde(default = "default_recursive")]
+    pub recursive: bool,
+}
+
+fn default_recursive() -> bool {
+    true
+}
+
+impl ScopeRule {
+    /// A recursive write rule over `target`.
+    pub fn write(target: impl Into<String>) -> Self {
+        ScopeRule {
+            target: target.into(),
+            permission: Permission::Write,
+            recursive: true,
+        }
+    }
+
+    /// A recursive read rule over `target`.
+    pub fn read(target: impl Into<String>) -> Self {
+        ScopeRule {
+            target: target.into(),
+            permission: Permission::Read,
+            recursive: true,
+        }
+    }
+}
