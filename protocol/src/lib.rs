@@ -40,3 +40,8 @@ pub use validate::{
     validate_path, validate_scope, PodName, ValidationError, MAX_PATH_LEN, MAX_POD_NAME_LEN,
 };
 pub use wire::{Method, Permission, PodEvent, ScopeRule};
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,0 +1,53 @@
+//! `cargo xtask test`: everything CI checks, failing on the first failure.
+
+use anyhow::Result;
+
+use crate::{cargo, root, run_step};
+
+/// Runs every check in order, cheapest first.
+pub(crate) fn run_all() -> Result<()> {
+    run_step("format", cargo().args(["fmt", "--all", "--check"]))?;
+    run_step(
+        "clippy",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run_step(
+        "tests",
+        cargo().args(["test", "--workspace", "--all-features", "--no-fail-fast"]),
+    )?;
+    if root().join("fuzz/Cargo.toml").exists() {
+        run_step(
+            "fuzz corpus replay",
+            cargo().args([
+                "test",
+                "--manifest-path",
+                "fuzz/Cargo.toml",
+                "--no-fail-fast",
+            ]),
+        )?;
+    }
+    run_step(
+        "rustdoc",
+        cargo()
+            .args(["doc", "--workspace", "--no-deps", "--all-features"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+    eprintln!("\nxtask test: all checks passed");
+    Ok(())
+}
+
+/// Entry point; `test` takes no arguments.
+pub(crate) fn run(args: &[String]) -> Result<()> {
+    if let Some(extra) = args.first() {
+        anyhow::bail!("`cargo xtask test` takes no arguments (got {extra:?})");
+    }
+    run_all()
+}
