@@ -1,1 +1,128 @@
-//! placeholder
+//! A parent Pod's durable registry of the Pods it spawned.
+//!
+//! This crate owns the registry: the [`Record`]s of spawned Pods, the
+//! bounded departed set of [`Tombstone`]s that keeps a late event from
+//! resurrecting a Pod that already shut down, and their persistence
+//! ([`FileRegistry`]: `<state dir>/spawned_pods.json` and
+//! `departed_pods.json`, written atomically and durably, with group
+//! commit). The [`Registry`] trait is the seam the layers above are
+//! generic over; [`testing::MemoryRegistry`] implements it without I/O.
+//!
+//! It does not decide *when* to mutate the registry (what an event means is
+//! `pod-events`' job), does not allocate or release scope (`pod-scope-lock`)
+//! and does not talk to Pods (`pod-transport`). It depends only on
+//! `pod-protocol`, for [`PodName`] and [`ScopeRule`].
+//!
+//! # Semantics
+//!
+//! Records are keyed by `(pod_name, incarnation)`. Two incarnations match
+//! when they are equal or either is `None` ([`incarnations_match`]; legacy
+//! Pods send none). [`Mutation::Add`] never overwrites and is refused when a
+//! tombstone matches; [`Mutation::Depart`] removes the matching records and
+//! records the tombstone. So the final records are the adds that no
+//! departure matches, whatever the delivery order: see [`RegistryState`].
+//!
+//! # Durability and failure policy
+//!
+//! A mutation is applied to memory when [`Registry::apply`] is called, and
+//! the returned future resolves once a durable write containing it has
+//! completed. [`FileRegistry`] coalesces all mutations pending since its
+//! last write into one write (group commit) on a dedicated thread.
+//!
+//! When a write fails, memory stays ahead of disk: the mutations stay
+//! applied, the state is marked dirty, every waiter of that write gets the
+//! error, and the next write (of any later mutation, or
+//! [`FileRegistry::flush`]) writes them again. An error therefore means "applied,
+//! not yet known durable", never "not applied". See the README for the file
+//! format and the crash guarantees.
+
+mod error;
+mod record;
+mod state;
+pub mod testing;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use error::RegistryError;
+pub use pod_protocol::{PodName, ScopeRule};
+pub use record::{incarnations_match, Record, Tombstone};
+pub use state::{Mutation, Outcome, RegistryState, DEFAULT_DEPARTED_CAPACITY};
+
+/// A parent's registry of spawned Pods: the seam `pod-events` is generic
+/// over.
+///
+/// Required methods: [`Registry::apply`] and [`Registry::read`]; the others
+/// are provided on top of them.
+pub trait Registry: Send + Sync + 'static {
+    /// Applies `mutation` to memory at once (in call order), and resolves
+    /// once a durable write containing it has completed, or with the error
+    /// of that write (the mutation then stays applied; see the crate
+    /// documentation's failure policy).
+    fn apply(
+        &self,
+        mutation: Mutation,
+    ) -> impl Future<Output = Result<Outcome, RegistryError>> + Send;
+
+    /// Runs `f` on the current in-memory state. Never performs I/O; do not
+    /// call the registry from `f`.
+    fn read<R>(&self, f: impl FnOnce(&RegistryState) -> R) -> R;
+
+    /// Applies [`Mutation::Add`].
+    fn add(&self, record: Record) -> impl Future<Output = Result<Outcome, RegistryError>> + Send {
+        self.apply(Mutation::Add(record))
+    }
+
+    /// Applies [`Mutation::Remove`].
+    fn remove(
+        &self,
+        pod_name: PodName,
+        incarnation: Option<String>,
+    ) -> impl Future<Output = Result<Outcome, RegistryError>> + Send {
+        self.apply(Mutation::Remove {
+            pod_name,
+            incarnation,
+        })
+    }
+
+    /// Applies [`Mutation::Depart`].
+    fn depart(
+        &self,
+        pod_name: PodName,
+        incarnation: Option<String>,
+    ) -> impl Future<Output = Result<Outcome, RegistryError>> + Send {
+        self.apply(Mutation::Depart {
+            pod_name,
+            incarnation,
+        })
+    }
+
+    /// Every record, sorted by `(pod_name, incarnation)`.
+    fn list(&self) -> Vec<Record> {
+        self.read(|state| state.records().cloned().collect())
+    }
+
+    /// The first record named `name` whose incarnation matches.
+    fn get(&self, name: &str, incarnation: Option<&str>) -> Option<Record> {
+        self.read(|state| state.get(name, incarnation).cloned())
+    }
+
+    /// Whether a tombstone of the departed set matches `(name,
+    /// incarnation)`.
+    fn is_departed(&self, name: &str, incarnation: Option<&str>) -> bool {
+        self.read(|state| state.is_departed(name, incarnation))
+    }
+}
+
+impl<T: Registry> Registry for Arc<T> {
+    fn apply(
+        &self,
+        mutation: Mutation,
+    ) -> impl Future<Output = Result<Outcome, RegistryError>> + Send {
+        (**self).apply(mutation)
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&RegistryState) -> R) -> R {
+        (**self).read(f)
+    }
+}

@@ -1,0 +1,374 @@
+//! [`RegistryState`]: the registry's pure in-memory state machine, and the
+//! [`Mutation`]s it applies.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use pod_protocol::PodName;
+
+use crate::record::{incarnations_match, Record, Tombstone};
+
+/// How many departures a registry remembers by default.
+pub const DEFAULT_DEPARTED_CAPACITY: usize = 4096;
+
+/// A change to a registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Mutation {
+    /// Add a record unless a record with the same `(pod_name, incarnation)`
+    /// exists (the existing one is never overwritten) or a tombstone in the
+    /// departed set matches it.
+    Add(Record),
+    /// Remove the records of `pod_name` whose incarnation matches (see
+    /// [`incarnations_match`]); leaves no tombstone. Removing nothing is not
+    /// an error.
+    Remove {
+        /// The name of the records to remove.
+        pod_name: PodName,
+        /// The incarnation to remove; `None` removes every incarnation.
+        incarnation: Option<String>,
+    },
+    /// What a `ShutDown` does: remove the matching records (as
+    /// [`Mutation::Remove`]) and insert the tombstone
+    /// `(pod_name, incarnation)` into the departed set, so a later add of a
+    /// matching record is refused.
+    Depart {
+        /// The departed Pod's name.
+        pod_name: PodName,
+        /// The departed incarnation; `None` (a legacy `ShutDown`) matches
+        /// every incarnation of the name.
+        incarnation: Option<String>,
+    },
+}
+
+impl Mutation {
+    /// The name of the Pod this mutation is about.
+    pub fn pod_name(&self) -> &PodName {
+        match self {
+            Mutation::Add(record) => &record.pod_name,
+            Mutation::Remove { pod_name, .. } | Mutation::Depart { pod_name, .. } => pod_name,
+        }
+    }
+}
+
+/// What applying a [`Mutation`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// [`Mutation::Add`]: the record was added.
+    Added,
+    /// [`Mutation::Add`]: a record with the same `(pod_name, incarnation)`
+    /// already exists; nothing changed.
+    AlreadyPresent,
+    /// [`Mutation::Add`]: a tombstone matches the record (the Pod already
+    /// departed); nothing changed. A refusal, not an error.
+    Departed,
+    /// [`Mutation::Remove`] or [`Mutation::Depart`].
+    Removed {
+        /// The records removed, sorted by incarnation; empty when none
+        /// matched.
+        records: Vec<Record>,
+        /// For [`Mutation::Depart`]: whether the tombstone was new, i.e. the
+        /// first time this registry sees this exact departure (callers relay
+        /// a `ShutDown` upward only then). Always `false` for
+        /// [`Mutation::Remove`].
+        first_departure: bool,
+    },
+}
+
+/// Which parts of the state a mutation changed; decides which files the
+/// file registry rewrites.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Changed {
+    pub(crate) records: bool,
+    pub(crate) departed: bool,
+}
+
+impl Changed {
+    pub(crate) fn any(self) -> bool {
+        self.records || self.departed
+    }
+}
+
+/// The registry's state: the records and a bounded set of departures.
+///
+/// Pure and deterministic, with no I/O: both [`crate::FileRegistry`] and
+/// [`crate::testing::MemoryRegistry`] wrap one.
+///
+/// Records are keyed by `(pod_name, incarnation)`. With the departed set
+/// this makes the registry a two-phase set: after any delivery order of the
+/// same adds and departures, the records are the adds that no departure
+/// matches (as long as no tombstone was evicted from the bounded departed
+/// set in between). Invariant: no record is matched by a tombstone of the
+/// departed set.
+///
+/// The departed set keeps at most `departed_capacity` tombstones; when full,
+/// the oldest is dropped first. Re-inserting a tombstone it already holds
+/// does not refresh its age.
+///
+/// ```
+/// use pod_registry::{Mutation, Outcome, PodName, Record, RegistryState};
+///
+/// let mut state = RegistryState::default();
+/// let record = Record {
+///     pod_name: PodName::new("w1").unwrap(),
+///     socket_path: "/run/pods/w1.sock".into(),
+///     scope_delegated: vec![],
+///     callback_address: String::new(),
+///     incarnation: Some("i1".into()),
+/// };
+/// assert_eq!(state.apply(&Mutation::Add(record.clone())), Outcome::Added);
+/// assert_eq!(state.apply(&Mutation::Add(record.clone())), Outcome::AlreadyPresent);
+/// let departure = Mutation::Depart { pod_name: record.pod_name.clone(), incarnation: None };
+/// assert_eq!(
+///     state.apply(&departure),
+///     Outcome::Removed { records: vec![record.clone()], first_departure: true }
+/// );
+/// // A late add of the departed Pod is refused.
+/// assert_eq!(state.apply(&Mutation::Add(record)), Outcome::Departed);
+/// assert!(state.is_empty());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryState {
+    records: BTreeMap<PodName, BTreeMap<Option<String>, Record>>,
+    len: usize,
+    departed: VecDeque<Tombstone>,
+    /// The departed set by name, for matching without a scan.
+    departed_index: HashMap<PodName, HashSet<Option<String>>>,
+    departed_capacity: usize,
+}
+
+impl Default for RegistryState {
+    /// An empty state remembering [`DEFAULT_DEPARTED_CAPACITY`] departures.
+    fn default() -> Self {
+        RegistryState::new(DEFAULT_DEPARTED_CAPACITY)
+    }
+}
+
+impl RegistryState {
+    /// An empty state remembering at most `departed_capacity` departures
+    /// (0 remembers none: departures still remove records, but a later add
+    /// is not refused).
+    pub fn new(departed_capacity: usize) -> Self {
+        RegistryState {
+            records: BTreeMap::new(),
+            len: 0,
+            departed: VecDeque::new(),
+            departed_index: HashMap::new(),
+            departed_capacity,
+        }
+    }
+
+    /// Applies `mutation` and says what it did.
+    pub fn apply(&mut self, mutation: &Mutation) -> Outcome {
+        self.apply_tracked(mutation).0
+    }
+
+    /// [`RegistryState::apply`], also saying which parts changed.
+    pub(crate) fn apply_tracked(&mut self, mutation: &Mutation) -> (Outcome, Changed) {
+        match mutation {
+            Mutation::Add(record) => {
+                if self.is_departed(record.pod_name.as_str(), record.incarnation.as_deref()) {
+                    return (Outcome::Departed, Changed::default());
+                }
+                if self.insert_record(record.clone()) {
+                    let changed = Changed {
+                        records: true,
+                        departed: false,
+                    };
+                    (Outcome::Added, changed)
+                } else {
+                    (Outcome::AlreadyPresent, Changed::default())
+                }
+            }
+            Mutation::Remove {
+                pod_name,
+                incarnation,
+            } => {
+                let records = self.remove_matching(pod_name.as_str(), incarnation.as_deref());
+                let changed = Changed {
+                    records: !records.is_empty(),
+                    departed: false,
+                };
+                let outcome = Outcome::Removed {
+                    records,
+                    first_departure: false,
+                };
+                (outcome, changed)
+            }
+            Mutation::Depart {
+                pod_name,
+                incarnation,
+            } => {
+                let records = self.remove_matching(pod_name.as_str(), incarnation.as_deref());
+                let (first_departure, departed) = self.insert_tombstone(Tombstone {
+                    pod_name: pod_name.clone(),
+                    incarnation: incarnation.clone(),
+                });
+                let changed = Changed {
+                    records: !records.is_empty(),
+                    departed,
+                };
+                let outcome = Outcome::Removed {
+                    records,
+                    first_departure,
+                };
+                (outcome, changed)
+            }
+        }
+    }
+
+    /// Every record, sorted by `(pod_name, incarnation)` (a record without
+    /// an incarnation first).
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.records.values().flat_map(BTreeMap::values)
+    }
+
+    /// The records named `name` (several when incarnations differ), sorted
+    /// by incarnation.
+    pub fn records_named<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Record> {
+        self.records
+            .get(name)
+            .into_iter()
+            .flat_map(BTreeMap::values)
+    }
+
+    /// The first record named `name` whose incarnation matches
+    /// `incarnation` (see [`incarnations_match`]; `None` matches any).
+    pub fn get(&self, name: &str, incarnation: Option<&str>) -> Option<&Record> {
+        self.records_named(name)
+            .find(|record| incarnations_match(record.incarnation.as_deref(), incarnation))
+    }
+
+    /// The departed set, oldest first.
+    pub fn departed(&self) -> impl Iterator<Item = &Tombstone> {
+        self.departed.iter()
+    }
+
+    /// Whether any tombstone of the departed set matches `(name,
+    /// incarnation)`.
+    pub fn is_departed(&self, name: &str, incarnation: Option<&str>) -> bool {
+        self.departed_index.get(name).is_some_and(|incarnations| {
+            incarnations
+                .iter()
+                .any(|departed| incarnations_match(departed.as_deref(), incarnation))
+        })
+    }
+
+    /// The number of records.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no records.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The number of tombstones in the departed set.
+    pub fn departed_len(&self) -> usize {
+        self.departed.len()
+    }
+
+    /// The most tombstones the departed set keeps.
+    pub fn departed_capacity(&self) -> usize {
+        self.departed_capacity
+    }
+
+    /// Rebuilds a state from loaded files, restoring the invariant.
+    ///
+    /// Tombstones are inserted first, oldest first (duplicates are skipped;
+    /// beyond the capacity the oldest are dropped); then records, the first
+    /// of several with the same `(pod_name, incarnation)` winning and any
+    /// record matched by a tombstone dropped (a crash between writing the
+    /// departed file and the records file leaves such records). The
+    /// returned [`Changed`] says which loaded file differs from the state.
+    pub(crate) fn from_parts(
+        departed_capacity: usize,
+        records: Vec<Record>,
+        departed: Vec<Tombstone>,
+    ) -> (Self, Changed) {
+        let mut state = RegistryState::new(departed_capacity);
+        let mut changed = Changed::default();
+        let departed_loaded = departed.len();
+        for tombstone in departed {
+            state.insert_tombstone(tombstone);
+        }
+        changed.departed = state.departed.len() != departed_loaded;
+        let records_loaded = records.len();
+        for record in records {
+            if !state.is_departed(record.pod_name.as_str(), record.incarnation.as_deref()) {
+                state.insert_record(record);
+            }
+        }
+        changed.records = state.len != records_loaded;
+        (state, changed)
+    }
+
+    /// Inserts `record` unless its `(pod_name, incarnation)` is present;
+    /// returns whether it was inserted.
+    fn insert_record(&mut self, record: Record) -> bool {
+        let by_incarnation = self.records.entry(record.pod_name.clone()).or_default();
+        if by_incarnation.contains_key(&record.incarnation) {
+            return false;
+        }
+        by_incarnation.insert(record.incarnation.clone(), record);
+        self.len += 1;
+        true
+    }
+
+    fn remove_matching(&mut self, name: &str, incarnation: Option<&str>) -> Vec<Record> {
+        let Some(by_incarnation) = self.records.get_mut(name) else {
+            return Vec::new();
+        };
+        let keys: Vec<Option<String>> = by_incarnation
+            .keys()
+            .filter(|key| incarnations_match(key.as_deref(), incarnation))
+            .cloned()
+            .collect();
+        let removed: Vec<Record> = keys
+            .iter()
+            .filter_map(|key| by_incarnation.remove(key))
+            .collect();
+        if by_incarnation.is_empty() {
+            self.records.remove(name);
+        }
+        self.len -= removed.len();
+        removed
+    }
+
+    /// Inserts `tombstone` into the departed set. Returns whether it was new
+    /// and whether the set changed (a new tombstone does not change a set
+    /// of capacity 0).
+    fn insert_tombstone(&mut self, tombstone: Tombstone) -> (bool, bool) {
+        if self
+            .departed_index
+            .get(&tombstone.pod_name)
+            .is_some_and(|incarnations| incarnations.contains(&tombstone.incarnation))
+        {
+            return (false, false);
+        }
+        if self.departed_capacity == 0 {
+            return (true, false);
+        }
+        self.departed_index
+            .entry(tombstone.pod_name.clone())
+            .or_default()
+            .insert(tombstone.incarnation.clone());
+        self.departed.push_back(tombstone);
+        while self.departed.len() > self.departed_capacity {
+            if let Some(oldest) = self.departed.pop_front() {
+                self.forget_tombstone(&oldest);
+            }
+        }
+        (true, true)
+    }
+
+    fn forget_tombstone(&mut self, tombstone: &Tombstone) {
+        if let Some(incarnations) = self.departed_index.get_mut(&tombstone.pod_name) {
+            incarnations.remove(&tombstone.incarnation);
+            if incarnations.is_empty() {
+                self.departed_index.remove(&tombstone.pod_name);
+            }
+        }
+    }
+}

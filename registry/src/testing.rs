@@ -1,0 +1,116 @@
+//! [`MemoryRegistry`]: a [`Registry`] without I/O, for tests of the layers
+//! above, with injectable write failures.
+
+use std::future::{ready, Future};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crate::{Mutation, Outcome, Registry, RegistryError, RegistryState};
+
+/// An in-memory [`Registry`]: every mutation is "durable" at once.
+///
+/// It follows [`crate::FileRegistry`]'s failure policy, with a simulated
+/// write in place of the files: a mutation that changes the state, or any
+/// mutation while the state is dirty, performs one write; a failed write
+/// (see [`MemoryRegistry::fail_next_writes`]) leaves the mutation applied,
+/// marks the state dirty and returns [`RegistryError::Injected`]; the next
+/// write (of any later mutation) clears it. A mutation that changes nothing
+/// while the state is clean performs no write.
+///
+/// Clones share the same registry.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use pod_registry::testing::MemoryRegistry;
+/// use pod_registry::{Outcome, PodName, Registry, RegistryError};
+///
+/// let registry = MemoryRegistry::new();
+/// registry.fail_next_writes(1);
+/// let name = PodName::new("w1").unwrap();
+/// let failed = registry.depart(name.clone(), None).await;
+/// assert!(matches!(failed, Err(RegistryError::Injected)));
+/// // Memory is ahead of the (simulated) disk: the departure is applied.
+/// assert!(registry.is_departed("w1", None));
+/// assert_eq!(registry.writes(), 0);
+/// // The next mutation writes it, even one that changes nothing.
+/// let again = registry.depart(name, None).await.unwrap();
+/// assert_eq!(again, Outcome::Removed { records: vec![], first_departure: false });
+/// assert_eq!(registry.writes(), 1);
+/// # });
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MemoryRegistry {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    state: RegistryState,
+    dirty: bool,
+    fail_next: usize,
+    writes: u64,
+}
+
+impl MemoryRegistry {
+    /// An empty registry remembering
+    /// [`crate::DEFAULT_DEPARTED_CAPACITY`] departures.
+    pub fn new() -> Self {
+        MemoryRegistry::default()
+    }
+
+    /// An empty registry remembering at most `departed_capacity`
+    /// departures.
+    pub fn with_capacity(departed_capacity: usize) -> Self {
+        MemoryRegistry {
+            inner: Arc::new(Mutex::new(Inner {
+                state: RegistryState::new(departed_capacity),
+                ..Inner::default()
+            })),
+        }
+    }
+
+    /// Makes the next `n` simulated writes fail with
+    /// [`RegistryError::Injected`] (replacing any count still pending).
+    pub fn fail_next_writes(&self, n: usize) {
+        self.lock().fail_next = n;
+    }
+
+    /// The number of successful simulated writes so far.
+    pub fn writes(&self) -> u64 {
+        self.lock().writes
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The state is never left half-updated by a panic (applying a
+        // mutation does not panic), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn apply_now(&self, mutation: &Mutation) -> Result<Outcome, RegistryError> {
+        let mut inner = self.lock();
+        let (outcome, changed) = inner.state.apply_tracked(mutation);
+        if !changed.any() && !inner.dirty {
+            return Ok(outcome);
+        }
+        if inner.fail_next > 0 {
+            inner.fail_next -= 1;
+            inner.dirty = true;
+            return Err(RegistryError::Injected);
+        }
+        inner.dirty = false;
+        inner.writes += 1;
+        Ok(outcome)
+    }
+}
+
+impl Registry for MemoryRegistry {
+    fn apply(
+        &self,
+        mutation: Mutation,
+    ) -> impl Future<Output = Result<Outcome, RegistryError>> + Send {
+        ready(self.apply_now(&mutation))
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&RegistryState) -> R) -> R {
+        f(&self.lock().state)
+    }
+}
