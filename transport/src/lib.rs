@@ -1,1 +1,134 @@
-//! placeholder
+//! Unix-socket send and listen of `pod-protocol` frames.
+//!
+//! `pod-transport` moves [`pod_protocol`] frames between processes over Unix
+//! sockets: a sender connects, writes one frame and closes
+//! ([`UnixSender`]); a listener binds a socket path, authenticates each peer
+//! by its uid (`SO_PEERCRED`), reads frames under bounds (frame length,
+//! concurrent connections, idle time) and yields each decoded [`Method`]
+//! with the peer's credentials ([`Listener`]).
+//!
+//! It knows nothing about pods, registries or scopes. The bytes of a frame
+//! (the wire types and the line codec) belong to `pod-protocol`; what a
+//! parent does with a received event (validation of its content, side
+//! effects, rendering, relaying) belongs to `pod-events`, which uses this
+//! crate only through the [`MethodSender`] and [`MethodSource`] seams.
+//!
+//! # Seams
+//!
+//! [`MethodSender`] sends one method to an address and [`MethodSource`] is
+//! a stream of received methods. Each has a real implementation
+//! ([`UnixSender`], [`Listener`]) and an in-memory one in [`testing`]
+//! ([`testing::MemorySender`], [`testing::MemorySource`]) so upper layers
+//! can be tested without sockets. An address is a [`Path`] today; a
+//! networked transport can implement the same traits later.
+//!
+//! # Delivery
+//!
+//! Sending is fire-and-forget: a send either hands the frame to the
+//! receiver's socket or fails with a typed [`SendError`]; it never retries
+//! after a refusal, and it retries a full listen backlog only until
+//! [`SendConfig::backlog_deadline`]. There is no acknowledgement: callers
+//! that need certainty reconcile by other means.
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
+mod listen;
+mod send;
+pub mod testing;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use pod_protocol::Method;
+
+pub use listen::{ListenConfig, ListenError, ListenStats, Listener, ShutdownHandle};
+pub use send::{SendConfig, SendError, UnixSender};
+
+/// Credentials of the peer process, from `SO_PEERCRED` at connect time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerCred {
+    /// Effective user id of the peer.
+    pub uid: u32,
+    /// Effective group id of the peer.
+    pub gid: u32,
+    /// Process id of the peer, when the platform reports it.
+    pub pid: Option<i32>,
+}
+
+impl PeerCred {
+    /// The credentials of the calling process.
+    pub fn current() -> Self {
+        PeerCred {
+            uid: rustix::process::getuid().as_raw(),
+            gid: rustix::process::getgid().as_raw(),
+            pid: i32::try_from(std::process::id()).ok(),
+        }
+    }
+}
+
+/// Why a received frame did not yield a [`Method`].
+///
+/// This is an item of a [`MethodSource`], not the end of it: the source
+/// goes on with the next frame (or, after [`FrameTooLong`], the next
+/// connection).
+///
+/// [`FrameTooLong`]: ReceiveError::FrameTooLong
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReceiveError {
+    /// A complete frame that is not a method this protocol knows; the next
+    /// frame on the same connection is still read.
+    #[error("received a frame that is not a valid method, skipped it: {0}")]
+    Decode(#[from] pod_protocol::DecodeError),
+    /// A frame longer than the listener's maximum; its connection was
+    /// closed. Raise `ListenConfig::max_frame_len` if the peer is legitimate.
+    #[error("received an over-long frame and closed its connection: {0}")]
+    FrameTooLong(#[from] pod_protocol::FrameTooLong),
+}
+
+/// One item received by a [`MethodSource`]: who sent it, and what.
+#[derive(Debug)]
+pub struct Received {
+    /// Credentials of the sending process.
+    pub peer: PeerCred,
+    /// The method, or why the frame did not yield one.
+    pub item: Result<Method, ReceiveError>,
+}
+
+/// Seam: send one [`Method`] to an address.
+///
+/// The required method is [`send`](MethodSender::send). Implementations:
+/// [`UnixSender`] (a Unix socket path) and [`testing::MemorySender`]. A
+/// shared sender is an `Arc<T>`, which implements this trait too.
+pub trait MethodSender: Send + Sync + 'static {
+    /// Sends `method` to the receiver at `to`, once: no retry after the
+    /// receiver refused or is missing.
+    fn send(
+        &self,
+        to: &Path,
+        method: &Method,
+    ) -> impl Future<Output = Result<(), SendError>> + Send;
+}
+
+impl<T: MethodSender> MethodSender for Arc<T> {
+    fn send(
+        &self,
+        to: &Path,
+        method: &Method,
+    ) -> impl Future<Output = Result<(), SendError>> + Send {
+        (**self).send(to, method)
+    }
+}
+
+/// Seam: a stream of received methods.
+///
+/// The required method is [`recv`](MethodSource::recv). Implementations:
+/// [`Listener`] (a Unix socket) and [`testing::MemorySource`].
+pub trait MethodSource: Send + 'static {
+    /// The next received item; `None` once the source is closed (after a
+    /// shutdown, when every remaining item has been returned).
+    fn recv(&mut self) -> impl Future<Output = Option<Received>> + Send;
+}

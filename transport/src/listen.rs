@@ -1,0 +1,718 @@
+//! The listening side: bind a socket path, authenticate peers, read frames
+//! under bounds, yield methods.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use pod_protocol::{FrameError, MethodCodec};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::timeout;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::{MethodSource, PeerCred, ReceiveError, Received};
+
+/// Longest socket path Linux accepts (`sun_path` is 108 bytes, NUL included).
+const MAX_SOCKET_PATH_LEN: usize = 107;
+/// Pause after an `accept` failure such as `EMFILE`, so that a listener out
+/// of file descriptors does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Bounds and access control of a [`Listener`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenConfig {
+    /// Longest accepted frame, newline excluded (default 64 KiB). A longer
+    /// frame is yielded as [`ReceiveError::FrameTooLong`] and closes its
+    /// connection.
+    pub max_frame_len: usize,
+    /// Most connections served at once (default 1024). When that many are
+    /// open, the listener stops accepting until one closes: new connections
+    /// wait in the kernel's listen backlog, and once that is full too,
+    /// senders retry until their backlog deadline (see
+    /// [`UnixSender`](crate::UnixSender)). Nothing is refused outright.
+    pub max_connections: usize,
+    /// How long a connection may stay silent before it is closed
+    /// (default 10 s). Also bounds the drain at shutdown.
+    pub idle_timeout: Duration,
+    /// Mode of the socket file (default `0o600`: owner only).
+    pub socket_mode: u32,
+    /// Uids allowed to send besides the listener's own uid (default none).
+    pub allowed_uids: Vec<u32>,
+    /// Received items buffered before connections stop being read
+    /// (default 1024): back-pressure when [`Listener::recv`] is not called.
+    ///
+    /// [`Listener::recv`]: MethodSource::recv
+    pub queue: usize,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            max_frame_len: pod_protocol::DEFAULT_MAX_FRAME_LEN,
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(10),
+            socket_mode: 0o600,
+            allowed_uids: Vec::new(),
+            queue: 1024,
+        }
+    }
+}
+
+/// Why [`Listener::bind`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListenError {
+    /// A live listener already answers on the path; it was left alone.
+    #[error(
+        "another listener is live on {path}: stop it first or choose another \
+         socket path (its socket file was not touched)"
+    )]
+    InUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Something other than a socket exists at the path.
+    #[error(
+        "{path} exists and is not a socket: remove it yourself or choose \
+         another socket path (it was not touched)"
+    )]
+    NotASocket {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The path does not fit in a Unix socket address.
+    #[error(
+        "socket path {path} is {len} bytes, longer than the {max} a Unix \
+         socket address holds: choose a shorter path"
+    )]
+    PathTooLong {
+        /// The socket path.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+        /// The maximum length.
+        max: usize,
+    },
+    /// A [`ListenConfig`] bound is zero.
+    #[error("invalid listen configuration: {field} must be at least 1")]
+    InvalidConfig {
+        /// The offending field.
+        field: &'static str,
+    },
+    /// The socket's parent directory could not be created.
+    #[error("cannot create socket directory {path}: {source}; check its parent's permissions")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Binding, probing, replacing or setting the mode of the socket failed.
+    #[error("cannot listen on {path}: {source}")]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A snapshot of a listener's counters since it was bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListenStats {
+    /// Connections accepted from an allowed peer.
+    pub connections: u64,
+    /// Connections closed unread because the peer's uid is not allowed (or
+    /// its credentials could not be read).
+    pub rejected_peers: u64,
+    /// Frames decoded into a method.
+    pub frames: u64,
+    /// Frames that did not decode (yielded as [`ReceiveError::Decode`]).
+    pub decode_errors: u64,
+    /// Over-long frames (yielded as [`ReceiveError::FrameTooLong`]), each
+    /// closing its connection.
+    pub too_long: u64,
+    /// Connections closed for staying silent longer than the idle timeout.
+    pub idle_timeouts: u64,
+    /// Connections ended by a read error.
+    pub read_errors: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    connections: AtomicU64,
+    rejected_peers: AtomicU64,
+    frames: AtomicU64,
+    decode_errors: AtomicU64,
+    too_long: AtomicU64,
+    idle_timeouts: AtomicU64,
+    read_errors: AtomicU64,
+}
+
+impl Counters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> ListenStats {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        ListenStats {
+            connections: get(&self.connections),
+            rejected_peers: get(&self.rejected_peers),
+            frames: get(&self.frames),
+            decode_errors: get(&self.decode_errors),
+            too_long: get(&self.too_long),
+            idle_timeouts: get(&self.idle_timeouts),
+            read_errors: get(&self.read_errors),
+        }
+    }
+}
+
+/// Identity of the socket file this listener bound, so that removal never
+/// unlinks a socket another listener has since bound at the same path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+/// What every connection task shares.
+struct Context {
+    path: PathBuf,
+    file: FileId,
+    own_uid: u32,
+    allowed_uids: Vec<u32>,
+    max_frame_len: usize,
+    max_connections: usize,
+    idle_timeout: Duration,
+    counters: Counters,
+    shutdown: CancellationToken,
+}
+
+/// Stops a [`Listener`] from another task; clones stop the same listener.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    token: CancellationToken,
+}
+
+impl ShutdownHandle {
+    /// Starts a graceful shutdown and returns at once: the listener stops
+    /// accepting, removes its socket file, serves the connections already
+    /// queued or open until each has nothing left unread (a partial frame
+    /// gets up to the idle timeout), then closes. Meanwhile
+    /// [`recv`](MethodSource::recv) keeps returning items, then `None`.
+    pub fn shutdown(&self) {
+        self.token.cancel();
+    }
+
+    /// Whether a shutdown has been requested.
+    pub fn is_shutdown(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+/// A bound Unix socket yielding each received [`Method`](crate::Method)
+/// with its sender's credentials; a [`MethodSource`].
+///
+/// An accept task admits peers whose uid is the listener's own or in
+/// [`ListenConfig::allowed_uids`] (checked with `SO_PEERCRED` before
+/// anything is read; others are counted, logged at warn level and closed),
+/// and spawns one task per connection that reads frames with
+/// [`MethodCodec`] into a bounded queue that [`recv`](MethodSource::recv)
+/// drains.
+///
+/// Dropping a listener stops it at once (open connections are closed
+/// unread) and removes its socket file, best effort; [`shutdown`] is the
+/// graceful way.
+///
+/// [`shutdown`]: Listener::shutdown
+pub struct Listener {
+    context: Arc<Context>,
+    rx: mpsc::Receiver<Received>,
+    accept_task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("path", &self.context.path)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// Binds `path` and starts accepting.
+    ///
+    /// Creates the parent directory with mode `0700` if it is missing (an
+    /// existing directory is left as it is). If a socket file already
+    /// exists, it is replaced only when nothing answers on it (a stale
+    /// socket left by a crashed listener); a live listener's socket is never
+    /// unlinked ([`ListenError::InUse`]), nor is a file that is not a socket
+    /// ([`ListenError::NotASocket`]). The new socket gets
+    /// [`ListenConfig::socket_mode`].
+    pub async fn bind(
+        path: impl Into<PathBuf>,
+        config: ListenConfig,
+    ) -> Result<Listener, ListenError> {
+        let path = path.into();
+        check_config(&path, &config)?;
+        prepare_path(&path).await?;
+        let io_err = |source| ListenError::Io {
+            path: path.clone(),
+            source,
+        };
+        let listener = match UnixListener::bind(&path) {
+            Ok(listener) => listener,
+            // Another listener bound the path since we checked it.
+            Err(err) if err.kind() == io::ErrorKind::AddrInUse => {
+                return Err(ListenError::InUse { path })
+            }
+            Err(err) => return Err(io_err(err)),
+        };
+        let file = {
+            let path = path.clone();
+            let mode = config.socket_mode;
+            blocking(move || {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+                let meta = std::fs::symlink_metadata(&path)?;
+                Ok(FileId {
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                })
+            })
+            .await
+        };
+        let file = match file {
+            Ok(file) => file,
+            Err(err) => {
+                drop(listener);
+                // The socket is ours and unusable: leave no stale file.
+                let cleanup = path.clone();
+                let _ = blocking(move || std::fs::remove_file(cleanup)).await;
+                return Err(io_err(err));
+            }
+        };
+        let context = Arc::new(Context {
+            path,
+            file,
+            own_uid: rustix::process::getuid().as_raw(),
+            allowed_uids: config.allowed_uids,
+            max_frame_len: config.max_frame_len,
+            max_connections: config.max_connections,
+            idle_timeout: config.idle_timeout,
+            counters: Counters::default(),
+            shutdown: CancellationToken::new(),
+        });
+        let (tx, rx) = mpsc::channel(config.queue);
+        let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&context), tx));
+        tracing::debug!(path = %context.path.display(), "listening");
+        Ok(Listener {
+            context,
+            rx,
+            accept_task: Some(accept_task),
+        })
+    }
+
+    /// The bound socket path.
+    pub fn path(&self) -> &Path {
+        &self.context.path
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> ListenStats {
+        self.context.counters.snapshot()
+    }
+
+    /// A handle that starts a graceful shutdown from anywhere.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            token: self.context.shutdown.clone(),
+        }
+    }
+
+    /// Shuts down gracefully and waits until done: stops accepting, removes
+    /// the socket file, lets queued and open connections finish (bounded by
+    /// the idle timeout). Items still arriving are discarded, since the
+    /// listener is consumed; to receive them, call
+    /// [`ShutdownHandle::shutdown`] and keep calling
+    /// [`recv`](MethodSource::recv) until it returns `None`.
+    pub async fn shutdown(mut self) {
+        self.context.shutdown.cancel();
+        self.rx.close();
+        if let Some(task) = self.accept_task.take() {
+            // The accept task does not panic; a cancelled runtime is the only
+            // other way it ends early, and then there is nothing to wait for.
+            let _ = task.await;
+        }
+    }
+}
+
+impl MethodSource for Listener {
+    async fn recv(&mut self) -> Option<Received> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let Some(task) = self.accept_task.take() else {
+            return;
+        };
+        if task.is_finished() {
+            return;
+        }
+        task.abort();
+        let path = self.context.path.clone();
+        let file = self.context.file;
+        // Removal is file I/O: keep it off the executor thread when there
+        // is a runtime to hand it to.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(move || remove_socket(&path, file));
+            }
+            Err(_) => remove_socket(&path, file),
+        }
+    }
+}
+
+fn check_config(path: &Path, config: &ListenConfig) -> Result<(), ListenError> {
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH_LEN {
+        return Err(ListenError::PathTooLong {
+            path: path.to_owned(),
+            len,
+            max: MAX_SOCKET_PATH_LEN,
+        });
+    }
+    for (field, value) in [
+        ("max_frame_len", config.max_frame_len),
+        ("max_connections", config.max_connections),
+        ("queue", config.queue),
+    ] {
+        if value == 0 {
+            return Err(ListenError::InvalidConfig { field });
+        }
+    }
+    Ok(())
+}
+
+/// Runs blocking file I/O off the executor threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|err| Err(io::Error::other(err)))
+}
+
+/// What is at the socket path before binding.
+enum Existing {
+    Nothing,
+    Socket,
+    Other,
+}
+
+/// Creates the parent directory if missing and removes a stale socket.
+async fn prepare_path(path: &Path) -> Result<(), ListenError> {
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        let dir = dir.to_owned();
+        let create = dir.clone();
+        blocking(move || {
+            if create.exists() {
+                return Ok(());
+            }
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&create)
+        })
+        .await
+        .map_err(|source| ListenError::CreateDir { path: dir, source })?;
+    }
+    let io_err = |source| ListenError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let owned = path.to_owned();
+    let existing = blocking(move || match std::fs::symlink_metadata(&owned) {
+        Ok(meta) if meta.file_type().is_socket() => Ok(Existing::Socket),
+        Ok(_) => Ok(Existing::Other),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Existing::Nothing),
+        Err(err) => Err(err),
+    })
+    .await
+    .map_err(io_err)?;
+    match existing {
+        Existing::Nothing => Ok(()),
+        Existing::Other => Err(ListenError::NotASocket {
+            path: path.to_owned(),
+        }),
+        Existing::Socket => {
+            // A non-blocking connect answers at once: accepted or backlog
+            // full means a live listener; refused means nobody listens.
+            match UnixStream::connect(path).await {
+                Ok(_) => Err(ListenError::InUse {
+                    path: path.to_owned(),
+                }),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => Err(ListenError::InUse {
+                    path: path.to_owned(),
+                }),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(path = %path.display(), "replacing stale socket");
+                    let owned = path.to_owned();
+                    blocking(move || match std::fs::remove_file(&owned) {
+                        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+                        _ => Ok(()),
+                    })
+                    .await
+                    .map_err(io_err)
+                }
+                Err(err) => Err(io_err(err)),
+            }
+        }
+    }
+}
+
+/// Removes the socket file at `path` if it is still the one this listener
+/// bound. Best effort: a failure is logged.
+fn remove_socket(path: &Path, file: FileId) {
+    let still_ours = std::fs::symlink_metadata(path)
+        .is_ok_and(|meta| meta.dev() == file.dev && meta.ino() == file.ino);
+    if !still_ours {
+        return;
+    }
+    if let Err(err) = std::fs::remove_file(path) {
+        if err.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %err, "cannot remove socket file");
+        }
+    }
+}
+
+async fn accept_loop(listener: UnixListener, context: Arc<Context>, tx: mpsc::Sender<Received>) {
+    let mut connections = JoinSet::new();
+    loop {
+        let full = connections.len() >= context.max_connections;
+        tokio::select! {
+            biased;
+            () = context.shutdown.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept(), if !full => match accepted {
+                Ok((stream, _)) => admit(stream, &context, &tx, &mut connections),
+                Err(err) => {
+                    tracing::warn!(path = %context.path.display(), error = %err, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            },
+        }
+    }
+    tracing::debug!(path = %context.path.display(), "shutting down");
+    let path = context.path.clone();
+    let file = context.file;
+    // Unlink first so that no new connection can arrive, then serve the
+    // ones the kernel already queued: their senders consider them sent.
+    let _ = tokio::task::spawn_blocking(move || remove_socket(&path, file)).await;
+    drain_backlog(listener, &context, &tx, &mut connections);
+    drop(tx);
+    let drained = timeout(context.idle_timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            path = %context.path.display(),
+            open = connections.len(),
+            "connections still open after the drain deadline; closing them"
+        );
+        connections.shutdown().await;
+    }
+    tracing::debug!(path = %context.path.display(), "shut down");
+}
+
+/// Accepts, without waiting, every connection already in the listen backlog.
+fn drain_backlog(
+    listener: UnixListener,
+    context: &Arc<Context>,
+    tx: &mpsc::Sender<Received>,
+    connections: &mut JoinSet<()>,
+) {
+    // The std listener stays non-blocking, and its `accept` asks the kernel
+    // directly instead of waiting for a readiness event.
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::warn!(path = %context.path.display(), error = %err, "cannot drain backlog");
+            return;
+        }
+    };
+    while connections.len() < context.max_connections {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+            Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => continue,
+            Err(err) => {
+                tracing::warn!(path = %context.path.display(), error = %err, "accept failed while draining");
+                break;
+            }
+        };
+        let stream = stream
+            .set_nonblocking(true)
+            .and_then(|()| UnixStream::from_std(stream));
+        match stream {
+            Ok(stream) => admit(stream, context, tx, connections),
+            Err(err) => {
+                tracing::warn!(path = %context.path.display(), error = %err, "cannot register drained connection");
+            }
+        }
+    }
+}
+
+/// Checks the peer's uid before reading anything, then spawns its reader.
+fn admit(
+    stream: UnixStream,
+    context: &Arc<Context>,
+    tx: &mpsc::Sender<Received>,
+    connections: &mut JoinSet<()>,
+) {
+    let peer = match stream.peer_cred() {
+        Ok(cred) => PeerCred {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid(),
+        },
+        Err(err) => {
+            Counters::bump(&context.counters.rejected_peers);
+            tracing::warn!(path = %context.path.display(), error = %err, "rejected a peer whose credentials cannot be read");
+            return;
+        }
+    };
+    if peer.uid != context.own_uid && !context.allowed_uids.contains(&peer.uid) {
+        Counters::bump(&context.counters.rejected_peers);
+        tracing::warn!(
+            path = %context.path.display(),
+            uid = peer.uid,
+            pid = ?peer.pid,
+            "rejected a peer whose uid is not allowed"
+        );
+        return;
+    }
+    Counters::bump(&context.counters.connections);
+    connections.spawn(serve(stream, peer, Arc::clone(context), tx.clone()));
+}
+
+/// What reading a connection produced next.
+enum Next {
+    Frame(Option<Result<Result<crate::Method, pod_protocol::DecodeError>, FrameError>>),
+    Idle,
+    /// Shutdown, and nothing left unread.
+    Drained,
+}
+
+/// Reads one connection until it ends, goes idle, sends an over-long frame
+/// or (after shutdown) has nothing left unread.
+async fn serve(
+    stream: UnixStream,
+    peer: PeerCred,
+    context: Arc<Context>,
+    tx: mpsc::Sender<Received>,
+) {
+    let counters = &context.counters;
+    let mut frames = FramedRead::new(stream, MethodCodec::new(context.max_frame_len));
+    let mut draining = false;
+    loop {
+        let next = if draining {
+            drain_next(&mut frames, context.idle_timeout).await
+        } else {
+            tokio::select! {
+                biased;
+                next = timeout(context.idle_timeout, frames.next()) => match next {
+                    Ok(next) => Next::Frame(next),
+                    Err(_) => Next::Idle,
+                },
+                () = context.shutdown.cancelled() => {
+                    draining = true;
+                    continue;
+                }
+            }
+        };
+        let item = match next {
+            Next::Frame(Some(Ok(Ok(method)))) => {
+                Counters::bump(&counters.frames);
+                Ok(method)
+            }
+            Next::Frame(Some(Ok(Err(err)))) => {
+                Counters::bump(&counters.decode_errors);
+                tracing::debug!(uid = peer.uid, pid = ?peer.pid, error = %err, "undecodable frame");
+                Err(ReceiveError::Decode(err))
+            }
+            Next::Frame(Some(Err(FrameError::TooLong(err)))) => {
+                Counters::bump(&counters.too_long);
+                tracing::warn!(uid = peer.uid, pid = ?peer.pid, error = %err, "over-long frame; closing its connection");
+                // The connection ends whether or not the item is taken.
+                let _ = tx
+                    .send(Received {
+                        peer,
+                        item: Err(ReceiveError::FrameTooLong(err)),
+                    })
+                    .await;
+                return;
+            }
+            Next::Frame(Some(Err(err))) => {
+                Counters::bump(&counters.read_errors);
+                tracing::debug!(uid = peer.uid, pid = ?peer.pid, error = %err, "read failed; closing connection");
+                return;
+            }
+            Next::Frame(None) | Next::Drained => return,
+            Next::Idle => {
+                Counters::bump(&counters.idle_timeouts);
+                tracing::debug!(uid = peer.uid, pid = ?peer.pid, "idle connection closed");
+                return;
+            }
+        };
+        if tx.send(Received { peer, item }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// After shutdown: the next frame if anything is left to read, else
+/// [`Next::Drained`]. A partial frame is awaited up to `idle`.
+async fn drain_next(frames: &mut FramedRead<UnixStream, MethodCodec>, idle: Duration) -> Next {
+    if let Some(next) = frames.next().now_or_never() {
+        return Next::Frame(next);
+    }
+    // The reactor may not have reported data the kernel already holds, so
+    // ask the kernel: a peek sees unread bytes, or end of stream.
+    let pending = frames.read_buffer().len() + usize::from(has_unread(frames.get_ref()));
+    if pending == 0 {
+        return Next::Drained;
+    }
+    match timeout(idle, frames.next()).await {
+        Ok(next) => Next::Frame(next),
+        Err(_) => Next::Idle,
+    }
+}
+
+/// Whether the kernel holds unread bytes or an end of stream for `stream`.
+fn has_unread(stream: &UnixStream) -> bool {
+    use rustix::net::{recv, RecvFlags};
+    let mut byte = [0u8; 1];
+    match recv(stream, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        // One byte of data, or zero for an orderly end of stream.
+        Ok(_) => true,
+        Err(rustix::io::Errno::AGAIN) => false,
+        // An error is also something to read: the next read reports it.
+        Err(_) => true,
+    }
+}
