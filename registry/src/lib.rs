@@ -37,6 +37,7 @@
 //! format and the crash guarantees.
 
 mod error;
+mod file;
 mod record;
 mod state;
 pub mod testing;
@@ -45,9 +46,15 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use error::RegistryError;
+pub use file::{FaultInjector, FileRegistry, RegistryOptions, DEPARTED_FILE, RECORDS_FILE};
 pub use pod_protocol::{PodName, ScopeRule};
 pub use record::{incarnations_match, Record, Tombstone};
 pub use state::{Mutation, Outcome, RegistryState, DEFAULT_DEPARTED_CAPACITY};
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 /// A parent's registry of spawned Pods: the seam `pod-events` is generic
 /// over.

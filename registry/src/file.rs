@@ -1,0 +1,569 @@
+//! [`FileRegistry`]: the registry persisted as two JSON files, written by a
+//! group-committing thread.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::future::Future;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::error::copy_io_error;
+use crate::state::Changed;
+use crate::{
+    Mutation, Outcome, Record, Registry, RegistryError, RegistryState, Tombstone,
+    DEFAULT_DEPARTED_CAPACITY,
+};
+
+/// The records file's name in the state directory.
+pub const RECORDS_FILE: &str = "spawned_pods.json";
+/// The departed set's file name in the state directory.
+pub const DEPARTED_FILE: &str = "departed_pods.json";
+
+/// Options of [`FileRegistry::open_with`].
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    departed_capacity: usize,
+    faults: Option<FaultInjector>,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            departed_capacity: DEFAULT_DEPARTED_CAPACITY,
+            faults: None,
+        }
+    }
+}
+
+impl RegistryOptions {
+    /// The defaults: [`DEFAULT_DEPARTED_CAPACITY`] departures, no fault
+    /// injection.
+    pub fn new() -> Self {
+        RegistryOptions::default()
+    }
+
+    /// How many departures to remember (see [`RegistryState::new`]). When
+    /// the departed file holds more, the oldest are dropped at open.
+    pub fn departed_capacity(mut self, departed_capacity: usize) -> Self {
+        self.departed_capacity = departed_capacity;
+        self
+    }
+
+    /// **For tests only**: makes file writes fail on demand (see
+    /// [`FaultInjector`]). Production code never sets this.
+    pub fn fault_injector(mut self, faults: FaultInjector) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+}
+
+/// **For tests only**: a shared counter of file writes to fail.
+///
+/// Each write of one file (the departed file or the records file) consumes
+/// one count, if any is left, and then fails as an I/O error would: after
+/// the temporary file was written and before it is synced and renamed over
+/// the real file, so the real file is unchanged. Clones share the counter,
+/// so a test keeps one and passes a clone to
+/// [`RegistryOptions::fault_injector`].
+#[derive(Debug, Clone, Default)]
+pub struct FaultInjector {
+    remaining: Arc<AtomicUsize>,
+}
+
+impl FaultInjector {
+    /// A counter with no failures pending.
+    pub fn new() -> Self {
+        FaultInjector::default()
+    }
+
+    /// Makes the next `n` file writes fail (replacing any count pending).
+    pub fn fail_next_file_writes(&self, n: usize) {
+        self.remaining.store(n, Ordering::SeqCst);
+    }
+
+    /// How many injected failures are still pending.
+    pub fn remaining(&self) -> usize {
+        self.remaining.load(Ordering::SeqCst)
+    }
+
+    fn take(&self) -> bool {
+        self.remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+/// The registry persisted in a state directory: `spawned_pods.json` (the
+/// records) and `departed_pods.json` (the departed set).
+///
+/// [`Registry::apply`] applies the mutation to memory under a short lock,
+/// wakes a dedicated committer thread and waits (asynchronously, holding no
+/// lock) for it. The committer takes everything applied since its last
+/// write, writes each changed file once (temporary file, fsync, rename,
+/// fsync of the directory), then wakes every waiter of that write with its
+/// result. So a burst of mutations costs a few writes, not one each, and no
+/// blocking file I/O runs on the caller's executor.
+///
+/// A mutation that changes nothing (a duplicate add, removing a missing
+/// Pod) resolves at once when everything applied before it is durable, and
+/// otherwise with the next write, so its outcome never rests on state that
+/// could still be lost.
+///
+/// One process owns a state directory at a time: two `FileRegistry`s
+/// writing the same directory would overwrite each other's files. Other
+/// processes may read the files at any time (each file is replaced
+/// atomically), or open a `FileRegistry` only to read it: opening and
+/// reading never write, except to create missing files.
+///
+/// Dropping the registry stops the committer thread after it has served the
+/// writes already requested (waiting for an in-flight write to finish).
+/// State left dirty by a failed write that no later write retried is not
+/// written on drop: call [`FileRegistry::flush`] first.
+pub struct FileRegistry {
+    shared: Arc<Shared>,
+    committer: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    records_path: PathBuf,
+    departed_path: PathBuf,
+    faults: Option<FaultInjector>,
+    durable_writes: AtomicU64,
+    inner: Mutex<Inner>,
+    /// Signals the committer: a waiter arrived, or the registry is closing.
+    wake: Condvar,
+}
+
+struct Inner {
+    state: RegistryState,
+    /// The files that differ from memory and are not being written.
+    dirty: Changed,
+    /// Sequence number of the last mutation that changed the state.
+    applied: u64,
+    /// Sequence number covered by the last successful write.
+    durable: u64,
+    /// Callers waiting for the next write.
+    waiters: Vec<oneshot::Sender<Result<(), WriteFailure>>>,
+    closing: bool,
+    /// The committer thread has exited; nothing can be written any more.
+    stopped: bool,
+}
+
+impl Inner {
+    /// Whether memory equals disk and no write is in flight.
+    fn is_clean(&self) -> bool {
+        !self.dirty.any() && self.durable == self.applied
+    }
+}
+
+/// The failure of one write, shared by all its waiters.
+#[derive(Debug, Clone)]
+struct WriteFailure {
+    path: PathBuf,
+    error: Arc<io::Error>,
+}
+
+impl WriteFailure {
+    fn new(path: &Path, error: io::Error) -> Self {
+        WriteFailure {
+            path: path.to_path_buf(),
+            error: Arc::new(error),
+        }
+    }
+
+    fn to_error(&self) -> RegistryError {
+        RegistryError::io(self.path.clone(), copy_io_error(&self.error))
+    }
+}
+
+/// What [`FileRegistry::submit`] decided.
+enum Submitted {
+    Done(Result<Outcome, RegistryError>),
+    Wait(Outcome, oneshot::Receiver<Result<(), WriteFailure>>),
+}
+
+impl Submitted {
+    async fn wait(self) -> Result<Outcome, RegistryError> {
+        match self {
+            Submitted::Done(result) => result,
+            Submitted::Wait(outcome, receiver) => match receiver.await {
+                Ok(Ok(())) => Ok(outcome),
+                Ok(Err(failure)) => Err(failure.to_error()),
+                Err(_) => Err(RegistryError::Closed),
+            },
+        }
+    }
+}
+
+impl FileRegistry {
+    /// Opens the registry in `state_dir` with the default options.
+    ///
+    /// See [`FileRegistry::open_with`].
+    pub fn open(state_dir: impl AsRef<Path>) -> Result<Self, RegistryError> {
+        FileRegistry::open_with(state_dir, RegistryOptions::default())
+    }
+
+    /// Opens the registry in `state_dir`: creates the directory (mode 0700)
+    /// if missing, loads `spawned_pods.json` and `departed_pods.json`,
+    /// creates each missing one as an empty array (mode 0600), and starts
+    /// the committer thread.
+    ///
+    /// Records matched by a tombstone (what a crash between the writes of
+    /// the two files leaves) are dropped from memory; the records file is
+    /// rewritten by the next write. Blocking: call it from a synchronous
+    /// context or `spawn_blocking`.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::Corrupt`] if a file does not parse (it is left
+    /// untouched, and no file is created); [`RegistryError::Io`] if the
+    /// directory or a file cannot be created or read.
+    pub fn open_with(
+        state_dir: impl AsRef<Path>,
+        options: RegistryOptions,
+    ) -> Result<Self, RegistryError> {
+        let dir = state_dir.as_ref().to_path_buf();
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| RegistryError::io(&dir, e))?;
+        let records_path = dir.join(RECORDS_FILE);
+        let departed_path = dir.join(DEPARTED_FILE);
+        // Parse both before creating either, so an error leaves the
+        // directory exactly as it was.
+        let records: Option<Vec<Record>> = load(&records_path)?;
+        let departed: Option<Vec<Tombstone>> = load(&departed_path)?;
+        for (path, missing) in [
+            (&departed_path, departed.is_none()),
+            (&records_path, records.is_none()),
+        ] {
+            if missing {
+                write_durably(&dir, path, b"[]\n", None).map_err(|f| f.to_error())?;
+            }
+        }
+        let (state, dirty) = RegistryState::from_parts(
+            options.departed_capacity,
+            records.unwrap_or_default(),
+            departed.unwrap_or_default(),
+        );
+        let shared = Arc::new(Shared {
+            dir,
+            records_path,
+            departed_path,
+            faults: options.faults,
+            durable_writes: AtomicU64::new(0),
+            inner: Mutex::new(Inner {
+                state,
+                dirty,
+                applied: 0,
+                durable: 0,
+                waiters: Vec::new(),
+                closing: false,
+                stopped: false,
+            }),
+            wake: Condvar::new(),
+        });
+        let committer = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("pod-registry-commit".into())
+                .spawn(move || commit_loop(&shared))
+        }
+        .map_err(|e| RegistryError::io(&shared.dir, e))?;
+        Ok(FileRegistry {
+            shared,
+            committer: Some(committer),
+        })
+    }
+
+    /// The records file, `<state dir>/spawned_pods.json`.
+    pub fn path(&self) -> &Path {
+        &self.shared.records_path
+    }
+
+    /// The departed set's file, `<state dir>/departed_pods.json`.
+    pub fn departed_path(&self) -> &Path {
+        &self.shared.departed_path
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The number of successful durable writes (commits) since open; one
+    /// commit writes one or both files. Creating missing files at open is
+    /// not counted.
+    pub fn durable_writes(&self) -> u64 {
+        self.shared.durable_writes.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once memory is durable: at once when it already is,
+    /// otherwise with the next write, which retries whatever a failed write
+    /// left dirty.
+    ///
+    /// # Errors
+    ///
+    /// The error of that write ([`RegistryError::Io`]), or
+    /// [`RegistryError::Closed`].
+    pub async fn flush(&self) -> Result<(), RegistryError> {
+        self.submit(None).wait().await.map(drop)
+    }
+
+    /// Applies `mutation` (if any) under the lock and registers a waiter
+    /// unless memory is already durable.
+    fn submit(&self, mutation: Option<&Mutation>) -> Submitted {
+        let mut inner = self.shared.lock();
+        if inner.stopped {
+            return Submitted::Done(Err(RegistryError::Closed));
+        }
+        let outcome = match mutation {
+            Some(mutation) => {
+                let (outcome, changed) = inner.state.apply_tracked(mutation);
+                if changed.any() {
+                    inner.applied += 1;
+                    inner.dirty.records |= changed.records;
+                    inner.dirty.departed |= changed.departed;
+                }
+                outcome
+            }
+            // `flush` reports no outcome; any value does.
+            None => Outcome::AlreadyPresent,
+        };
+        if inner.is_clean() {
+            return Submitted::Done(Ok(outcome));
+        }
+        let (sender, receiver) = oneshot::channel();
+        inner.waiters.push(sender);
+        if inner.waiters.len() == 1 {
+            self.shared.wake.notify_one();
+        }
+        Submitted::Wait(outcome, receiver)
+    }
+}
+
+impl Registry for FileRegistry {
+    fn apply(
+        &self,
+        mutation: Mutation,
+    ) -> impl Future<Output = Result<Outcome, RegistryError>> + Send {
+        // Applied now, in call order, not when first polled.
+        self.submit(Some(&mutation)).wait()
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&RegistryState) -> R) -> R {
+        f(&self.shared.lock().state)
+    }
+}
+
+impl std::fmt::Debug for FileRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileRegistry")
+            .field("path", &self.shared.records_path)
+            .field("records", &self.read(RegistryState::len))
+            .field("durable_writes", &self.durable_writes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for FileRegistry {
+    fn drop(&mut self) {
+        self.shared.lock().closing = true;
+        self.shared.wake.notify_one();
+        if let Some(committer) = self.committer.take() {
+            // A panic of the committer was already reported to its waiters
+            // as `Closed`; there is nothing more to do with it here.
+            let _ = committer.join();
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing panics while holding the lock with the state half
+        // updated, so a poisoned lock still guards a consistent state.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Marks the registry stopped when the committer exits, even by a panic,
+/// so later mutations fail with `Closed` instead of waiting forever.
+struct StopGuard<'a>(&'a Shared);
+
+impl Drop for StopGuard<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.0.lock();
+        inner.stopped = true;
+        // Dropping the senders resolves their waiters with `Closed`.
+        inner.waiters.clear();
+    }
+}
+
+/// The committer thread: one write per round, covering every mutation
+/// applied before the round started.
+fn commit_loop(shared: &Shared) {
+    let _guard = StopGuard(shared);
+    let mut inner = shared.lock();
+    loop {
+        while inner.waiters.is_empty() && !inner.closing {
+            inner = shared
+                .wake
+                .wait(inner)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        if inner.waiters.is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut inner.waiters);
+        let target = inner.applied;
+        let dirty = std::mem::take(&mut inner.dirty);
+        let departed = dirty.departed.then(|| encode_array(inner.state.departed()));
+        let records = dirty.records.then(|| encode_array(inner.state.records()));
+        drop(inner);
+
+        // The departed file first: a crash between the two writes then
+        // leaves a records file with a record the departed file matches,
+        // which open drops. The other order could leave a removed record
+        // with its tombstone lost, and a late add would resurrect it.
+        let faults = shared.faults.as_ref();
+        let departed_result = write_encoded(&shared.dir, &shared.departed_path, departed, faults);
+        let records_result = match departed_result {
+            Ok(()) => write_encoded(&shared.dir, &shared.records_path, records, faults),
+            Err(_) => Ok(()),
+        };
+
+        inner = shared.lock();
+        let result = match (departed_result, records_result) {
+            (Ok(()), Ok(())) => {
+                inner.durable = target;
+                if dirty.any() {
+                    shared.durable_writes.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(())
+            }
+            (Err(failure), _) => {
+                inner.dirty.departed = true;
+                inner.dirty.records |= dirty.records;
+                Err(failure)
+            }
+            (Ok(()), Err(failure)) => {
+                inner.dirty.records = true;
+                Err(failure)
+            }
+        };
+        drop(inner);
+        for waiter in waiters {
+            // A waiter whose future was dropped no longer listens.
+            let _ = waiter.send(result.clone());
+        }
+        inner = shared.lock();
+    }
+}
+
+/// `[`, one compact JSON value per line, `]`: valid JSON that existing
+/// tools parse, and readable and diffable by people.
+fn encode_array<'a, T: Serialize + 'a>(items: impl Iterator<Item = &'a T>) -> io::Result<Vec<u8>> {
+    let mut out = b"[".to_vec();
+    let mut empty = true;
+    for item in items {
+        out.extend_from_slice(if empty { b"\n" } else { b",\n" });
+        serde_json::to_writer(&mut out, item).map_err(io::Error::other)?;
+        empty = false;
+    }
+    out.extend_from_slice(if empty { b"]\n" } else { b"\n]\n" });
+    Ok(out)
+}
+
+/// Reads and parses `path`; `None` if it does not exist.
+fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<Vec<T>>, RegistryError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(RegistryError::io(path, e)),
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        let (line, column) = (e.line(), e.column());
+        let message = e.to_string();
+        let suffix = format!(" at line {line} column {column}");
+        let message = message.strip_suffix(&suffix).unwrap_or(&message).to_owned();
+        RegistryError::Corrupt {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message,
+        }
+    })
+}
+
+/// The temporary file a write of `path` goes through: `<path>.tmp`, in the
+/// same directory so the rename is atomic. One writer per directory, so a
+/// fixed name suffices, and a crash leaves at most one, which the next
+/// write reuses.
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    PathBuf::from(name)
+}
+
+/// Writes `encoded` (if the file changed) to `path` with [`write_durably`].
+fn write_encoded(
+    dir: &Path,
+    path: &Path,
+    encoded: Option<io::Result<Vec<u8>>>,
+    faults: Option<&FaultInjector>,
+) -> Result<(), WriteFailure> {
+    match encoded {
+        None => Ok(()),
+        Some(Ok(bytes)) => write_durably(dir, path, &bytes, faults),
+        Some(Err(error)) => Err(WriteFailure::new(path, error)),
+    }
+}
+
+/// Replaces `path` with `bytes` atomically and durably: write a temporary
+/// file, fsync it, rename it over `path`, fsync the directory.
+fn write_durably(
+    dir: &Path,
+    path: &Path,
+    bytes: &[u8],
+    faults: Option<&FaultInjector>,
+) -> Result<(), WriteFailure> {
+    let fail = WriteFailure::new;
+    let temp = temp_path(path);
+    let result = write_synced(&temp, bytes, faults).map_err(|e| fail(&temp, e));
+    if result.is_err() {
+        // Best effort: a leftover temporary file is harmless (the next
+        // write truncates it), only untidy.
+        let _ = fs::remove_file(&temp);
+        return result;
+    }
+    fs::rename(&temp, path).map_err(|e| fail(path, e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| fail(dir, e))
+}
+
+fn write_synced(temp: &Path, bytes: &[u8], faults: Option<&FaultInjector>) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(temp)?;
+    // A leftover temporary file keeps its old mode; the real file must be
+    // 0600 whatever created the leftover.
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    file.write_all(bytes)?;
+    if faults.is_some_and(FaultInjector::take) {
+        return Err(io::Error::other("injected write failure (FaultInjector)"));
+    }
+    file.sync_all()
+}
