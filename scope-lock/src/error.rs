@@ -1,0 +1,148 @@
+//! The crate's one error type.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use pod_protocol::{Permission, PodName, ScopeRule, ValidationError};
+
+/// Why a scope-table operation was refused or failed.
+///
+/// Refusals (`DuplicateName` .. `DeadProcess`) leave the table exactly as it
+/// was, apart from stale allocations that were reclaimed on the way. Failures
+/// of the storage (`Corrupt`, `InvalidTable`, `UnsupportedVersion`, `Io`)
+/// leave the stored table untouched.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScopeError {
+    /// A pod of that name already holds an allocation.
+    #[error(
+        "pod `{name}` already holds a scope allocation: release it first, or pick another name"
+    )]
+    DuplicateName {
+        /// The name asked for.
+        name: PodName,
+    },
+    /// No allocation of that name exists (never registered, released, or
+    /// reclaimed after its process died). Callers on the event path swallow
+    /// it.
+    #[error("no scope allocation for pod `{name}`: it was never registered, was released, or was reclaimed after its process exited")]
+    UnknownPod {
+        /// The name asked for.
+        name: PodName,
+    },
+    /// The request is about another incarnation of a pod of that name.
+    #[error("pod `{name}` is incarnation {held}, not {requested}: the request is about an earlier pod of the same name and was ignored")]
+    IncarnationMismatch {
+        /// The pod's name.
+        name: PodName,
+        /// The incarnation in the table.
+        held: String,
+        /// The incarnation in the request.
+        requested: String,
+    },
+    /// A requested rule is not inside the spawner's own scope.
+    #[error("cannot delegate {}: pod `{spawner}` holds no rule covering it with at least {} permission; delegate only a sub-scope of the spawner's own", DisplayRule(.rule), permission_name(.rule.permission))]
+    NotSubset {
+        /// The pod that tried to delegate.
+        spawner: PodName,
+        /// The first requested rule that is not covered.
+        rule: ScopeRule,
+    },
+    /// A requested write rule overlaps write scope held by another pod.
+    #[error("write conflict: {} overlaps the scope of pod `{competitor}`; wait until it is released or request a disjoint scope", DisplayRule(.rule))]
+    WriteConflict {
+        /// A pod that already holds overlapping write scope.
+        competitor: PodName,
+        /// The first requested rule that conflicts.
+        rule: ScopeRule,
+    },
+    /// A name, path or scope in the request is invalid (relative or not
+    /// lexically normal path, empty scope, ...).
+    #[error("invalid request: {0}")]
+    InvalidRule(#[from] ValidationError),
+    /// The process the allocation is for is not running.
+    #[error("process {pid} is not running (or its /proc entry cannot be read): start the pod's process before allocating scope to it")]
+    DeadProcess {
+        /// The pid asked for.
+        pid: u32,
+    },
+    /// The stored table is not valid JSON of the expected shape. It was not
+    /// modified.
+    #[error("scope table {} is corrupt at line {line}, column {column}: {message}; it was left untouched: inspect it, then repair or remove it (every pod must then register again)", .path.display())]
+    Corrupt {
+        /// The table file.
+        path: PathBuf,
+        /// 1-based line of the error (0 when unknown).
+        line: usize,
+        /// 1-based column of the error (0 when unknown).
+        column: usize,
+        /// What the parser expected.
+        message: String,
+    },
+    /// The stored table parses but breaks a rule of the table (an invalid
+    /// path, a duplicate name, a dangling parent, overlapping write scope).
+    /// It was not modified.
+    #[error("scope table {} is inconsistent: {message}; it was left untouched: inspect it, then repair or remove it (every pod must then register again)", .path.display())]
+    InvalidTable {
+        /// The table file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The stored table was written by a newer format version.
+    #[error("scope table {} has format version {version}, but this build reads only version 1: use a newer pod-scope-lock", .path.display())]
+    UnsupportedVersion {
+        /// The table file.
+        path: PathBuf,
+        /// The version found.
+        version: u64,
+    },
+    /// Reading, writing, locking or syncing the table failed.
+    #[error("scope table I/O failed on {}: {source}", .path.display())]
+    Io {
+        /// The file or directory the operation was on.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The operating system could not supply random bytes for an
+    /// incarnation id.
+    #[error("cannot mint an incarnation id: the OS random source failed: {0}")]
+    Entropy(getrandom::Error),
+}
+
+impl ScopeError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ScopeError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Formats a rule as `"/srv/a (write, recursive)"`.
+pub(crate) struct DisplayRule<'a>(pub(crate) &'a ScopeRule);
+
+impl fmt::Display for DisplayRule<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({}, {})",
+            self.0.target,
+            permission_name(self.0.permission),
+            if self.0.recursive {
+                "recursive"
+            } else {
+                "non-recursive"
+            }
+        )
+    }
+}
+
+pub(crate) fn permission_name(permission: Permission) -> &'static str {
+    match permission {
+        Permission::Read => "read",
+        Permission::Write => "write",
+    }
+}

@@ -1,0 +1,96 @@
+//! The on-disk format of the table: `{"version":1,"allocations":[...]}`,
+//! one allocation per line, sorted by name.
+
+use std::collections::HashSet;
+
+use serde::Deserialize;
+
+use crate::table::{Allocation, Table};
+
+/// The only format version this build reads and writes.
+pub(crate) const VERSION: u64 = 1;
+
+/// Why stored bytes are not a table.
+#[derive(Debug)]
+pub(crate) enum DecodeError {
+    /// Not JSON of the expected shape.
+    Syntax {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// Another format version.
+    Version(u64),
+    /// Parses, but breaks a rule of the table.
+    Invalid(String),
+}
+
+#[derive(Deserialize)]
+struct TableFile {
+    version: u64,
+    allocations: Vec<Allocation>,
+}
+
+#[derive(Deserialize)]
+struct VersionOnly {
+    version: u64,
+}
+
+/// Serializes `table`: compact, one allocation per line, so a human can read
+/// and diff it and a parse error points at the allocation.
+pub(crate) fn encode(table: &Table) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + table.len() * 256);
+    out.extend_from_slice(b"{\"version\":1,\"allocations\":[");
+    for (i, allocation) in table.allocations().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'\n');
+        // Serializing plain structs into a Vec cannot fail.
+        serde_json::to_writer(&mut out, allocation).unwrap_or_default();
+    }
+    out.extend_from_slice(b"\n]}\n");
+    out
+}
+
+/// serde_json appends " at line L column C" to its messages; the error
+/// type reports the position in fields of its own.
+fn strip_position(message: &str, line: usize, column: usize) -> String {
+    let suffix = format!(" at line {line} column {column}");
+    message.strip_suffix(&suffix).unwrap_or(message).to_owned()
+}
+
+/// Parses and checks stored bytes: the format, valid names and paths,
+/// unique names, and [`Table::check_invariant`].
+pub(crate) fn decode(bytes: &[u8]) -> Result<Table, DecodeError> {
+    let file: TableFile = match serde_json::from_slice(bytes) {
+        Ok(file) => file,
+        Err(error) => {
+            if let Ok(VersionOnly { version }) = serde_json::from_slice(bytes) {
+                if version != VERSION {
+                    return Err(DecodeError::Version(version));
+                }
+            }
+            return Err(DecodeError::Syntax {
+                line: error.line(),
+                column: error.column(),
+                message: strip_position(&error.to_string(), error.line(), error.column()),
+            });
+        }
+    };
+    if file.version != VERSION {
+        return Err(DecodeError::Version(file.version));
+    }
+    let mut names = HashSet::with_capacity(file.allocations.len());
+    for a in &file.allocations {
+        if !names.insert(a.pod_name.as_str()) {
+            return Err(DecodeError::Invalid(format!(
+                "pod `{}` has two allocations",
+                a.pod_name
+            )));
+        }
+    }
+    let table: Table = file.allocations.into_iter().collect();
+    table.check_invariant().map_err(DecodeError::Invalid)?;
+    Ok(table)
+}

@@ -1,0 +1,580 @@
+//! The allocation table and its pure rules: register, delegate, release,
+//! reclaim, lookups and the invariant. No I/O happens here.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pod_protocol::{validate_path, validate_scope, Permission, PodName, ScopeRule};
+use serde::{Deserialize, Serialize};
+
+use crate::coverage::{covers_path_valid, covers_valid, overlaps_valid, relation, Relation};
+use crate::error::{DisplayRule, ScopeError};
+
+/// One pod's allocation. The serde names are the on-disk format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// The pod's unique name.
+    pub pod_name: PodName,
+    /// The pod's process.
+    pub pid: u32,
+    /// Start time of `pid` (clock ticks since boot, field 22 of
+    /// `/proc/<pid>/stat`): tells the pod's process from a later process
+    /// that reuses the pid.
+    pub start_time: u64,
+    /// The pod's control socket.
+    pub socket: String,
+    /// The rules the pod holds.
+    pub scope_allow: Vec<ScopeRule>,
+    /// The pod it was delegated from; `None` for a top-level pod.
+    pub delegated_from: Option<PodName>,
+    /// Random id minted when the allocation was made; tells this pod from an
+    /// earlier or later pod of the same name.
+    pub incarnation: String,
+}
+
+impl Allocation {
+    /// The write rules the pod holds.
+    pub fn write_rules(&self) -> impl Iterator<Item = &ScopeRule> {
+        self.scope_allow
+            .iter()
+            .filter(|r| r.permission == Permission::Write)
+    }
+}
+
+/// A request to allocate scope to a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSpec {
+    /// The new pod's name; unique in the table.
+    pub pod_name: PodName,
+    /// The new pod's process (must be running).
+    pub pid: u32,
+    /// The new pod's control socket (absolute, lexically normal).
+    pub socket: String,
+    /// The rules asked for (at least one; absolute, lexically normal
+    /// targets).
+    pub scope: Vec<ScopeRule>,
+}
+
+impl PodSpec {
+    /// Checks the socket path and the scope, as every operation does before
+    /// changing anything.
+    pub fn validate(&self) -> Result<(), ScopeError> {
+        validate_path("socket", &self.socket)?;
+        validate_scope(&self.scope)?;
+        Ok(())
+    }
+}
+
+/// Write scope held by a child, carved out of its parent's effective scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exclusion {
+    /// The child holding the rule.
+    pub pod_name: PodName,
+    /// The child's write rule.
+    pub rule: ScopeRule,
+}
+
+/// Where a pod may write itself: its write rules minus what its children
+/// hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectiveScope {
+    /// The pod.
+    pub pod_name: PodName,
+    /// The pod's write rules.
+    pub write: Vec<ScopeRule>,
+    /// Write rules of its direct children (which contain those of all its
+    /// descendants), excluded from its own scope.
+    pub excluded: Vec<Exclusion>,
+}
+
+impl EffectiveScope {
+    /// Whether `path` is covered by one of the pod's write rules and by no
+    /// child's. False for a path that is not absolute and lexically normal.
+    pub fn covers_path(&self, path: &str) -> bool {
+        validate_path("path", path).is_ok()
+            && self.write.iter().any(|r| covers_path_valid(r, path))
+            && !self
+                .excluded
+                .iter()
+                .any(|e| covers_path_valid(&e.rule, path))
+    }
+}
+
+/// Stamps are unique per table creation or change, so "same stamp" implies
+/// "same content" (a clone shares its source's stamp until either changes).
+static NEXT_STAMP: AtomicU64 = AtomicU64::new(1);
+
+fn fresh_stamp() -> u64 {
+    NEXT_STAMP.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The whole allocation table, keyed by pod name.
+///
+/// Holds the rules of DESIGN section 5 as pure functions on `&mut Table`:
+/// [`register`](Self::register), [`delegate`](Self::delegate),
+/// [`release`](Self::release) and [`reclaim`](Self::reclaim). Each checks
+/// everything before changing anything, and each keeps
+/// [`check_invariant`](Self::check_invariant) true. Storage and locking are
+/// the [`TableStore`](crate::TableStore)'s job; liveness probes and
+/// incarnation ids come from [`ScopeTable`](crate::ScopeTable).
+///
+/// On disk (the file store): `{"version":1,"allocations":[...]}`.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    allocations: BTreeMap<PodName, Allocation>,
+    /// Change detection for stores; see [`NEXT_STAMP`]. Not part of equality.
+    stamp: u64,
+}
+
+impl PartialEq for Table {
+    fn eq(&self, other: &Self) -> bool {
+        self.allocations == other.allocations
+    }
+}
+
+impl Eq for Table {}
+
+/// Builds a table as given, without checking it: use
+/// [`Table::check_invariant`] on the result. A later allocation replaces an
+/// earlier one of the same name.
+impl FromIterator<Allocation> for Table {
+    fn from_iter<I: IntoIterator<Item = Allocation>>(iter: I) -> Self {
+        Table {
+            allocations: iter.into_iter().map(|a| (a.pod_name.clone(), a)).collect(),
+            stamp: fresh_stamp(),
+        }
+    }
+}
+
+impl Table {
+    /// An empty table.
+    pub fn new() -> Self {
+        Table::default()
+    }
+
+    /// Every allocation, sorted by pod name.
+    pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
+        self.allocations.values()
+    }
+
+    /// The allocation of pod `name`.
+    pub fn get(&self, name: &str) -> Option<&Allocation> {
+        self.allocations.get(name)
+    }
+
+    /// The number of allocations.
+    pub fn len(&self) -> usize {
+        self.allocations.len()
+    }
+
+    /// Whether the table holds no allocation.
+    pub fn is_empty(&self) -> bool {
+        self.allocations.is_empty()
+    }
+
+    /// The pods delegated from `name`, sorted by name.
+    pub fn children<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Allocation> + 'a {
+        self.allocations
+            .values()
+            .filter(move |a| a.delegated_from.as_ref().map(PodName::as_str) == Some(name))
+    }
+
+    /// A value that changes whenever the table's content may have changed;
+    /// stores compare it before and after a transaction to skip writes.
+    pub(crate) fn stamp(&self) -> u64 {
+        self.stamp
+    }
+
+    fn touch(&mut self) {
+        self.stamp = fresh_stamp();
+    }
+
+    /// Registers a top-level pod.
+    ///
+    /// Refused if the spec is invalid, the name is taken, or a requested
+    /// write rule overlaps a write rule of any other pod (the error names
+    /// that pod). Does not reclaim stale allocations: [`ScopeTable`] does
+    /// that first.
+    ///
+    /// [`ScopeTable`]: crate::ScopeTable
+    pub fn register(
+        &mut self,
+        spec: PodSpec,
+        start_time: u64,
+        incarnation: String,
+    ) -> Result<Allocation, ScopeError> {
+        spec.validate()?;
+        if self.allocations.contains_key(&spec.pod_name) {
+            return Err(ScopeError::DuplicateName {
+                name: spec.pod_name,
+            });
+        }
+        self.check_write_conflicts(&spec.scope, &HashSet::new())?;
+        Ok(self.insert(spec, start_time, incarnation, None))
+    }
+
+    /// Delegates scope from the pod `from` to a new pod.
+    ///
+    /// Refused if the spec is invalid, `from` does not exist, the name is
+    /// taken, a requested rule is not covered by one rule of `from` with at
+    /// least its permission, or a requested write rule overlaps a write rule
+    /// of any pod outside `from`'s lineage (`from` and its ancestors, where
+    /// the scope comes from): its other children and their descendants, and
+    /// every unrelated pod.
+    pub fn delegate(
+        &mut self,
+        from: &PodName,
+        spec: PodSpec,
+        start_time: u64,
+        incarnation: String,
+    ) -> Result<Allocation, ScopeError> {
+        spec.validate()?;
+        let Some(spawner) = self.allocations.get(from) else {
+            return Err(ScopeError::UnknownPod { name: from.clone() });
+        };
+        if self.allocations.contains_key(&spec.pod_name) {
+            return Err(ScopeError::DuplicateName {
+                name: spec.pod_name,
+            });
+        }
+        for rule in &spec.scope {
+            let covered = spawner
+                .scope_allow
+                .iter()
+                .any(|s| s.permission >= rule.permission && covers_valid(s, rule));
+            if !covered {
+                return Err(ScopeError::NotSubset {
+                    spawner: from.clone(),
+                    rule: rule.clone(),
+                });
+            }
+        }
+        let lineage = self.lineage(from.as_str());
+        self.check_write_conflicts(&spec.scope, &lineage)?;
+        Ok(self.insert(spec, start_time, incarnation, Some(from.clone())))
+    }
+
+    /// Removes pod `name` if `incarnation` is `None` or equals the one held,
+    /// and reparents its children to its own `delegated_from`.
+    pub fn release(
+        &mut self,
+        name: &PodName,
+        incarnation: Option<&str>,
+    ) -> Result<Allocation, ScopeError> {
+        let Some(held) = self.allocations.get(name) else {
+            return Err(ScopeError::UnknownPod { name: name.clone() });
+        };
+        if let Some(requested) = incarnation {
+            if requested != held.incarnation {
+                return Err(ScopeError::IncarnationMismatch {
+                    name: name.clone(),
+                    held: held.incarnation.clone(),
+                    requested: requested.to_owned(),
+                });
+            }
+        }
+        let Some(removed) = self.allocations.remove(name) else {
+            return Err(ScopeError::UnknownPod { name: name.clone() });
+        };
+        for child in self.allocations.values_mut() {
+            if child.delegated_from.as_ref() == Some(name) {
+                child.delegated_from = removed.delegated_from.clone();
+            }
+        }
+        self.touch();
+        Ok(removed)
+    }
+
+    /// Removes every allocation for which `is_live` returns false and
+    /// returns them, sorted by name. Each surviving pod whose parent was
+    /// removed is reparented to its nearest surviving ancestor (or becomes
+    /// top-level). `is_live` is called once per allocation.
+    pub fn reclaim(&mut self, mut is_live: impl FnMut(&Allocation) -> bool) -> Vec<Allocation> {
+        let dead: HashSet<PodName> = self
+            .allocations
+            .values()
+            .filter(|a| !is_live(a))
+            .map(|a| a.pod_name.clone())
+            .collect();
+        if dead.is_empty() {
+            return Vec::new();
+        }
+        // The nearest surviving ancestor of each dead pod, computed once per
+        // dead pod by walking up through dead ones.
+        let mut heir: HashMap<PodName, Option<PodName>> = HashMap::new();
+        for name in &dead {
+            let mut parent = self.allocations[name].delegated_from.clone();
+            let mut steps = 0;
+            while let Some(p) = parent.as_ref().filter(|p| dead.contains(*p)) {
+                if let Some(known) = heir.get(p) {
+                    parent = known.clone();
+                    break;
+                }
+                steps += 1;
+                if steps > dead.len() {
+                    // A cycle of dead pods (only in a table built unchecked):
+                    // nothing above it survives.
+                    parent = None;
+                    break;
+                }
+                parent = self
+                    .allocations
+                    .get(p)
+                    .and_then(|a| a.delegated_from.clone());
+            }
+            heir.insert(name.clone(), parent);
+        }
+        let mut removed = Vec::with_capacity(dead.len());
+        self.allocations.retain(|name, a| {
+            if dead.contains(name) {
+                removed.push(a.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for a in self.allocations.values_mut() {
+            if let Some(new_parent) = a.delegated_from.as_ref().and_then(|p| heir.get(p)) {
+                a.delegated_from = new_parent.clone();
+            }
+        }
+        self.touch();
+        removed
+    }
+
+    /// Pod `name`'s effective write scope, or `None` if it does not exist.
+    pub fn effective_write_scope(&self, name: &str) -> Option<EffectiveScope> {
+        let allocation = self.allocations.get(name)?;
+        let excluded = self
+            .children(name)
+            .flat_map(|child| {
+                child.write_rules().map(|rule| Exclusion {
+                    pod_name: child.pod_name.clone(),
+                    rule: rule.clone(),
+                })
+            })
+            .collect();
+        Some(EffectiveScope {
+            pod_name: allocation.pod_name.clone(),
+            write: allocation.write_rules().cloned().collect(),
+            excluded,
+        })
+    }
+
+    /// The pod whose effective write scope covers `path`: the deepest pod
+    /// holding a write rule that covers it. Fails if `path` is not absolute
+    /// and lexically normal.
+    pub fn owner_of(&self, path: &str) -> Result<Option<&Allocation>, ScopeError> {
+        validate_path("path", path)?;
+        let mut best: Option<(usize, &Allocation)> = None;
+        for a in self.allocations.values() {
+            if a.write_rules().any(|r| covers_path_valid(r, path)) {
+                let depth = self.lineage(a.pod_name.as_str()).len();
+                if best.is_none_or(|(d, _)| depth > d) {
+                    best = Some((depth, a));
+                }
+            }
+        }
+        Ok(best.map(|(_, a)| a))
+    }
+
+    /// Checks the invariant of DESIGN section 5:
+    ///
+    /// - (a) no write rule of a pod overlaps a write rule of a pod that is
+    ///   neither its ancestor nor its descendant;
+    /// - (b) every rule of a delegated pod is covered by one rule of its
+    ///   parent with at least its permission;
+    /// - (c) every `delegated_from` names an existing allocation (and the
+    ///   parent links form a forest: no cycles);
+    ///
+    /// plus well-formedness: each allocation is stored under its own name,
+    /// and its socket and targets are valid paths. The error says which pods
+    /// break which rule. Costs O(n log n) in the number of rules.
+    pub fn check_invariant(&self) -> Result<(), String> {
+        for (key, a) in &self.allocations {
+            if *key != a.pod_name {
+                return Err(format!(
+                    "allocation `{}` is stored under the name `{key}`",
+                    a.pod_name
+                ));
+            }
+            validate_path("socket", &a.socket)
+                .and_then(|_| validate_scope(&a.scope_allow))
+                .map_err(|e| format!("pod `{key}`: {e}"))?;
+        }
+        self.check_forest()?;
+        for a in self.allocations.values() {
+            let Some(parent_name) = &a.delegated_from else {
+                continue;
+            };
+            let parent = &self.allocations[parent_name];
+            for rule in &a.scope_allow {
+                let covered = parent
+                    .scope_allow
+                    .iter()
+                    .any(|p| p.permission >= rule.permission && covers_valid(p, rule));
+                if !covered {
+                    return Err(format!(
+                        "(b) rule {} of pod `{}` is not covered by a rule of its parent `{parent_name}`",
+                        DisplayRule(rule),
+                        a.pod_name
+                    ));
+                }
+            }
+        }
+        // With (b) and (c), a pod's write rules contain those of its whole
+        // subtree, so (a) holds exactly when the children of each pod (and
+        // the top-level pods) hold pairwise disjoint write scope.
+        let mut groups: HashMap<Option<&PodName>, Vec<&Allocation>> = HashMap::new();
+        for a in self.allocations.values() {
+            groups.entry(a.delegated_from.as_ref()).or_default().push(a);
+        }
+        for members in groups.values() {
+            check_siblings_disjoint(members)?;
+        }
+        Ok(())
+    }
+
+    /// (c): every parent exists and the parent links have no cycle.
+    fn check_forest(&self) -> Result<(), String> {
+        // 0 = unvisited, 1 = on the current path, 2 = done.
+        let mut state: HashMap<&str, u8> = HashMap::new();
+        for start in self.allocations.keys() {
+            let mut path = Vec::new();
+            let mut current = Some(start.as_str());
+            while let Some(name) = current {
+                match state.get(name) {
+                    Some(2) => break,
+                    Some(_) => {
+                        return Err(format!(
+                            "(c) the delegation chain through pod `{name}` is a cycle"
+                        ))
+                    }
+                    None => {}
+                }
+                state.insert(name, 1);
+                path.push(name);
+                let a = &self.allocations[name];
+                current = match &a.delegated_from {
+                    None => None,
+                    Some(p) if self.allocations.contains_key(p) => Some(p.as_str()),
+                    Some(p) => {
+                        return Err(format!(
+                            "(c) pod `{name}` is delegated from `{p}`, which has no allocation"
+                        ))
+                    }
+                };
+            }
+            for name in path {
+                state.insert(name, 2);
+            }
+        }
+        Ok(())
+    }
+
+    /// `name` and its ancestors. Stops at a missing parent or a cycle.
+    fn lineage(&self, name: &str) -> HashSet<PodName> {
+        let mut lineage = HashSet::new();
+        let mut current = self.allocations.get(name);
+        while let Some(a) = current {
+            if !lineage.insert(a.pod_name.clone()) {
+                break;
+            }
+            current = a
+                .delegated_from
+                .as_ref()
+                .and_then(|p| self.allocations.get(p));
+        }
+        lineage
+    }
+
+    /// Fails with the first (rule order, then pod name order) requested
+    /// write rule that overlaps a write rule of a pod outside `allowed`.
+    fn check_write_conflicts(
+        &self,
+        scope: &[ScopeRule],
+        allowed: &HashSet<PodName>,
+    ) -> Result<(), ScopeError> {
+        for rule in scope.iter().filter(|r| r.permission == Permission::Write) {
+            for a in self.allocations.values() {
+                if allowed.contains(&a.pod_name) {
+                    continue;
+                }
+                if a.write_rules().any(|held| overlaps_valid(held, rule)) {
+                    return Err(ScopeError::WriteConflict {
+                        competitor: a.pod_name.clone(),
+                        rule: rule.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn insert(
+        &mut self,
+        spec: PodSpec,
+        start_time: u64,
+        incarnation: String,
+        delegated_from: Option<PodName>,
+    ) -> Allocation {
+        let allocation = Allocation {
+            pod_name: spec.pod_name,
+            pid: spec.pid,
+            start_time,
+            socket: spec.socket,
+            scope_allow: spec.scope,
+            delegated_from,
+            incarnation,
+        };
+        self.allocations
+            .insert(allocation.pod_name.clone(), allocation.clone());
+        self.touch();
+        allocation
+    }
+}
+
+/// Fails if write rules of two different pods among `members` overlap.
+///
+/// Overlapping targets always lie on one line of descent, so after sorting
+/// the rules by their component sequence (a preorder of the path tree) each
+/// rule only needs comparing with the rules whose targets are its ancestors
+/// or itself, kept on a stack: O(n log n) for n rules plus the stack walks,
+/// which are bounded by path depth times rules per pod.
+fn check_siblings_disjoint(members: &[&Allocation]) -> Result<(), String> {
+    if members.len() < 2 {
+        return Ok(());
+    }
+    let mut rules: Vec<(Vec<&str>, &ScopeRule, &PodName)> = members
+        .iter()
+        .flat_map(|a| {
+            a.write_rules().map(move |r| {
+                let components = r.target.split('/').filter(|c| !c.is_empty()).collect();
+                (components, r, &a.pod_name)
+            })
+        })
+        .collect();
+    rules.sort_by(|x, y| x.0.cmp(&y.0));
+    let mut stack: Vec<(&ScopeRule, &PodName)> = Vec::new();
+    for (_, rule, owner) in &rules {
+        while let Some((top, _)) = stack.last() {
+            match relation(&top.target, &rule.target) {
+                Relation::Same | Relation::Above(_) => break,
+                Relation::Below(_) | Relation::Apart => {
+                    stack.pop();
+                }
+            }
+        }
+        for (held, holder) in &stack {
+            if holder != owner && overlaps_valid(held, rule) {
+                return Err(format!(
+                    "(a) write rule {} of pod `{owner}` overlaps write rule {} of pod `{holder}`, which is neither its ancestor nor its descendant",
+                    DisplayRule(rule),
+                    DisplayRule(held)
+                ));
+            }
+        }
+        stack.push((rule, owner));
+    }
+    Ok(())
+}
