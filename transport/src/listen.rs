@@ -50,6 +50,10 @@ pub struct ListenConfig {
     ///
     /// [`Listener::recv`]: MethodSource::recv
     pub queue: usize,
+    /// Length of the kernel's queue of connections not yet accepted
+    /// (default 4096; Linux caps it at `net.core.somaxconn`). When it is
+    /// full, connecting fails with `EAGAIN` and senders retry.
+    pub backlog: u32,
 }
 
 impl Default for ListenConfig {
@@ -61,6 +65,7 @@ impl Default for ListenConfig {
             socket_mode: 0o600,
             allowed_uids: Vec::new(),
             queue: 1024,
+            backlog: 4096,
         }
     }
 }
@@ -280,6 +285,11 @@ impl Listener {
             }
             Err(err) => return Err(io_err(err)),
         };
+        // Linux lets `listen` be called again to resize the backlog.
+        let backlog = i32::try_from(config.backlog).unwrap_or(i32::MAX);
+        if let Err(err) = rustix::net::listen(&listener, backlog) {
+            return Err(io_err(err.into()));
+        }
         let file = {
             let path = path.clone();
             let mode = config.socket_mode;
