@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
@@ -64,39 +64,67 @@ impl RegistryOptions {
     }
 }
 
-/// **For tests only**: a shared counter of file writes to fail.
+/// **For tests only**: a shared plan of file writes to fail.
 ///
 /// Each write of one file (the departed file or the records file) consumes
-/// one count, if any is left, and then fails as an I/O error would: after
-/// the temporary file was written and before it is synced and renamed over
-/// the real file, so the real file is unchanged. Clones share the counter,
-/// so a test keeps one and passes a clone to
-/// [`RegistryOptions::fault_injector`].
+/// one step of the plan: first the writes to let through, then the writes
+/// to fail. A failing write fails as an I/O error would: after the
+/// temporary file was written and before it is synced and renamed over the
+/// real file, so the real file is unchanged. Clones share the plan, so a
+/// test keeps one and passes a clone to [`RegistryOptions::fault_injector`].
+///
+/// When both files changed, one commit writes the departed file then the
+/// records file: `fail_file_writes(1, 1)` fails the records file after the
+/// departed file was written, as a crash between the two would.
 #[derive(Debug, Clone, Default)]
 pub struct FaultInjector {
-    remaining: Arc<AtomicUsize>,
+    plan: Arc<Mutex<FaultPlan>>,
+}
+
+#[derive(Debug, Default)]
+struct FaultPlan {
+    pass: usize,
+    fail: usize,
 }
 
 impl FaultInjector {
-    /// A counter with no failures pending.
+    /// An injector with nothing planned: every write goes through.
     pub fn new() -> Self {
         FaultInjector::default()
     }
 
-    /// Makes the next `n` file writes fail (replacing any count pending).
+    /// Makes the next `n` file writes fail (replacing any plan pending).
     pub fn fail_next_file_writes(&self, n: usize) {
-        self.remaining.store(n, Ordering::SeqCst);
+        self.fail_file_writes(0, n);
+    }
+
+    /// Lets the next `pass` file writes through, then makes the `fail`
+    /// after them fail (replacing any plan pending).
+    pub fn fail_file_writes(&self, pass: usize, fail: usize) {
+        *self.plan() = FaultPlan { pass, fail };
     }
 
     /// How many injected failures are still pending.
     pub fn remaining(&self) -> usize {
-        self.remaining.load(Ordering::SeqCst)
+        self.plan().fail
     }
 
+    /// Consumes one step of the plan: whether this write must fail.
     fn take(&self) -> bool {
-        self.remaining
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
+        let mut plan = self.plan();
+        if plan.pass > 0 {
+            plan.pass -= 1;
+            false
+        } else if plan.fail > 0 {
+            plan.fail -= 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn plan(&self) -> MutexGuard<'_, FaultPlan> {
+        self.plan.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

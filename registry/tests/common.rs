@@ -1,0 +1,48 @@
+//! Helpers shared by the test modules.
+
+use std::future::Future;
+use std::path::Path;
+
+use pod_registry::{PodName, Record, ScopeRule, Tombstone, DEPARTED_FILE, RECORDS_FILE};
+
+/// A validated pod name; panics on an invalid one (test input only).
+pub(crate) fn name(name: &str) -> PodName {
+    PodName::new(name).unwrap()
+}
+
+/// A record whose content is determined by its key.
+pub(crate) fn record(pod_name: &str, incarnation: Option<&str>) -> Record {
+    Record {
+        pod_name: name(pod_name),
+        socket_path: format!("/run/pods/{pod_name}.sock"),
+        scope_delegated: vec![ScopeRule::write(format!("/srv/{pod_name}"))],
+        callback_address: "/run/pods/parent.sock".into(),
+        incarnation: incarnation.map(str::to_owned),
+    }
+}
+
+/// A tombstone.
+pub(crate) fn tombstone(pod_name: &str, incarnation: Option<&str>) -> Tombstone {
+    Tombstone {
+        pod_name: name(pod_name),
+        incarnation: incarnation.map(str::to_owned),
+    }
+}
+
+/// Runs `future` to completion on a fresh current-thread runtime.
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+/// The records file of `dir`, parsed as existing tools parse it.
+pub(crate) fn records_on_disk(dir: &Path) -> Vec<Record> {
+    serde_json::from_slice(&std::fs::read(dir.join(RECORDS_FILE)).unwrap()).unwrap()
+}
+
+/// The departed file of `dir`, parsed.
+pub(crate) fn departed_on_disk(dir: &Path) -> Vec<Tombstone> {
+    serde_json::from_slice(&std::fs::read(dir.join(DEPARTED_FILE)).unwrap()).unwrap()
+}

@@ -1,0 +1,8 @@
+//! Integration tests of `pod-registry`, built as one binary.
+
+mod common;
+mod crash;
+mod file;
+mod memory;
+mod model;
+mod state;
