@@ -22,6 +22,39 @@
 //! can be tested without sockets. An address is a [`Path`] today; a
 //! networked transport can implement the same traits later.
 //!
+//! ```
+//! use pod_transport::testing::MemoryNetwork;
+//! use pod_transport::{Method, MethodSender, MethodSource};
+//!
+//! /// Code under test depends on the seams only.
+//! async fn report<S: MethodSender>(sender: &S, parent: &std::path::Path) {
+//!     let done = Method::Notify { message: "done".into() };
+//!     if let Err(err) = sender.send(parent, &done).await {
+//!         eprintln!("warning: {err}"); // fire-and-forget
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let net = MemoryNetwork::new();
+//! let mut parent = net.bind("/run/pods/parent.sock");
+//! report(&net.sender(), "/run/pods/parent.sock".as_ref()).await;
+//! let received = parent.recv().await.unwrap();
+//! assert_eq!(received.item.unwrap(), Method::Notify { message: "done".into() });
+//! # }
+//! ```
+//!
+//! Over a real socket, [`Listener::bind`] and [`UnixSender`] play these
+//! roles; the crate README shows that flow end to end.
+//!
+//! # Bounds and authentication
+//!
+//! A [`Listener`] admits only peers whose uid is its own or listed in
+//! [`ListenConfig::allowed_uids`], checked with `SO_PEERCRED` before
+//! anything is read. It bounds the frame length, the number of connections
+//! served at once, the silence of a connection and the queue of received
+//! items; see [`ListenConfig`].
+//!
 //! # Delivery
 //!
 //! Sending is fire-and-forget: a send either hands the frame to the

@@ -237,8 +237,9 @@ impl ShutdownHandle {
 /// drains.
 ///
 /// Dropping a listener stops it at once (open connections are closed
-/// unread) and removes its socket file, best effort; [`shutdown`] is the
-/// graceful way.
+/// unread) and removes its socket file in the background, best effort;
+/// [`shutdown`] is the graceful way, and the one to await before binding
+/// the same path again.
 ///
 /// [`shutdown`]: Listener::shutdown
 pub struct Listener {
@@ -285,25 +286,7 @@ impl Listener {
             }
             Err(err) => return Err(io_err(err)),
         };
-        // Linux lets `listen` be called again to resize the backlog.
-        let backlog = i32::try_from(config.backlog).unwrap_or(i32::MAX);
-        if let Err(err) = rustix::net::listen(&listener, backlog) {
-            return Err(io_err(err.into()));
-        }
-        let file = {
-            let path = path.clone();
-            let mode = config.socket_mode;
-            blocking(move || {
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
-                let meta = std::fs::symlink_metadata(&path)?;
-                Ok(FileId {
-                    dev: meta.dev(),
-                    ino: meta.ino(),
-                })
-            })
-            .await
-        };
-        let file = match file {
+        let file = match configure(&listener, &path, &config).await {
             Ok(file) => file,
             Err(err) => {
                 drop(listener);
@@ -394,6 +377,28 @@ impl Drop for Listener {
             Err(_) => remove_socket(&path, file),
         }
     }
+}
+
+/// Sets the backlog and the socket file's mode; returns the file's identity.
+async fn configure(
+    listener: &UnixListener,
+    path: &Path,
+    config: &ListenConfig,
+) -> io::Result<FileId> {
+    // Linux lets `listen` be called again to resize the backlog.
+    let backlog = i32::try_from(config.backlog).unwrap_or(i32::MAX);
+    rustix::net::listen(listener, backlog)?;
+    let path = path.to_owned();
+    let mode = config.socket_mode;
+    blocking(move || {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        let meta = std::fs::symlink_metadata(&path)?;
+        Ok(FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    })
+    .await
 }
 
 fn check_config(path: &Path, config: &ListenConfig) -> Result<(), ListenError> {
@@ -566,7 +571,12 @@ fn drain_backlog(
             return;
         }
     };
-    while connections.len() < context.max_connections {
+    loop {
+        while connections.try_join_next().is_some() {}
+        if connections.len() >= context.max_connections {
+            tracing::warn!(path = %context.path.display(), "connection limit reached while draining; dropping the rest of the backlog");
+            break;
+        }
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
