@@ -38,8 +38,9 @@ pub struct ListenConfig {
     /// senders retry until their backlog deadline (see
     /// [`UnixSender`](crate::UnixSender)). Nothing is refused outright.
     pub max_connections: usize,
-    /// How long a connection may stay silent before it is closed
-    /// (default 10 s). Also bounds the drain at shutdown.
+    /// How long a connection may go without completing a frame before it
+    /// is closed (default 10 s), so neither a silent peer nor one trickling
+    /// bytes pins a connection. Also bounds the drain at shutdown.
     pub idle_timeout: Duration,
     /// Mode of the socket file (default `0o600`: owner only).
     pub socket_mode: u32,
@@ -147,7 +148,7 @@ pub struct ListenStats {
     /// Over-long frames (yielded as [`ReceiveError::FrameTooLong`]), each
     /// closing its connection.
     pub too_long: u64,
-    /// Connections closed for staying silent longer than the idle timeout.
+    /// Connections closed for completing no frame within the idle timeout.
     pub idle_timeouts: u64,
     /// Connections ended by a read error.
     pub read_errors: u64,

@@ -100,7 +100,9 @@ impl SendError {
 /// Timeouts and retry bounds of a [`UnixSender`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendConfig {
-    /// Bound on one connect attempt (default 2 s).
+    /// Bound on one connect attempt (default 2 s). A Unix-socket connect
+    /// completes or fails at once on Linux; this guards other platforms
+    /// and future transports.
     pub connect_timeout: Duration,
     /// Bound on writing the frame once connected (default 2 s).
     pub write_timeout: Duration,
