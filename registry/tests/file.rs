@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use pod_registry::{
-    FaultInjector, FileRegistry, Outcome, Registry, RegistryError, RegistryOptions,
-    DEPARTED_FILE, RECORDS_FILE,
+    FaultInjector, FileRegistry, Outcome, Registry, RegistryError, RegistryOptions, DEPARTED_FILE,
+    RECORDS_FILE,
 };
 
 use crate::common::{block_on, departed_on_disk, name, record, records_on_disk, tombstone};
@@ -141,13 +141,19 @@ fn check_corrupt(file: &str, bytes: &[u8], line: usize, column: usize) {
         } => {
             assert_eq!(at, &path);
             assert_eq!((*l, *c), (line, column), "{message}");
-            assert!(!message.is_empty() && !message.contains(" at line "), "{message}");
+            assert!(
+                !message.is_empty() && !message.contains(" at line "),
+                "{message}"
+            );
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
     let shown = error.to_string();
     assert!(shown.contains(&path.display().to_string()), "{shown}");
-    assert!(shown.contains(&format!("line {line}, column {column}")), "{shown}");
+    assert!(
+        shown.contains(&format!("line {line}, column {column}")),
+        "{shown}"
+    );
     assert_eq!(fs::read(&path).unwrap(), bytes);
     assert_eq!(mode(&path), 0o644);
     // Nothing was created beside it either.
@@ -176,7 +182,11 @@ fn open_drops_records_a_tombstone_matches_and_the_next_write_fixes_the_file() {
     // What a crash between writing the departed file and the records file
     // leaves behind.
     let dir = tempfile::tempdir().unwrap();
-    let records = [record("w1", Some("a")), record("w1", Some("b")), record("w2", None)];
+    let records = [
+        record("w1", Some("a")),
+        record("w1", Some("b")),
+        record("w2", None),
+    ];
     fs::write(
         dir.path().join(RECORDS_FILE),
         serde_json::to_vec(&records).unwrap(),
@@ -229,7 +239,10 @@ fn departed_set_is_bounded_and_persists_across_reopen() {
     drop(registry);
 
     let registry = FileRegistry::open_with(dir.path(), options()).unwrap();
-    assert_eq!(registry.read(|s| s.departed().cloned().collect::<Vec<_>>()), newest);
+    assert_eq!(
+        registry.read(|s| s.departed().cloned().collect::<Vec<_>>()),
+        newest
+    );
     assert!(!registry.is_departed("d2", Some("i")));
     block_on(registry.depart(name("d6"), None)).unwrap();
     assert_eq!(
@@ -251,7 +264,10 @@ fn departed_set_is_bounded_and_persists_across_reopen() {
 fn a_file_that_did_not_change_is_not_rewritten() {
     let dir = tempfile::tempdir().unwrap();
     let registry = FileRegistry::open(dir.path()).unwrap();
-    let (records, departed) = (registry.path().to_owned(), registry.departed_path().to_owned());
+    let (records, departed) = (
+        registry.path().to_owned(),
+        registry.departed_path().to_owned(),
+    );
     block_on(async {
         let departed_inode = inode(&departed);
         registry.add(record("w1", None)).await.unwrap();
@@ -312,7 +328,10 @@ fn flush_retries_a_failed_write_of_both_files() {
         // Both files changed; the departed file fails first and the
         // records file is not attempted.
         let error = registry.depart(name("w1"), None).await.unwrap_err();
-        assert!(matches!(&error, RegistryError::Io { path, .. } if path.ends_with("departed_pods.json.tmp")), "{error:?}");
+        assert!(
+            matches!(&error, RegistryError::Io { path, .. } if path.ends_with("departed_pods.json.tmp")),
+            "{error:?}"
+        );
         assert_eq!(faults.remaining(), 1);
         assert!(registry.list().is_empty());
         assert!(registry.flush().await.is_err());
@@ -337,7 +356,10 @@ fn a_failure_between_the_two_files_is_repaired_at_open() {
         registry.add(record("w2", None)).await.unwrap();
         faults.fail_file_writes(1, 1);
         let error = registry.depart(name("w1"), None).await.unwrap_err();
-        assert!(matches!(&error, RegistryError::Io { path, .. } if path.ends_with("spawned_pods.json.tmp")), "{error:?}");
+        assert!(
+            matches!(&error, RegistryError::Io { path, .. } if path.ends_with("spawned_pods.json.tmp")),
+            "{error:?}"
+        );
     });
     // The departed file was written, the records file was not: what a
     // crash between the two writes leaves.
@@ -354,7 +376,9 @@ fn every_waiter_of_a_failed_write_gets_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let (registry, faults) = open_faulty(dir.path());
     faults.fail_next_file_writes(usize::MAX);
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let registry = Arc::new(registry);
     let results = runtime.block_on(async {
         let tasks: Vec<_> = (0..50)
@@ -369,7 +393,12 @@ fn every_waiter_of_a_failed_write_gets_the_error() {
         }
         results
     });
-    assert!(results.iter().all(|r| matches!(r, Err(RegistryError::Io { .. }))), "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Err(RegistryError::Io { .. }))),
+        "{results:?}"
+    );
     assert_eq!(registry.len_on_disk(), 0);
     faults.fail_next_file_writes(0);
     runtime.block_on(registry.flush()).unwrap();
@@ -429,6 +458,9 @@ fn a_burst_of_10000_departures_costs_few_writes() {
     let registry = FileRegistry::open(dir.path()).unwrap();
     assert!(registry.list().is_empty());
     assert_eq!(records_on_disk(dir.path()), []);
-    assert_eq!(registry.read(|s| s.departed_len()), pod_registry::DEFAULT_DEPARTED_CAPACITY);
+    assert_eq!(
+        registry.read(|s| s.departed_len()),
+        pod_registry::DEFAULT_DEPARTED_CAPACITY
+    );
     assert!(registry.is_departed(&format!("w{}", PODS - 1), Some("1")));
 }

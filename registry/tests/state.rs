@@ -189,7 +189,10 @@ fn reinserting_a_tombstone_does_not_refresh_it() {
 fn capacity_zero_remembers_no_departure() {
     let mut state = RegistryState::new(0);
     add(&mut state, "w1", None);
-    assert_eq!(depart(&mut state, "w1", None), removed(&[("w1", None)], true));
+    assert_eq!(
+        depart(&mut state, "w1", None),
+        removed(&[("w1", None)], true)
+    );
     assert_eq!(state.departed_len(), 0);
     assert_eq!(add(&mut state, "w1", None), Outcome::Added);
 }
