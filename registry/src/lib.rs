@@ -10,8 +10,27 @@
 //!
 //! It does not decide *when* to mutate the registry (what an event means is
 //! `pod-events`' job), does not allocate or release scope (`pod-scope-lock`)
-//! and does not talk to Pods (`pod-transport`). It depends only on
-//! `pod-protocol`, for [`PodName`] and [`ScopeRule`].
+//! and does not talk to Pods (`pod-transport`). Of the workspace's crates
+//! it depends only on `pod-protocol`, for [`PodName`] and [`ScopeRule`].
+//!
+//! ```
+//! use pod_registry::{FileRegistry, Outcome, PodName, Record, Registry};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let registry = FileRegistry::open(dir.path()).unwrap(); // blocking
+//! let record = Record {
+//!     pod_name: PodName::new("w1").unwrap(),
+//!     socket_path: "/run/pods/w1.sock".into(),
+//!     scope_delegated: vec![],
+//!     callback_address: String::new(),
+//!     incarnation: Some("i1".into()),
+//! };
+//! tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//!     assert_eq!(registry.add(record.clone()).await.unwrap(), Outcome::Added); // durable now
+//!     registry.depart(record.pod_name.clone(), None).await.unwrap();
+//!     assert_eq!(registry.add(record).await.unwrap(), Outcome::Departed);
+//! });
+//! ```
 //!
 //! # Semantics
 //!
@@ -32,9 +51,19 @@
 //! When a write fails, memory stays ahead of disk: the mutations stay
 //! applied, the state is marked dirty, every waiter of that write gets the
 //! error, and the next write (of any later mutation, or
-//! [`FileRegistry::flush`]) writes them again. An error therefore means "applied,
-//! not yet known durable", never "not applied". See the README for the file
-//! format and the crash guarantees.
+//! [`FileRegistry::flush`]) writes them again. An error therefore means
+//! "applied, not yet known to be durable", never "not applied".
+//!
+//! # Files
+//!
+//! `spawned_pods.json` is a JSON array of [`Record`]s, sorted by name then
+//! incarnation, one per line; a name may appear more than once, with
+//! different incarnations. `departed_pods.json` is a JSON array of
+//! [`Tombstone`]s, oldest first. Both are mode 0600 in a 0700 directory and
+//! replaced atomically (temporary file, fsync, rename, fsync of the
+//! directory). A file that does not parse is reported as
+//! [`RegistryError::Corrupt`] and never overwritten. The crate README has
+//! the details.
 
 mod error;
 mod file;
