@@ -151,7 +151,9 @@ impl FaultInjector {
 /// reading never write, except to create missing files.
 ///
 /// Dropping the registry stops the committer thread after it has served the
-/// writes already requested (waiting for an in-flight write to finish).
+/// writes already requested, and blocks until then: only a write whose
+/// future was dropped can still be in flight, so this is normally
+/// immediate.
 /// State left dirty by a failed write that no later write retried is not
 /// written on drop: call [`FileRegistry::flush`] first.
 pub struct FileRegistry {

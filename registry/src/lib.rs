@@ -94,7 +94,8 @@ pub trait Registry: Send + Sync + 'static {
     /// Applies `mutation` to memory at once (in call order), and resolves
     /// once a durable write containing it has completed, or with the error
     /// of that write (the mutation then stays applied; see the crate
-    /// documentation's failure policy).
+    /// documentation's failure policy). Dropping the future does not undo
+    /// the mutation: it is still written.
     fn apply(
         &self,
         mutation: Mutation,
