@@ -1,0 +1,400 @@
+//! The receive loop: a parent endpoint that owns a source of methods.
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pod_protocol::{Method, PodEvent};
+use pod_registry::Registry;
+use pod_scope_lock::{Liveness, TableStore};
+use pod_transport::{MethodSender, MethodSource, PeerCred, Received};
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use crate::parent::{Parent, Reconciliation};
+use crate::probe::Reachability;
+use crate::render::{render, Origin};
+
+/// One rendered line for the embedding application (its LLM context).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// The rendered line: one line, bounded, control characters escaped.
+    pub line: String,
+    /// The event the line describes.
+    pub event: PodEvent,
+    /// Reported by the pod, or inferred by reconcile.
+    pub origin: Origin,
+    /// The sending process, for reported events.
+    pub peer: Option<PeerCred>,
+}
+
+/// Seam: where rendered lines go. Required method:
+/// [`deliver`](NotificationSink::deliver).
+pub trait NotificationSink: Send + Sync + 'static {
+    /// Takes one notification. Must not block: hand it off and return.
+    fn deliver(&self, notification: Notification);
+}
+
+impl NotificationSink for mpsc::UnboundedSender<Notification> {
+    fn deliver(&self, notification: Notification) {
+        // A closed receiver means the application stopped listening; the
+        // side effects are applied regardless.
+        let _ = self.send(notification);
+    }
+}
+
+impl<T: NotificationSink> NotificationSink for Arc<T> {
+    fn deliver(&self, notification: Notification) {
+        (**self).deliver(notification)
+    }
+}
+
+/// A [`NotificationSink`] that keeps every notification in memory.
+#[derive(Debug, Clone, Default)]
+pub struct CollectingSink {
+    notes: Arc<Mutex<Vec<Notification>>>,
+}
+
+impl CollectingSink {
+    /// An empty sink.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every notification so far, in delivery order.
+    pub fn notifications(&self) -> Vec<Notification> {
+        self.notes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Every line so far, in delivery order.
+    pub fn lines(&self) -> Vec<String> {
+        self.notifications().into_iter().map(|n| n.line).collect()
+    }
+}
+
+impl NotificationSink for CollectingSink {
+    fn deliver(&self, notification: Notification) {
+        self.notes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(notification);
+    }
+}
+
+/// How an endpoint runs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EndpointConfig {
+    /// Events are sharded over this many workers by the pod they are
+    /// about: one pod's events apply in arrival order, different pods'
+    /// concurrently (so registry writes coalesce). Default 16.
+    pub workers: usize,
+    /// Capacity of each worker's queue; a full queue slows the reader
+    /// (back-pressure) instead of growing memory. Default 1024.
+    pub worker_queue: usize,
+    /// Run reconcile at start and then every this often; `None` disables
+    /// both. Default 30 s.
+    pub reconcile_interval: Option<Duration>,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            workers: 16,
+            worker_queue: 1024,
+            reconcile_interval: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+impl EndpointConfig {
+    /// Sets [`reconcile_interval`](Self::reconcile_interval).
+    pub fn reconcile_every(mut self, interval: Option<Duration>) -> Self {
+        self.reconcile_interval = interval;
+        self
+    }
+
+    /// Sets [`workers`](Self::workers) (at least 1).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
+    }
+}
+
+/// Counters of an endpoint, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointStats {
+    /// Items received from the source.
+    pub received: u64,
+    /// Events applied and rendered.
+    pub applied: u64,
+    /// Frames that did not decode (or were too long).
+    pub undecodable: u64,
+    /// Events that decoded but failed validation.
+    pub invalid: u64,
+    /// Methods other than `pod_event`, rejected.
+    pub unsupported: u64,
+    /// Reconcile passes completed.
+    pub reconciles: u64,
+    /// Lower-layer failures met while applying or reconciling.
+    pub failures: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    received: AtomicU64,
+    applied: AtomicU64,
+    undecodable: AtomicU64,
+    invalid: AtomicU64,
+    unsupported: AtomicU64,
+    reconciles: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> EndpointStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        EndpointStats {
+            received: get(&self.received),
+            applied: get(&self.applied),
+            undecodable: get(&self.undecodable),
+            invalid: get(&self.invalid),
+            unsupported: get(&self.unsupported),
+            reconciles: get(&self.reconciles),
+            failures: get(&self.failures),
+        }
+    }
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// A running endpoint: returned by [`spawn_endpoint`].
+#[derive(Debug)]
+pub struct EndpointHandle {
+    counters: Arc<Counters>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EndpointHandle {
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> EndpointStats {
+        self.counters.snapshot()
+    }
+
+    /// Stops reading the source, applies every event already read, and
+    /// waits for that to finish. (Shutting the source down, e.g.
+    /// `Listener::shutdown_handle().shutdown()`, ends the loop the same
+    /// way after the source's remaining items.)
+    pub async fn stop(self) -> EndpointStats {
+        let _ = self.stop.send(true);
+        self.join().await
+    }
+
+    /// Waits until the source ends and every event read is applied.
+    pub async fn join(self) -> EndpointStats {
+        if let Err(error) = self.task.await {
+            if error.is_panic() {
+                std::panic::resume_unwind(error.into_panic());
+            }
+        }
+        self.counters.snapshot()
+    }
+}
+
+/// Runs a parent endpoint on the current tokio runtime: each item from
+/// `source` is decoded (by the source), validated, applied by `parent`,
+/// rendered, and delivered to `sink`. Reconcile runs at start and on the
+/// configured interval, its inferred outcomes delivered the same way.
+///
+/// One bad frame, invalid event or failing side effect is logged and
+/// counted; the loop goes on. Each event is handled in a tracing span
+/// `pod_event` with the pod's name and the event's kind.
+pub fn spawn_endpoint<R, S, L, U, P, Src, N>(
+    parent: Arc<Parent<R, S, L, U, P>>,
+    source: Src,
+    sink: N,
+    config: EndpointConfig,
+) -> EndpointHandle
+where
+    R: Registry,
+    S: TableStore,
+    L: Liveness,
+    U: MethodSender + Clone,
+    P: Reachability,
+    Src: MethodSource,
+    N: NotificationSink,
+{
+    let counters = Arc::new(Counters::default());
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(run(
+        parent,
+        source,
+        Arc::new(sink),
+        config,
+        counters.clone(),
+        stopped,
+    ));
+    EndpointHandle {
+        counters,
+        stop,
+        task,
+    }
+}
+
+async fn run<R, S, L, U, P, Src, N>(
+    parent: Arc<Parent<R, S, L, U, P>>,
+    mut source: Src,
+    sink: Arc<N>,
+    config: EndpointConfig,
+    counters: Arc<Counters>,
+    mut stopped: watch::Receiver<bool>,
+) where
+    R: Registry,
+    S: TableStore,
+    L: Liveness,
+    U: MethodSender + Clone,
+    P: Reachability,
+    Src: MethodSource,
+    N: NotificationSink,
+{
+    let mut workers = Vec::with_capacity(config.workers.max(1));
+    let mut queues = Vec::with_capacity(config.workers.max(1));
+    for _ in 0..config.workers.max(1) {
+        let (tx, rx) = mpsc::channel(config.worker_queue.max(1));
+        queues.push(tx);
+        workers.push(tokio::spawn(worker(
+            parent.clone(),
+            rx,
+            sink.clone(),
+            counters.clone(),
+        )));
+    }
+    let reconciler = config.reconcile_interval.map(|interval| {
+        let (parent, sink, counters, mut stopped) = (
+            parent.clone(),
+            sink.clone(),
+            counters.clone(),
+            stopped.clone(),
+        );
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
+                let report = parent.reconcile().await;
+                deliver_reconciliation(&report, &*sink);
+                bump(&counters.failures, report.failures as u64);
+                bump(&counters.reconciles, 1);
+            }
+        })
+    });
+
+    loop {
+        let received = tokio::select! {
+            received = source.recv() => received,
+            _ = stopped.wait_for(|s| *s) => None,
+        };
+        let Some(Received { peer, item }) = received else {
+            break;
+        };
+        bump(&counters.received, 1);
+        let event = match item {
+            Ok(Method::PodEvent(event)) => event,
+            Ok(other) => {
+                bump(&counters.unsupported, 1);
+                tracing::warn!(method = other.name(), pid = ?peer.pid, "rejected a method a pod-events endpoint does not handle");
+                continue;
+            }
+            Err(error) => {
+                bump(&counters.undecodable, 1);
+                tracing::warn!(%error, pid = ?peer.pid, "skipped an undecodable frame");
+                continue;
+            }
+        };
+        if let Err(error) = event.validate() {
+            bump(&counters.invalid, 1);
+            tracing::warn!(%error, kind = event.kind(), pid = ?peer.pid, "skipped an invalid pod event");
+            continue;
+        }
+        let shard = shard_of(event.subject(), queues.len());
+        // A worker only stops when its queue closes, which happens below.
+        let _ = queues[shard].send((event, peer)).await;
+    }
+    drop(queues);
+    for worker in workers {
+        let _ = worker.await;
+    }
+    if let Some(reconciler) = reconciler {
+        reconciler.abort();
+        let _ = reconciler.await;
+    }
+}
+
+fn shard_of(subject: &str, shards: usize) -> usize {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    subject.hash(&mut hasher);
+    (hasher.finish() % shards as u64) as usize
+}
+
+async fn worker<R, S, L, U, P, N>(
+    parent: Arc<Parent<R, S, L, U, P>>,
+    mut queue: mpsc::Receiver<(PodEvent, PeerCred)>,
+    sink: Arc<N>,
+    counters: Arc<Counters>,
+) where
+    R: Registry,
+    S: TableStore,
+    L: Liveness,
+    U: MethodSender + Clone,
+    P: Reachability,
+    N: NotificationSink,
+{
+    while let Some((event, peer)) = queue.recv().await {
+        let span = tracing::info_span!("pod_event", pod = %event.subject(), kind = event.kind());
+        let effects = parent.apply(&event).instrument(span).await;
+        bump(&counters.failures, effects.failures as u64);
+        sink.deliver(Notification {
+            line: render(&event, Origin::Reported),
+            event: event.clone(),
+            origin: Origin::Reported,
+            peer: Some(peer),
+        });
+        if effects.presumed_dead {
+            deliver_inferred(
+                &*sink,
+                PodEvent::ShutDown {
+                    pod_name: event.subject().to_owned(),
+                    incarnation: event.subject_incarnation().map(str::to_owned),
+                },
+            );
+        }
+        bump(&counters.applied, 1);
+    }
+}
+
+fn deliver_inferred(sink: &impl NotificationSink, event: PodEvent) {
+    sink.deliver(Notification {
+        line: render(&event, Origin::Inferred),
+        event,
+        origin: Origin::Inferred,
+        peer: None,
+    });
+}
+
+/// Delivers one line per inferred outcome of a reconcile pass.
+pub(crate) fn deliver_reconciliation(report: &Reconciliation, sink: &impl NotificationSink) {
+    for (event, _) in &report.presumed_crashed {
+        deliver_inferred(sink, event.clone());
+    }
+    for (event, _) in &report.adopted {
+        deliver_inferred(sink, event.clone());
+    }
+}

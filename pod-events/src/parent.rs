@@ -1,0 +1,495 @@
+//! The parent side: applying events' side effects, and reconcile.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use pod_protocol::{PodEvent, PodName};
+use pod_registry::{incarnations_match, Outcome, Record, Registry};
+use pod_scope_lock::{Allocation, Liveness, ScopeError, ScopeTable, TableStore};
+use pod_transport::{MethodSender, UnixSender};
+
+use crate::probe::Reachability;
+use crate::send::fire_and_forget;
+
+/// What applying one event changed. Lower-layer failures are logged and
+/// counted in [`failures`](Effects::failures), never returned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Effects {
+    /// A `ScopeSubDelegated` registered its pod (the first time this
+    /// parent sees that pod).
+    pub registered: bool,
+    /// Registry records removed by a `ShutDown` (real or inferred).
+    pub removed: Vec<Record>,
+    /// The scope allocation a `ShutDown` released.
+    pub released: Option<Allocation>,
+    /// The pod registered by this event was already dead: a synthetic
+    /// `ShutDown` was applied at once (Erlang's `noproc`).
+    pub presumed_dead: bool,
+    /// Events to relay upward, in order; sent through the upward link
+    /// when the parent has one.
+    pub relayed: Vec<PodEvent>,
+    /// Lower-layer errors met (each logged at warn level).
+    pub failures: usize,
+}
+
+/// A registered pod and whether it is alive now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodStatus {
+    /// The registry record.
+    pub record: Record,
+    /// Alive per the scope table (pid and start time), or per a socket
+    /// probe when the table has no allocation for it.
+    pub alive: bool,
+}
+
+/// What one [`Parent::reconcile`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Reconciliation {
+    /// Registered pods found dead, each handled as a `ShutDown`: the
+    /// synthetic event and its effects.
+    pub presumed_crashed: Vec<(PodEvent, Effects)>,
+    /// Allocations released because their process is gone.
+    pub reclaimed: Vec<Allocation>,
+    /// Allocations of departed pods that were still held (a `ShutDown`
+    /// whose release had not happened), now released.
+    pub finished: Vec<Allocation>,
+    /// Live descendants found in the scope table but missing from the
+    /// registry (their `ScopeSubDelegated` was lost), now registered: the
+    /// synthetic `ScopeSubDelegated` (from the pod it was delegated from)
+    /// and the new record.
+    pub adopted: Vec<(PodEvent, Record)>,
+    /// Lower-layer errors met (each logged at warn level).
+    pub failures: usize,
+}
+
+/// A parent pod's view of its descendants: its registry, the machine-wide
+/// scope table, the link to its own parent, and a socket probe.
+///
+/// Every collaborator is passed in; nothing is found through environment
+/// variables. Cheap to share behind an `Arc`; all methods take `&self`.
+#[derive(Debug)]
+pub struct Parent<R, S, L, U = UnixSender, P = crate::SocketProbe>
+where
+    S: TableStore,
+    L: Liveness,
+{
+    name: PodName,
+    registry: R,
+    scopes: ScopeTable<S, L>,
+    upward: Option<(U, PathBuf)>,
+    probe: P,
+}
+
+impl<R, S, L, P> Parent<R, S, L, UnixSender, P>
+where
+    R: Registry,
+    S: TableStore,
+    L: Liveness,
+    P: Reachability,
+{
+    /// A top-level parent named `name` (no upward link; see
+    /// [`with_upward`](Parent::with_upward)).
+    pub fn new(name: PodName, registry: R, scopes: ScopeTable<S, L>, probe: P) -> Self {
+        Parent {
+            name,
+            registry,
+            scopes,
+            upward: None,
+            probe,
+        }
+    }
+}
+
+impl<R, S, L, U, P> Parent<R, S, L, U, P>
+where
+    R: Registry,
+    S: TableStore,
+    L: Liveness,
+    U: MethodSender + Clone,
+    P: Reachability,
+{
+    /// Relays events upward through `sender` to the parent listening at
+    /// `parent_socket`.
+    pub fn with_upward<U2: MethodSender + Clone>(
+        self,
+        sender: U2,
+        parent_socket: impl Into<PathBuf>,
+    ) -> Parent<R, S, L, U2, P> {
+        Parent {
+            name: self.name,
+            registry: self.registry,
+            scopes: self.scopes,
+            upward: Some((sender, parent_socket.into())),
+            probe: self.probe,
+        }
+    }
+
+    /// This pod's name.
+    pub fn name(&self) -> &PodName {
+        &self.name
+    }
+
+    /// The registry of spawned pods.
+    pub fn registry(&self) -> &R {
+        &self.registry
+    }
+
+    /// The machine-wide scope table.
+    pub fn scopes(&self) -> &ScopeTable<S, L> {
+        &self.scopes
+    }
+
+    /// Applies the side effects of `event`, as reported by a child:
+    /// exactly the semantics table of the design (section 4).
+    ///
+    /// - `TurnEnded`, `Errored`: nothing.
+    /// - `ShutDown(n, inc)`: remove the records of `n` whose incarnation
+    ///   matches, add `(n, inc)` to the departed set, release `n`'s
+    ///   allocation if its incarnation matches (its children go to its
+    ///   parent), and relay the event upward the first time this parent
+    ///   sees that departure.
+    /// - `ScopeSubDelegated(c, g, ..)`: unless `g` is departed or already
+    ///   registered, register `g` with `callback_address` = the event's
+    ///   `spawner_socket` (for senders that omit it: `c`'s socket from the
+    ///   registry, else empty) and relay it upward with `parent_pod` = this
+    ///   pod; if `g` is already dead, apply a synthetic `ShutDown` at once.
+    ///
+    /// Idempotent and order-insensitive (proven by the crate's property
+    /// tests). Invalid events change nothing. Errors from the registry or
+    /// the scope table are logged and counted, never returned: the sender
+    /// is fire-and-forget, and reconcile repairs what was missed.
+    pub async fn apply(&self, event: &PodEvent) -> Effects {
+        let mut effects = Effects::default();
+        if let Err(error) = event.validate() {
+            tracing::warn!(%error, "ignored an invalid pod event");
+            effects.failures += 1;
+            return effects;
+        }
+        match event {
+            PodEvent::TurnEnded { .. } | PodEvent::Errored { .. } => {}
+            PodEvent::ShutDown {
+                pod_name,
+                incarnation,
+            } => {
+                self.shut_down(pod_name, incarnation.as_deref(), &mut effects)
+                    .await;
+            }
+            PodEvent::ScopeSubDelegated {
+                parent_pod,
+                sub_pod,
+                sub_socket,
+                scope,
+                sub_incarnation,
+                spawner_socket,
+            } => {
+                let callback = spawner_socket.clone().unwrap_or_else(|| {
+                    self.registry.read(|state| {
+                        state
+                            .records_named(parent_pod)
+                            .next()
+                            .map(|r| r.socket_path.clone())
+                            .unwrap_or_default()
+                    })
+                });
+                let Ok(name) = PodName::new(sub_pod.as_str()) else {
+                    return effects; // unreachable after validate()
+                };
+                let record = Record {
+                    pod_name: name,
+                    socket_path: sub_socket.clone(),
+                    scope_delegated: scope.clone(),
+                    callback_address: callback.clone(),
+                    incarnation: sub_incarnation.clone(),
+                };
+                match self.registry.add(record.clone()).await {
+                    Ok(Outcome::Added) => {
+                        effects.registered = true;
+                        effects.relayed.push(PodEvent::ScopeSubDelegated {
+                            parent_pod: self.name.to_string(),
+                            sub_pod: sub_pod.clone(),
+                            sub_socket: sub_socket.clone(),
+                            scope: scope.clone(),
+                            sub_incarnation: sub_incarnation.clone(),
+                            // Filled in when the original sender omitted it,
+                            // so ancestors learn the right callback instead
+                            // of falling back to this pod's socket.
+                            spawner_socket: (!callback.is_empty()).then_some(callback),
+                        });
+                        if !self.is_alive(&record, None).await {
+                            effects.presumed_dead = true;
+                            self.shut_down(sub_pod, sub_incarnation.as_deref(), &mut effects)
+                                .await;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, pod = %sub_pod, "could not register a sub-delegated pod");
+                        effects.failures += 1;
+                    }
+                }
+            }
+        }
+        self.relay(&effects.relayed);
+        effects
+    }
+
+    fn relay(&self, events: &[PodEvent]) {
+        if let Some((sender, socket)) = &self.upward {
+            for event in events {
+                fire_and_forget(sender, Some(socket), event.clone());
+            }
+        }
+    }
+
+    /// The `ShutDown` row of the semantics table, shared by real and
+    /// inferred shutdowns. Does not relay; the caller does.
+    async fn shut_down(&self, pod_name: &str, incarnation: Option<&str>, effects: &mut Effects) {
+        let Ok(name) = PodName::new(pod_name) else {
+            return;
+        };
+        let inc = incarnation.map(str::to_owned);
+        let first = match self.registry.depart(name.clone(), inc.clone()).await {
+            Ok(Outcome::Removed {
+                records,
+                first_departure,
+            }) => {
+                effects.removed.extend(records);
+                first_departure
+            }
+            Ok(_) => false,
+            Err(error) => {
+                // The registry keeps the change in memory and retries the
+                // write; relaying a possible duplicate upward is harmless.
+                tracing::warn!(%error, pod = %name, "could not record a departure durably");
+                effects.failures += 1;
+                true
+            }
+        };
+        let released = {
+            let name = name.clone();
+            let inc = inc.clone();
+            self.with_scopes(move |scopes| scopes.release(&name, inc.as_deref()))
+                .await
+        };
+        match released {
+            Ok(allocation) => effects.released = Some(allocation),
+            Err(ScopeError::UnknownPod { .. } | ScopeError::IncarnationMismatch { .. }) => {}
+            Err(error) => {
+                tracing::warn!(%error, pod = %name, "could not release a departed pod's scope");
+                effects.failures += 1;
+            }
+        }
+        if first {
+            effects.relayed.push(PodEvent::ShutDown {
+                pod_name: name.into_string(),
+                incarnation: inc,
+            });
+        }
+    }
+
+    /// Runs a scope-table operation on a blocking thread: the file store
+    /// takes a flock and fsyncs, which must not stall the executor.
+    async fn with_scopes<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ScopeTable<S, L>) -> T + Send + 'static,
+    ) -> T {
+        let scopes = self.scopes.clone();
+        match tokio::task::spawn_blocking(move || f(&scopes)).await {
+            Ok(value) => value,
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        }
+    }
+
+    /// Whether the pod of `record` is alive: per its allocation (pid and
+    /// start time) when the table holds one under its name, else per a
+    /// socket probe. An allocation of another incarnation means this one
+    /// is gone. `table` is a snapshot to use instead of a fresh lookup.
+    async fn is_alive(&self, record: &Record, table: Option<&HashMap<String, Allocation>>) -> bool {
+        let allocation = match table {
+            Some(table) => Ok(table.get(record.pod_name.as_str()).cloned()),
+            None => {
+                let name = record.pod_name.clone();
+                self.with_scopes(move |scopes| scopes.find(&name)).await
+            }
+        };
+        match allocation {
+            Ok(Some(allocation)) => {
+                incarnations_match(record.incarnation.as_deref(), Some(&allocation.incarnation))
+                    && self.scopes.is_live(&allocation)
+            }
+            Ok(None) => self.probe.is_reachable(record.socket_path.as_ref()).await,
+            Err(error) => {
+                tracing::warn!(%error, "scope table unreadable; probing the pod's socket instead");
+                self.probe.is_reachable(record.socket_path.as_ref()).await
+            }
+        }
+    }
+
+    /// Every registered pod with its liveness (the seed's `ListPods`).
+    pub async fn list_pods(&self) -> Vec<PodStatus> {
+        let table = self.table_snapshot().await.unwrap_or_default();
+        let mut out = Vec::new();
+        for record in self.registry.list() {
+            let alive = self.is_alive(&record, Some(&table)).await;
+            out.push(PodStatus { record, alive });
+        }
+        out
+    }
+
+    async fn table_snapshot(&self) -> Result<HashMap<String, Allocation>, ScopeError> {
+        let list = self.with_scopes(|scopes| scopes.list()).await?;
+        Ok(list
+            .into_iter()
+            .map(|a| (a.pod_name.to_string(), a))
+            .collect())
+    }
+
+    /// The level-triggered fallback that repairs whatever events were lost
+    /// (compare a Kubernetes controller's resync):
+    ///
+    /// 1. every registered pod found dead is handled exactly as a
+    ///    `ShutDown` (departed, released, relayed), reported as inferred;
+    /// 2. stale allocations (pid dead or reused) are reclaimed;
+    /// 3. half-applied shutdowns are finished: an allocation still held by
+    ///    a departed incarnation is released;
+    /// 4. live descendants of this pod in the scope table that the registry
+    ///    lacks (their `ScopeSubDelegated` was lost) are registered.
+    ///
+    /// After it, the registry holds exactly the live descendants.
+    pub async fn reconcile(&self) -> Reconciliation {
+        let mut report = Reconciliation::default();
+        let table = match self.table_snapshot().await {
+            Ok(table) => Some(table),
+            Err(error) => {
+                tracing::warn!(%error, "reconcile: scope table unreadable; probing sockets only");
+                report.failures += 1;
+                None
+            }
+        };
+        for record in self.registry.list() {
+            if self.is_alive(&record, table.as_ref()).await {
+                continue;
+            }
+            let event = PodEvent::ShutDown {
+                pod_name: record.pod_name.to_string(),
+                incarnation: record.incarnation.clone(),
+            };
+            let mut effects = Effects::default();
+            self.shut_down(
+                record.pod_name.as_str(),
+                record.incarnation.as_deref(),
+                &mut effects,
+            )
+            .await;
+            self.relay(&effects.relayed);
+            report.failures += effects.failures;
+            report.presumed_crashed.push((event, effects));
+        }
+
+        let departed: Vec<(PodName, String)> = self.registry.read(|state| {
+            state
+                .departed()
+                .filter_map(|t| Some((t.pod_name.clone(), t.incarnation.clone()?)))
+                .collect()
+        });
+        let self_name = self.name.clone();
+        let outcome = self
+            .with_scopes(move |scopes| {
+                // One transaction for the whole clean-up: with the file
+                // store that is one lock, one read and at most one write.
+                scopes.store().transact(|table| {
+                    let reclaimed = table.reclaim(|a| scopes.is_live(a));
+                    // Only tombstones with an incarnation: a legacy
+                    // tombstone matches every incarnation and must not
+                    // release a newer pod that reuses the name.
+                    let finished: Vec<Allocation> = departed
+                        .iter()
+                        .filter_map(|(name, inc)| table.release(name, Some(inc)).ok())
+                        .collect();
+                    let all = table.allocations().cloned().collect();
+                    Ok((reclaimed, finished, descendants(&self_name, all)))
+                })
+            })
+            .await;
+        let descendants = match outcome {
+            Ok((reclaimed, finished, descendants)) => {
+                report.reclaimed = reclaimed;
+                report.finished = finished;
+                descendants
+            }
+            Err(error) => {
+                tracing::warn!(%error, "reconcile: could not clean the scope table");
+                report.failures += 1;
+                Vec::new()
+            }
+        };
+
+        for (allocation, spawner, callback) in descendants {
+            let known = self.registry.read(|state| {
+                state
+                    .get(allocation.pod_name.as_str(), Some(&allocation.incarnation))
+                    .is_some()
+                    || state
+                        .is_departed(allocation.pod_name.as_str(), Some(&allocation.incarnation))
+            });
+            if known || !self.scopes.is_live(&allocation) {
+                continue;
+            }
+            let record = Record {
+                pod_name: allocation.pod_name.clone(),
+                socket_path: allocation.socket.clone(),
+                scope_delegated: allocation.scope_allow.clone(),
+                callback_address: callback,
+                incarnation: Some(allocation.incarnation.clone()),
+            };
+            match self.registry.add(record.clone()).await {
+                Ok(Outcome::Added) => {
+                    let event = PodEvent::ScopeSubDelegated {
+                        parent_pod: spawner,
+                        sub_pod: record.pod_name.to_string(),
+                        sub_socket: record.socket_path.clone(),
+                        scope: record.scope_delegated.clone(),
+                        sub_incarnation: record.incarnation.clone(),
+                        spawner_socket: Some(record.callback_address.clone()),
+                    };
+                    report.adopted.push((event, record));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, pod = %record.pod_name, "reconcile: could not register a descendant");
+                    report.failures += 1;
+                }
+            }
+        }
+        report
+    }
+}
+
+/// Every allocation below `root` in the delegation tree, each with the
+/// name and socket of the pod it was delegated from. One pass to index
+/// children, one walk.
+fn descendants(root: &PodName, all: Vec<Allocation>) -> Vec<(Allocation, String, String)> {
+    let mut children: HashMap<&str, Vec<&Allocation>> = HashMap::new();
+    for allocation in &all {
+        if let Some(parent) = &allocation.delegated_from {
+            children
+                .entry(parent.as_str())
+                .or_default()
+                .push(allocation);
+        }
+    }
+    let by_name: HashMap<&str, &Allocation> =
+        all.iter().map(|a| (a.pod_name.as_str(), a)).collect();
+    let mut out = Vec::new();
+    let mut stack = vec![root.as_str()];
+    while let Some(name) = stack.pop() {
+        let socket = by_name.get(name).map_or("", |a| a.socket.as_str());
+        for child in children.get(name).into_iter().flatten() {
+            out.push(((*child).clone(), name.to_owned(), socket.to_owned()));
+            stack.push(child.pod_name.as_str());
+        }
+    }
+    out
+}
