@@ -1,0 +1,281 @@
+//! The file store: permissions, format, corrupt and inconsistent files,
+//! exclusion between handles, and `/proc` liveness with real processes.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use pod_scope_lock::{
+    default_table_path, FileStore, Liveness, ProcLiveness, ScopeError, ScopeTable, TableStore,
+};
+
+use crate::{name, spec};
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn me() -> u32 {
+    std::process::id()
+}
+
+#[test]
+fn a_missing_file_is_an_empty_table_and_writes_create_private_files() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("run/pods");
+    let store = FileStore::new(dir.join("scope.lock"));
+    assert!(store.load().unwrap().is_empty());
+    assert!(!dir.exists(), "a read creates nothing");
+    let table = ScopeTable::with_proc_liveness(store.clone());
+    table.register(spec("w1", me(), &["w:/srv/a/**"])).unwrap();
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(store.path()), 0o600);
+    assert_eq!(mode(store.lock_path()), 0o600);
+    assert_eq!(store.lock_path(), dir.join("scope.lock.lck"));
+    assert!(
+        !dir.join("scope.lock.tmp").exists(),
+        "the temp file was renamed"
+    );
+    assert_eq!(table.list().unwrap().len(), 1);
+}
+
+#[test]
+fn the_format_is_versioned_json_with_one_allocation_per_line() {
+    let temp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(temp.path().join("scope.lock"));
+    let table = ScopeTable::with_proc_liveness(store.clone());
+    let root = table.register(spec("root", me(), &["w:/srv/**"])).unwrap();
+    table
+        .delegate(
+            &name("root"),
+            spec("child", me(), &["w:/srv/a/*", "r:/srv/b/**"]),
+        )
+        .unwrap();
+    let text = fs::read_to_string(store.path()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert_eq!(lines[0], r#"{"version":1,"allocations":["#);
+    assert_eq!(lines[3], "]}");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["version"], 1);
+    let root_json = &json["allocations"][1];
+    assert_eq!(root_json["pod_name"], "root");
+    assert_eq!(root_json["delegated_from"], serde_json::Value::Null);
+    assert_eq!(root_json["incarnation"], root.incarnation.as_str());
+    assert_eq!(root_json["start_time"], root.start_time);
+    assert_eq!(
+        root_json["scope_allow"],
+        serde_json::json!([{"target": "/srv", "permission": "write", "recursive": true}])
+    );
+    assert_eq!(json["allocations"][0]["delegated_from"], "root");
+    assert_eq!(json["allocations"][0]["scope_allow"][0]["recursive"], false);
+}
+
+/// Writes `content` as the table, runs every operation, and checks each
+/// fails as `check` expects without touching the file.
+fn refused_untouched(content: &str, check: impl Fn(&ScopeError)) {
+    let temp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(temp.path().join("scope.lock"));
+    fs::write(store.path(), content).unwrap();
+    let inode = fs::metadata(store.path()).unwrap().ino();
+    let table = ScopeTable::with_proc_liveness(store.clone());
+    let errors = [
+        table.register(spec("w", me(), &["w:/x/**"])).unwrap_err(),
+        table
+            .delegate(&name("w"), spec("v", me(), &["w:/x/**"]))
+            .unwrap_err(),
+        table.release(&name("w"), None).unwrap_err(),
+        table.reclaim_stale().unwrap_err(),
+        table.list().unwrap_err(),
+        table.owner_of("/x").unwrap_err(),
+    ];
+    for error in &errors {
+        check(error);
+    }
+    assert_eq!(fs::read_to_string(store.path()).unwrap(), content);
+    assert_eq!(fs::metadata(store.path()).unwrap().ino(), inode);
+    assert!(!temp.path().join("scope.lock.tmp").exists());
+}
+
+#[test]
+fn a_corrupt_file_is_reported_with_its_position_and_never_overwritten() {
+    let cases = [
+        ("{\"version\":1,\"allocations\":[\n{\"pod_name\":\"a\",\"pid\":", 2),
+        ("garbage", 1),
+        ("", 1),
+        ("{\"version\":1,\"allocations\":[\n{}\n]}", 2),
+        ("{\"version\":1,\"allocations\":[\n{\"pod_name\":\"../etc\",\"pid\":1,\"start_time\":1,\"socket\":\"/s\",\"scope_allow\":[],\"delegated_from\":null,\"incarnation\":\"x\"}\n]}", 2),
+    ];
+    for (content, expected_line) in cases {
+        refused_untouched(content, |error| match error {
+            ScopeError::Corrupt {
+                path,
+                line,
+                message,
+                ..
+            } => {
+                assert!(path.ends_with("scope.lock"));
+                assert_eq!(*line, expected_line, "{content:?}: {message}");
+                assert!(error.to_string().contains("left untouched"));
+            }
+            other => panic!("{content:?}: expected Corrupt, got {other}"),
+        });
+    }
+}
+
+fn allocation_json(pod: &str, parent: Option<&str>, rules: &str) -> String {
+    let parent = parent.map_or("null".to_owned(), |p| format!("\"{p}\""));
+    format!(
+        "{{\"pod_name\":\"{pod}\",\"pid\":1,\"start_time\":1,\"socket\":\"/run/{pod}.sock\",\"scope_allow\":{rules},\"delegated_from\":{parent},\"incarnation\":\"00\"}}"
+    )
+}
+
+fn table_json(allocations: &[String]) -> String {
+    format!(
+        "{{\"version\":1,\"allocations\":[{}]}}",
+        allocations.join(",\n")
+    )
+}
+
+#[test]
+fn an_inconsistent_file_is_reported_and_never_overwritten() {
+    let write_a = r#"[{"target":"/a","permission":"write"}]"#;
+    let cases = [
+        table_json(&[
+            allocation_json("x", None, write_a),
+            allocation_json("y", None, write_a),
+        ]),
+        table_json(&[
+            allocation_json("x", None, write_a),
+            allocation_json("x", None, r#"[{"target":"/b","permission":"write"}]"#),
+        ]),
+        table_json(&[allocation_json("x", Some("gone"), write_a)]),
+        table_json(&[allocation_json(
+            "x",
+            None,
+            r#"[{"target":"/a/../b","permission":"write"}]"#,
+        )]),
+        table_json(&[allocation_json("x", None, "[]")]),
+    ];
+    for content in cases {
+        refused_untouched(&content, |error| {
+            assert!(
+                matches!(error, ScopeError::InvalidTable { .. }),
+                "{content}: expected InvalidTable, got {error}"
+            );
+        });
+    }
+}
+
+#[test]
+fn a_newer_format_version_is_refused() {
+    refused_untouched(
+        r#"{"version":2,"allocations":[{"future":true}]}"#,
+        |error| {
+            assert!(
+                matches!(error, ScopeError::UnsupportedVersion { version: 2, .. }),
+                "got {error}"
+            );
+        },
+    );
+}
+
+#[test]
+fn refusals_and_reads_do_not_rewrite_the_file() {
+    let temp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(temp.path().join("scope.lock"));
+    let table = ScopeTable::with_proc_liveness(store.clone());
+    table.register(spec("w", me(), &["w:/a/**"])).unwrap();
+    let inode = fs::metadata(store.path()).unwrap().ino();
+    assert!(table.register(spec("v", me(), &["w:/a/b/**"])).is_err());
+    assert!(table.release(&name("v"), None).is_err());
+    assert!(table.reclaim_stale().unwrap().is_empty());
+    table.list().unwrap();
+    assert_eq!(fs::metadata(store.path()).unwrap().ino(), inode);
+    table.release(&name("w"), None).unwrap();
+    assert_ne!(fs::metadata(store.path()).unwrap().ino(), inode);
+}
+
+#[test]
+fn proc_liveness_reclaims_dead_pids_and_reused_pids() {
+    let temp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(temp.path().join("scope.lock"));
+    let start = ProcLiveness.start_time(me()).unwrap();
+    let mut exited = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = exited.id();
+    exited.wait().unwrap();
+    assert_eq!(ProcLiveness.start_time(dead_pid), None);
+    store
+        .transact(|t| {
+            t.register(spec("live", me(), &["w:/a/**"]), start, "1".into())?;
+            t.register(spec("reused", me(), &["w:/b/**"]), start + 1, "2".into())?;
+            t.register(spec("dead", dead_pid, &["w:/c/**"]), start, "3".into())?;
+            Ok(())
+        })
+        .unwrap();
+    let table = ScopeTable::with_proc_liveness(store);
+    let reclaimed: Vec<String> = table
+        .reclaim_stale()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.pod_name.to_string())
+        .collect();
+    assert_eq!(reclaimed, ["dead", "reused"]);
+    let live = table.list().unwrap();
+    assert_eq!(live.len(), 1);
+    assert!(table.is_live(&live[0]));
+    assert!(matches!(
+        table.register(spec("x", dead_pid, &["w:/x/**"])),
+        Err(ScopeError::DeadProcess { .. })
+    ));
+}
+
+#[test]
+fn separate_handles_in_one_process_exclude_each_other() {
+    let temp = tempfile::tempdir().unwrap();
+    let path = temp.path().join("scope.lock");
+    let root = ScopeTable::with_proc_liveness(FileStore::new(&path));
+    root.register(spec("root", me(), &["w:/shared/**"]))
+        .unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                // Each thread opens its own lock file descriptor.
+                let table = ScopeTable::with_proc_liveness(FileStore::new(path));
+                for i in 0..8 {
+                    table
+                        .register(spec(
+                            &format!("t{t}-{i}"),
+                            me(),
+                            &[&format!("w:/t{t}/{i}/**")],
+                        ))
+                        .unwrap();
+                    table
+                        .delegate(
+                            &name("root"),
+                            spec(
+                                &format!("d{t}-{i}"),
+                                me(),
+                                &[&format!("w:/shared/{t}/{i}/**")],
+                            ),
+                        )
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let table = root.store().load().unwrap();
+    assert_eq!(table.len(), 1 + 4 * 8 * 2);
+    table.check_invariant().unwrap();
+}
+
+#[test]
+fn the_default_path_is_absolute() {
+    let path = default_table_path();
+    assert!(path.is_absolute());
+    assert!(path.ends_with("scope.lock"));
+}

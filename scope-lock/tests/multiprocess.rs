@@ -1,0 +1,385 @@
+//! Tests across processes: this test binary re-executes itself
+//! (`current_exe() --exact <test> --nocapture`) with a role in
+//! `POD_SCOPE_LOCK_TEST_ROLE`; the role's test does nothing without it.
+//!
+//! - `race`: 8 processes race to register and delegate overlapping scopes on
+//!   one file; every success is reported on stdout, and afterwards the table
+//!   must hold exactly the successes not released, and satisfy the
+//!   invariant (as must every snapshot read during the race).
+//! - `crash`: a process saving in a loop is killed with SIGKILL at random
+//!   moments; the table must always parse and satisfy the invariant.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pod_scope_lock::{FileStore, ScopeError, ScopeTable, TableStore};
+
+use crate::{name, spec};
+
+const ROLE: &str = "POD_SCOPE_LOCK_TEST_ROLE";
+const TABLE: &str = "POD_SCOPE_LOCK_TEST_TABLE";
+const INDEX: &str = "POD_SCOPE_LOCK_TEST_INDEX";
+/// Overrides the number of SIGKILLs of the crash test (default 200).
+const CRASH_KILLS: &str = "POD_SCOPE_LOCK_CRASH_KILLS";
+
+const RACERS: usize = 8;
+const ROUNDS: usize = 12;
+
+/// Kills the child processes if the test fails half-way.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn spawn_role(role: &str, test: &str, table: &Path, index: usize) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env(ROLE, role)
+        .env(TABLE, table)
+        .env(INDEX, index.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// The role's parameters, if this process was started for `role`.
+fn role(role: &str) -> Option<(PathBuf, usize)> {
+    if std::env::var(ROLE).ok()? != role {
+        return None;
+    }
+    let table = PathBuf::from(std::env::var_os(TABLE)?);
+    let index = std::env::var(INDEX).ok()?.parse().ok()?;
+    Some((table, index))
+}
+
+/// A small deterministic generator, so each racer's choices differ.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Contested top-level targets: nested, equal, recursive and not.
+const CONTESTED: [&str; 6] = [
+    "w:/srv/**",
+    "w:/srv/a/**",
+    "w:/srv/a/b/*",
+    "w:/srv/*",
+    "w:/srv/b/**",
+    "w:/srv/a/b/c/**",
+];
+/// Contested sub-scopes of the shared root pod's `/shared`.
+const SHARED: [&str; 5] = [
+    "w:/shared/x/**",
+    "w:/shared/x/y/*",
+    "w:/shared/*",
+    "w:/shared/y/**",
+    "w:/shared/x/y/z/**",
+];
+
+fn target_of(rule: &str) -> String {
+    let pattern = &rule[2..];
+    let target = pattern.trim_end_matches("/**").trim_end_matches("/*");
+    if target.is_empty() {
+        "/".into()
+    } else {
+        target.into()
+    }
+}
+
+/// One racer: register, delegate and release, printing `RACE ok <name>`
+/// and `RACE released <name>` for every success and `RACE bad ...` for a
+/// breach of exclusion or an unexpected error; then `RACE done`, and waits
+/// for end of input so its pid stays alive until the parent has checked.
+#[test]
+fn race_child() {
+    let Some((path, index)) = role("race") else {
+        return;
+    };
+    let me = std::process::id();
+    let table = ScopeTable::with_proc_liveness(FileStore::new(path));
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ ((index as u64 + 1) * 0x1234_5678_9ABC));
+    let ok = |what: &str, pod: &str| println!("RACE {what} {pod}");
+    let bad = |what: String| println!("RACE bad {what}");
+    let expect_owner = |path: &str, owners: &[&str]| match table.owner_of(path) {
+        Ok(Some(a)) if owners.contains(&a.pod_name.as_str()) => {}
+        other => bad(format!(
+            "owner of {path} is {other:?}, expected one of {owners:?}"
+        )),
+    };
+    for round in 0..ROUNDS {
+        let unique = format!("u{index}-{round}");
+        match table.register(spec(&unique, me, &[&format!("w:/home/{index}/{round}/**")])) {
+            Ok(_) => ok("ok", &unique),
+            Err(e) => bad(format!("unique register {unique}: {e}")),
+        }
+        if round % 3 == 2 {
+            match table.release(&name(&unique), None) {
+                Ok(_) => ok("released", &unique),
+                Err(e) => bad(format!("release {unique}: {e}")),
+            }
+        }
+
+        let contested = CONTESTED[rng.below(CONTESTED.len())];
+        let top = format!("c{index}-{round}");
+        match table.register(spec(&top, me, &[contested])) {
+            Ok(_) => {
+                ok("ok", &top);
+                let target = target_of(contested);
+                expect_owner(&target, &[&top]);
+                let sub = format!("d{index}-{round}");
+                match table.delegate(&name(&top), spec(&sub, me, &[contested])) {
+                    Ok(_) => ok("ok", &sub),
+                    Err(e) => bad(format!("delegate {sub}: {e}")),
+                }
+                expect_owner(&target, &[&sub]);
+                match table.release(&name(&top), None) {
+                    Ok(_) => ok("released", &top),
+                    Err(e) => bad(format!("release {top}: {e}")),
+                }
+                expect_owner(&target, &[&sub]);
+                if rng.below(4) != 0 {
+                    match table.release(&name(&sub), None) {
+                        Ok(_) => ok("released", &sub),
+                        Err(e) => bad(format!("release {sub}: {e}")),
+                    }
+                }
+            }
+            Err(ScopeError::WriteConflict { .. }) => {}
+            Err(e) => bad(format!("register {top}: {e}")),
+        }
+
+        let shared = SHARED[rng.below(SHARED.len())];
+        let child = format!("s{index}-{round}");
+        match table.delegate(&name("root"), spec(&child, me, &[shared])) {
+            Ok(_) => {
+                ok("ok", &child);
+                expect_owner(&target_of(shared), &[&child]);
+                if rng.below(3) != 0 {
+                    match table.release(&name(&child), None) {
+                        Ok(_) => ok("released", &child),
+                        Err(e) => bad(format!("release {child}: {e}")),
+                    }
+                }
+            }
+            Err(ScopeError::WriteConflict { .. }) => {}
+            Err(e) => bad(format!("delegate {child}: {e}")),
+        }
+    }
+    println!("RACE done");
+    let mut rest = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut rest);
+}
+
+#[test]
+fn racing_processes_lose_no_update_and_keep_the_invariant() {
+    let temp = tempfile::tempdir().unwrap();
+    let path = temp.path().join("scope.lock");
+    let store = FileStore::new(&path);
+    // The shared spawner lives as long as this (parent) process.
+    let root = ScopeTable::with_proc_liveness(store.clone());
+    root.register(spec("root", std::process::id(), &["w:/shared/**"]))
+        .unwrap();
+
+    let mut children = Children(
+        (0..RACERS)
+            .map(|i| spawn_role("race", "multiprocess::race_child", &path, i))
+            .collect(),
+    );
+    let (sender, receiver) = mpsc::channel();
+    for child in &mut children.0 {
+        let stdout = child.stdout.take().unwrap();
+        let sender = sender.clone();
+        std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            let mut done = false;
+            // Reads to the end, so the racer's final output never meets a
+            // closed pipe.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // libtest may print `test <name> ... ` in front of the
+                // first line of output.
+                let Some(at) = line.find("RACE ") else {
+                    continue;
+                };
+                if done {
+                    continue;
+                }
+                if &line[at..] == "RACE done" {
+                    done = true;
+                    let _ = sender.send(Ok(std::mem::take(&mut lines)));
+                } else {
+                    lines.push(line[at..].to_owned());
+                }
+            }
+            if !done {
+                let _ = sender.send(Err(lines));
+            }
+        });
+    }
+    drop(sender);
+
+    // While they race, every snapshot parses and satisfies the invariant
+    // (loading checks it).
+    let mut reports = Vec::new();
+    let mut snapshots = 0;
+    while reports.len() < RACERS {
+        match receiver.recv_timeout(Duration::from_millis(5)) {
+            Ok(report) => reports.push(report.expect("a racer exited before finishing")),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                store.load().unwrap();
+                snapshots += 1;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("a racer's output ended"),
+        }
+    }
+
+    let mut expected = BTreeSet::from(["root".to_owned()]);
+    let mut successes = 0;
+    for line in reports.iter().flatten() {
+        let mut words = line.split_whitespace().skip(1);
+        match (words.next(), words.next()) {
+            (Some("ok"), Some(pod)) => {
+                successes += 1;
+                assert!(expected.insert(pod.to_owned()), "{pod} allocated twice");
+            }
+            (Some("released"), Some(pod)) => assert!(expected.remove(pod), "{pod} released twice"),
+            _ => panic!("racer reported: {line}"),
+        }
+    }
+    // All racers are alive (waiting on stdin), so nothing was reclaimed:
+    // the table must hold exactly what they were told they hold.
+    let table = store.load().unwrap();
+    table.check_invariant().unwrap();
+    let actual: BTreeSet<String> = table
+        .allocations()
+        .map(|a| a.pod_name.to_string())
+        .collect();
+    assert_eq!(actual, expected);
+    assert!(
+        successes >= RACERS * ROUNDS,
+        "every unique registration succeeds"
+    );
+    eprintln!(
+        "race: {RACERS} processes, {successes} successful allocations, {} held at the end, {snapshots} snapshots checked",
+        actual.len()
+    );
+
+    for mut child in children.0.drain(..) {
+        drop(child.stdin.take());
+        let status = child.wait().unwrap();
+        assert!(status.success(), "racer failed: {status}");
+    }
+    // Now the racers are gone: their allocations are stale.
+    let reclaimed = root.reclaim_stale().unwrap();
+    assert_eq!(reclaimed.len(), expected.len() - 1);
+    assert_eq!(root.list().unwrap().len(), 1);
+}
+
+/// Saves in a loop until killed: registers, delegates and releases pods of
+/// its own, keeping up to 150 allocations so each save writes a sizeable
+/// file. Prints `CRASH ready` once it starts.
+#[test]
+fn crash_child() {
+    let Some((path, index)) = role("crash") else {
+        return;
+    };
+    let me = std::process::id();
+    let table = ScopeTable::with_proc_liveness(FileStore::new(path));
+    println!("CRASH ready");
+    let mut held = std::collections::VecDeque::new();
+    for round in 0usize.. {
+        let top = format!("k{index}-{round}");
+        // Stale pods of killed predecessors are reclaimed by this register.
+        if table
+            .register(spec(&top, me, &[&format!("w:/crash/{round}/**")]))
+            .is_ok()
+        {
+            let _ = table.delegate(
+                &name(&top),
+                spec(
+                    &format!("g{index}-{round}"),
+                    me,
+                    &[&format!("w:/crash/{round}/sub/**")],
+                ),
+            );
+            held.push_back(top);
+        }
+        if held.len() > 150 {
+            if let Some(old) = held.pop_front() {
+                let _ = table.release(&name(&old), None);
+            }
+        }
+    }
+}
+
+#[test]
+fn sigkill_during_saves_always_leaves_a_valid_table() {
+    let kills: usize = std::env::var(CRASH_KILLS)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let temp = tempfile::tempdir().unwrap();
+    let path = temp.path().join("scope.lock");
+    let temp_file = temp.path().join("scope.lock.tmp");
+    let store = FileStore::new(&path);
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut rng = XorShift(seed | 1);
+    let (mut sizes, mut mid_write) = (BTreeSet::new(), 0);
+    for kill in 0..kills {
+        let mut children = Children(vec![spawn_role(
+            "crash",
+            "multiprocess::crash_child",
+            &path,
+            kill,
+        )]);
+        let child = &mut children.0[0];
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("CRASH ready") {
+            line.clear();
+            assert!(stdout.read_line(&mut line).unwrap() > 0, "the saver died");
+        }
+        std::thread::sleep(Duration::from_micros(rng.next() % 40_000));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if temp_file.exists() {
+            mid_write += 1;
+        }
+        let table = store
+            .load()
+            .unwrap_or_else(|e| panic!("after kill {kill} (seed {seed}): {e}"));
+        table.check_invariant().unwrap();
+        sizes.insert(table.len());
+    }
+    eprintln!(
+        "crash: {kills} SIGKILLs, {mid_write} left a temp file behind (killed mid-save), {} distinct table sizes seen",
+        sizes.len()
+    );
+    // The saver made progress across kills: the table was not stuck.
+    assert!(sizes.len() > 1);
+}

@@ -1,0 +1,609 @@
+//! The rules of the table, through `ScopeTable` on the in-memory store with
+//! fake liveness.
+
+use pod_scope_lock::testing::{FakeLiveness, MemoryStore};
+use pod_scope_lock::{Allocation, PodSpec, ScopeError, ScopeTable, Table};
+
+use crate::{name, rule, spec};
+
+struct Env {
+    table: ScopeTable<MemoryStore, FakeLiveness>,
+    live: FakeLiveness,
+    store: MemoryStore,
+}
+
+/// A table with processes 1..=20 alive.
+fn env() -> Env {
+    let live = FakeLiveness::new();
+    for pid in 1..=20 {
+        live.spawn(pid);
+    }
+    let store = MemoryStore::new();
+    Env {
+        table: ScopeTable::new(store.clone(), live.clone()),
+        live,
+        store,
+    }
+}
+
+impl Env {
+    fn register(&self, pod: &str, pid: u32, rules: &[&str]) -> Result<Allocation, ScopeError> {
+        self.table.register(spec(pod, pid, rules))
+    }
+
+    fn delegate(
+        &self,
+        from: &str,
+        pod: &str,
+        pid: u32,
+        rules: &[&str],
+    ) -> Result<Allocation, ScopeError> {
+        self.table.delegate(&name(from), spec(pod, pid, rules))
+    }
+
+    /// `(name, parent)` of every allocation, sorted by name; and checks the
+    /// invariant.
+    fn tree(&self) -> Vec<(String, Option<String>)> {
+        let table = self.store_table();
+        table.check_invariant().unwrap();
+        table
+            .allocations()
+            .map(|a| {
+                (
+                    a.pod_name.to_string(),
+                    a.delegated_from.as_ref().map(|p| p.to_string()),
+                )
+            })
+            .collect()
+    }
+
+    fn store_table(&self) -> Table {
+        use pod_scope_lock::TableStore;
+        self.store.load().unwrap()
+    }
+
+    fn owner(&self, path: &str) -> Option<String> {
+        self.table
+            .owner_of(path)
+            .unwrap()
+            .map(|a| a.pod_name.to_string())
+    }
+}
+
+fn node(pod: &str, parent: Option<&str>) -> (String, Option<String>) {
+    (pod.to_owned(), parent.map(str::to_owned))
+}
+
+fn competitor(result: Result<Allocation, ScopeError>) -> String {
+    match result {
+        Err(ScopeError::WriteConflict { competitor, .. }) => competitor.to_string(),
+        other => panic!("expected a write conflict, got {other:?}"),
+    }
+}
+
+#[test]
+fn register_refuses_overlapping_write_scope_and_names_the_competitor() {
+    let env = env();
+    env.register("w2", 1, &["w:/srv/a/**"]).unwrap();
+    let err = env.register("w3", 2, &["w:/srv/a/**"]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "write conflict: /srv/a (write, recursive) overlaps the scope of pod `w2`; wait until it is released or request a disjoint scope"
+    );
+    assert_eq!(competitor(env.register("w3", 2, &["w:/srv/a/b/*"])), "w2");
+    assert_eq!(competitor(env.register("w3", 2, &["w:/srv/*"])), "w2");
+    assert_eq!(competitor(env.register("w3", 2, &["w:/**"])), "w2");
+    env.register("w3", 2, &["w:/srv/ab/**", "w:/srv/b/*"])
+        .unwrap();
+    assert_eq!(
+        competitor(env.register("w4", 3, &["r:/x/**", "w:/srv/b/c/**"])),
+        "w3"
+    );
+    assert_eq!(env.tree(), vec![node("w2", None), node("w3", None)]);
+}
+
+#[test]
+fn read_rules_never_conflict() {
+    let env = env();
+    env.register("a", 1, &["w:/srv/**"]).unwrap();
+    env.register("b", 2, &["r:/srv/**", "r:/**"]).unwrap();
+    env.register("c", 3, &["r:/srv/x/*"]).unwrap();
+    assert_eq!(env.tree().len(), 3);
+}
+
+#[test]
+fn register_refuses_a_duplicate_name_even_without_overlap() {
+    let env = env();
+    env.register("w1", 1, &["w:/a/**"]).unwrap();
+    assert!(matches!(
+        env.register("w1", 2, &["w:/b/**"]),
+        Err(ScopeError::DuplicateName { name }) if name.as_str() == "w1"
+    ));
+}
+
+#[test]
+fn register_refuses_a_dead_process_and_changes_nothing() {
+    let env = env();
+    assert!(matches!(
+        env.register("w1", 99, &["w:/a/**"]),
+        Err(ScopeError::DeadProcess { pid: 99 })
+    ));
+    assert!(env.tree().is_empty());
+    assert_eq!(env.store.writes(), 0);
+}
+
+#[test]
+fn invalid_requests_are_refused_before_any_change() {
+    let env = env();
+    env.register("root", 1, &["w:/srv/**"]).unwrap();
+    let writes = env.store.writes();
+    for bad in [
+        spec("w1", 2, &["w:/srv/../etc"]),
+        spec("w1", 2, &["w:/srv/./x"]),
+        spec("w1", 2, &["w:srv/x"]),
+        spec("w1", 2, &["w:/srv/x/"]),
+        spec("w1", 2, &[]),
+        PodSpec {
+            socket: "relative.sock".into(),
+            ..spec("w1", 2, &["w:/x/**"])
+        },
+    ] {
+        assert!(
+            matches!(
+                env.table.register(bad.clone()),
+                Err(ScopeError::InvalidRule(_))
+            ),
+            "{bad:?}"
+        );
+        assert!(
+            matches!(
+                env.table.delegate(&name("root"), bad.clone()),
+                Err(ScopeError::InvalidRule(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    // `/srv/a/../../etc` must not pass as inside `/srv`.
+    let escape = spec("w1", 2, &["w:/srv/a/../../etc"]);
+    assert!(matches!(
+        env.table.delegate(&name("root"), escape),
+        Err(ScopeError::InvalidRule(_))
+    ));
+    assert_eq!(env.store.writes(), writes);
+    assert!(matches!(
+        env.table.owner_of("/srv/../etc"),
+        Err(ScopeError::InvalidRule(_))
+    ));
+}
+
+#[test]
+fn delegation_must_stay_inside_one_spawner_rule_of_at_least_that_permission() {
+    let env = env();
+    env.register("root", 1, &["w:/srv/**", "r:/usr/**", "w:/tmp/t/*"])
+        .unwrap();
+    env.delegate(
+        "root",
+        "c1",
+        2,
+        &["w:/srv/a/**", "r:/srv/b/*", "r:/usr/lib/**"],
+    )
+    .unwrap();
+    env.delegate("root", "c2", 3, &["w:/tmp/t/*"]).unwrap();
+    let not_subset = |r: Result<Allocation, ScopeError>| match r {
+        Err(ScopeError::NotSubset { spawner, rule }) => (spawner.to_string(), rule),
+        other => panic!("expected NotSubset, got {other:?}"),
+    };
+    assert_eq!(
+        not_subset(env.delegate("root", "x", 4, &["w:/usr/lib/**"])),
+        ("root".to_owned(), rule("w:/usr/lib/**"))
+    );
+    assert_eq!(
+        not_subset(env.delegate("root", "x", 4, &["w:/etc/**"])).1,
+        rule("w:/etc/**")
+    );
+    assert_eq!(
+        not_subset(env.delegate("root", "x", 4, &["w:/**"])).1,
+        rule("w:/**")
+    );
+    // A non-recursive rule covers only itself, not a recursive rule or one
+    // below its target.
+    assert_eq!(
+        not_subset(env.delegate("c2", "x", 4, &["w:/tmp/t/**"])).1,
+        rule("w:/tmp/t/**")
+    );
+    assert_eq!(
+        not_subset(env.delegate("c2", "x", 4, &["w:/tmp/t/u/*"])).1,
+        rule("w:/tmp/t/u/*")
+    );
+    assert_eq!(
+        not_subset(env.delegate("c1", "x", 4, &["r:/srv/b/c/*"])).1,
+        rule("r:/srv/b/c/*")
+    );
+    // Not a string prefix.
+    assert_eq!(
+        not_subset(env.delegate("c1", "x", 4, &["w:/srv/ab/**"])).1,
+        rule("w:/srv/ab/**")
+    );
+    // Spanning two spawner rules is not covered by one.
+    env.register("two", 5, &["w:/m/a/**", "w:/m/*"]).unwrap();
+    assert_eq!(
+        not_subset(env.delegate("two", "x", 6, &["w:/m/**"])).1,
+        rule("w:/m/**")
+    );
+    assert!(matches!(
+        env.delegate("ghost", "x", 4, &["w:/srv/**"]),
+        Err(ScopeError::UnknownPod { name }) if name.as_str() == "ghost"
+    ));
+    assert!(matches!(
+        env.delegate("root", "c1", 4, &["w:/srv/z/**"]),
+        Err(ScopeError::DuplicateName { .. })
+    ));
+    assert!(matches!(
+        env.delegate("root", "root", 4, &["w:/srv/z/**"]),
+        Err(ScopeError::DuplicateName { .. })
+    ));
+    env.delegate("c2", "g", 4, &["w:/tmp/t/*"]).unwrap();
+}
+
+#[test]
+fn delegation_may_overlap_the_lineage_but_not_other_children_or_their_subtrees() {
+    let env = env();
+    env.register("root", 1, &["w:/a/**"]).unwrap();
+    // The whole of the spawner's scope may be handed down, twice over.
+    env.delegate("root", "c1", 2, &["w:/a/b/**"]).unwrap();
+    env.delegate("c1", "g1", 3, &["w:/a/b/**"]).unwrap();
+    env.delegate("g1", "gg1", 4, &["w:/a/b/c/*"]).unwrap();
+    // Siblings and their subtrees are off limits; the conflict names a pod
+    // that holds the scope.
+    assert_eq!(
+        competitor(env.delegate("root", "c2", 5, &["w:/a/b/c/**"])),
+        "c1"
+    );
+    assert_eq!(competitor(env.delegate("root", "c2", 5, &["w:/a/*"])), "c1");
+    assert_eq!(
+        competitor(env.delegate("c1", "g2", 5, &["w:/a/b/c/d/**"])),
+        "g1"
+    );
+    assert_eq!(
+        competitor(env.delegate("g1", "gg2", 5, &["w:/a/b/c/d/*"])),
+        "gg1"
+    );
+    // Disjoint pieces are fine, including the non-recursive gap.
+    env.delegate("g1", "gg2", 5, &["w:/a/b/c/d/e/**"]).unwrap();
+    env.delegate("root", "c2", 6, &["w:/a/x/**", "r:/a/b/**"])
+        .unwrap();
+    assert_eq!(
+        env.tree(),
+        vec![
+            node("c1", Some("root")),
+            node("c2", Some("root")),
+            node("g1", Some("c1")),
+            node("gg1", Some("g1")),
+            node("gg2", Some("g1")),
+            node("root", None),
+        ]
+    );
+    assert_eq!(env.owner("/a/b/c/d/e/f").as_deref(), Some("gg2"));
+    assert_eq!(env.owner("/a/b/c/d/x").as_deref(), Some("g1"));
+    assert_eq!(env.owner("/a/b/c/d").as_deref(), Some("gg1"));
+    assert_eq!(env.owner("/a/b").as_deref(), Some("g1"));
+    assert_eq!(env.owner("/a/x/y").as_deref(), Some("c2"));
+    assert_eq!(env.owner("/a/y").as_deref(), Some("root"));
+    assert_eq!(env.owner("/b"), None);
+    assert_eq!(env.owner("/"), None);
+}
+
+#[test]
+fn effective_write_scope_excludes_what_the_children_hold() {
+    let env = env();
+    env.register("root", 1, &["w:/a/**", "r:/usr/**"]).unwrap();
+    env.delegate("root", "c1", 2, &["w:/a/b/*", "r:/a/c/**"])
+        .unwrap();
+    env.delegate("c1", "g1", 3, &["w:/a/b/*"]).unwrap();
+    let scope = env.table.effective_write_scope(&name("root")).unwrap();
+    assert_eq!(scope.write, vec![rule("w:/a/**")]);
+    assert_eq!(scope.excluded.len(), 1);
+    assert_eq!(scope.excluded[0].pod_name.as_str(), "c1");
+    assert!(scope.covers_path("/a"));
+    assert!(
+        scope.covers_path("/a/c/x"),
+        "read rules of children exclude nothing"
+    );
+    assert!(!scope.covers_path("/a/b"));
+    assert!(!scope.covers_path("/a/b/x"));
+    assert!(
+        scope.covers_path("/a/b/x/y"),
+        "below the child's non-recursive rule"
+    );
+    assert!(!scope.covers_path("/usr/lib"));
+    assert!(!scope.covers_path("/a/../usr"));
+    let c1 = env.table.effective_write_scope(&name("c1")).unwrap();
+    assert!(!c1.covers_path("/a/b/x"), "held by g1");
+    assert!(env
+        .table
+        .effective_write_scope(&name("g1"))
+        .unwrap()
+        .covers_path("/a/b/x"));
+    assert!(matches!(
+        env.table.effective_write_scope(&name("nobody")),
+        Err(ScopeError::UnknownPod { .. })
+    ));
+}
+
+#[test]
+fn release_reparents_children_to_the_released_pods_parent() {
+    let env = env();
+    env.register("root", 1, &["w:/a/**"]).unwrap();
+    env.delegate("root", "c", 2, &["w:/a/b/**"]).unwrap();
+    env.delegate("c", "g1", 3, &["w:/a/b/c/**"]).unwrap();
+    env.delegate("c", "g2", 4, &["w:/a/b/d/**"]).unwrap();
+    env.table.release(&name("c"), None).unwrap();
+    assert_eq!(
+        env.tree(),
+        vec![
+            node("g1", Some("root")),
+            node("g2", Some("root")),
+            node("root", None)
+        ]
+    );
+    assert_eq!(env.owner("/a/b/x").as_deref(), Some("root"));
+    env.table.release(&name("root"), None).unwrap();
+    assert_eq!(env.tree(), vec![node("g1", None), node("g2", None)]);
+    // The freed scope can be taken, but not what the orphans still hold.
+    env.register("new", 5, &["w:/a/x/**"]).unwrap();
+    assert_eq!(competitor(env.register("new2", 6, &["w:/a/b/*"])), "g1");
+}
+
+#[test]
+fn release_checks_the_incarnation() {
+    let env = env();
+    let first = env.register("w", 1, &["w:/a/**"]).unwrap();
+    env.table
+        .release(&name("w"), Some(&first.incarnation))
+        .unwrap();
+    let second = env.register("w", 2, &["w:/a/**"]).unwrap();
+    assert_ne!(first.incarnation, second.incarnation);
+    let writes = env.store.writes();
+    match env.table.release(&name("w"), Some(&first.incarnation)) {
+        Err(ScopeError::IncarnationMismatch {
+            name,
+            held,
+            requested,
+        }) => {
+            assert_eq!(name.as_str(), "w");
+            assert_eq!(held, second.incarnation);
+            assert_eq!(requested, first.incarnation);
+        }
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
+    assert_eq!(env.store.writes(), writes);
+    assert_eq!(env.table.find(&name("w")).unwrap(), Some(second.clone()));
+    assert_eq!(env.table.release(&name("w"), None).unwrap(), second);
+    assert!(matches!(
+        env.table.release(&name("w"), None),
+        Err(ScopeError::UnknownPod { name }) if name.as_str() == "w"
+    ));
+}
+
+#[test]
+fn incarnations_are_128_bit_hex_and_distinct() {
+    let env = env();
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..50 {
+        let a = env
+            .register(&format!("p{i}"), 1, &[&format!("w:/x/{i}/**")])
+            .unwrap();
+        assert_eq!(a.incarnation.len(), 32);
+        assert!(a.incarnation.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(seen.insert(a.incarnation));
+    }
+}
+
+#[test]
+fn reclaim_releases_dead_and_reused_pids_and_reparents_to_the_nearest_survivor() {
+    let env = env();
+    env.register("root", 1, &["w:/a/**"]).unwrap();
+    env.delegate("root", "c", 2, &["w:/a/b/**"]).unwrap();
+    env.delegate("c", "g", 3, &["w:/a/b/c/**"]).unwrap();
+    env.delegate("g", "gg", 4, &["w:/a/b/c/d/**"]).unwrap();
+    env.register("other", 5, &["w:/z/**"]).unwrap();
+    assert!(env.table.reclaim_stale().unwrap().is_empty());
+    env.live.kill(2);
+    env.live.reuse(3);
+    let reclaimed: Vec<String> = env
+        .table
+        .reclaim_stale()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.pod_name.to_string())
+        .collect();
+    assert_eq!(reclaimed, ["c", "g"]);
+    assert_eq!(
+        env.tree(),
+        vec![
+            node("gg", Some("root")),
+            node("other", None),
+            node("root", None)
+        ]
+    );
+    env.live.kill(1);
+    env.table.reclaim_stale().unwrap();
+    assert_eq!(env.tree(), vec![node("gg", None), node("other", None)]);
+}
+
+#[test]
+fn register_and_delegate_reclaim_first_and_keep_the_reclaim_when_refused() {
+    let env = env();
+    env.register("old", 1, &["w:/a/**"]).unwrap();
+    env.register("live", 2, &["w:/b/**"]).unwrap();
+    env.live.kill(1);
+    // The dead holder of /a no longer blocks it.
+    env.register("new", 3, &["w:/a/**"]).unwrap();
+    env.register("old2", 4, &["w:/c/**"]).unwrap();
+    env.live.kill(4);
+    // Refused because of a live competitor, but the dead pod is gone.
+    assert_eq!(competitor(env.register("x", 5, &["w:/b/**"])), "live");
+    assert_eq!(env.tree(), vec![node("live", None), node("new", None)]);
+    // A dead spawner is reclaimed before it could delegate.
+    env.live.kill(3);
+    assert!(matches!(
+        env.delegate("new", "child", 6, &["w:/a/x/**"]),
+        Err(ScopeError::UnknownPod { .. })
+    ));
+    assert_eq!(env.tree(), vec![node("live", None)]);
+}
+
+#[test]
+fn a_failed_write_changes_nothing() {
+    let env = env();
+    env.register("a", 1, &["w:/a/**"]).unwrap();
+    env.store.fail_next_writes(1);
+    assert!(matches!(
+        env.register("b", 2, &["w:/b/**"]),
+        Err(ScopeError::Io { .. })
+    ));
+    assert_eq!(env.tree(), vec![node("a", None)]);
+    // Refusals write nothing, so they do not use up an injected failure.
+    env.store.fail_next_writes(1);
+    assert!(matches!(
+        env.register("a", 2, &["w:/b/**"]),
+        Err(ScopeError::DuplicateName { .. })
+    ));
+    assert!(matches!(
+        env.table.release(&name("a"), None),
+        Err(ScopeError::Io { .. })
+    ));
+    assert_eq!(env.tree(), vec![node("a", None)]);
+    env.register("b", 2, &["w:/b/**"]).unwrap();
+    assert_eq!(env.tree(), vec![node("a", None), node("b", None)]);
+}
+
+#[test]
+fn lookups() {
+    let env = env();
+    env.register("zeta", 1, &["w:/z/**"]).unwrap();
+    let alpha = env.register("alpha", 2, &["w:/a/**"]).unwrap();
+    let names: Vec<String> = env
+        .table
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.pod_name.to_string())
+        .collect();
+    assert_eq!(names, ["alpha", "zeta"]);
+    assert_eq!(env.table.find(&name("alpha")).unwrap(), Some(alpha.clone()));
+    assert_eq!(env.table.find(&name("beta")).unwrap(), None);
+    assert!(env.table.is_live(&alpha));
+    env.live.reuse(2);
+    assert!(!env.table.is_live(&alpha));
+    assert_eq!(alpha.socket, "/run/pods/alpha.sock");
+    assert_eq!(alpha.pid, 2);
+    assert_eq!(alpha.delegated_from, None);
+}
+
+fn allocation(pod: &str, parent: Option<&str>, rules: &[&str]) -> Allocation {
+    Allocation {
+        pod_name: name(pod),
+        pid: 1,
+        start_time: 1,
+        socket: format!("/run/{pod}.sock"),
+        scope_allow: rules.iter().map(|r| rule(r)).collect(),
+        delegated_from: parent.map(name),
+        incarnation: "00".into(),
+    }
+}
+
+/// Builds a table unchecked and returns what `check_invariant` says.
+fn invariant(allocations: Vec<Allocation>) -> Result<(), String> {
+    allocations.into_iter().collect::<Table>().check_invariant()
+}
+
+#[test]
+fn check_invariant_finds_each_kind_of_breakage() {
+    let ok = invariant(vec![
+        allocation("r", None, &["w:/a/**"]),
+        allocation("c", Some("r"), &["w:/a/b/*"]),
+        allocation("d", Some("r"), &["w:/a/b/c/d/**"]),
+        allocation("s", None, &["w:/ab/**", "r:/a/**"]),
+    ]);
+    assert_eq!(ok, Ok(()));
+    let strangers = invariant(vec![
+        allocation("r", None, &["w:/a/**"]),
+        allocation("s", None, &["w:/x/**", "w:/a/b/*"]),
+    ]);
+    assert!(strangers.unwrap_err().starts_with("(a)"));
+    let siblings = invariant(vec![
+        allocation("r", None, &["w:/a/**"]),
+        allocation("c1", Some("r"), &["w:/a/b/*"]),
+        allocation("c2", Some("r"), &["w:/a/b/c/**"]),
+    ]);
+    assert!(siblings.unwrap_err().starts_with("(a)"));
+    let cousins = invariant(vec![
+        allocation("r", None, &["w:/a/**"]),
+        allocation("c1", Some("r"), &["w:/a/b/**"]),
+        allocation("c2", Some("r"), &["w:/a/c/**"]),
+        allocation("g1", Some("c1"), &["w:/a/b/x/**"]),
+        allocation("g2", Some("c2"), &["w:/a/b/x/**"]),
+    ]);
+    assert!(cousins.unwrap_err().starts_with("(b)"));
+    let uncovered = invariant(vec![
+        allocation("r", None, &["w:/a/*"]),
+        allocation("c", Some("r"), &["w:/a/b/**"]),
+    ]);
+    assert!(uncovered.unwrap_err().starts_with("(b)"));
+    let upgraded = invariant(vec![
+        allocation("r", None, &["r:/a/**"]),
+        allocation("c", Some("r"), &["w:/a/b/**"]),
+    ]);
+    assert!(upgraded.unwrap_err().starts_with("(b)"));
+    let dangling = invariant(vec![allocation("c", Some("gone"), &["w:/a/**"])]);
+    assert!(dangling.unwrap_err().starts_with("(c)"));
+    let cycle = invariant(vec![
+        allocation("x", Some("y"), &["w:/a/**"]),
+        allocation("y", Some("x"), &["w:/a/**"]),
+    ]);
+    assert!(cycle.unwrap_err().starts_with("(c)"));
+    let bad_path = invariant(vec![allocation("r", None, &["w:/a/../b"])]);
+    assert!(bad_path.unwrap_err().contains("`..`"));
+    let no_rules = invariant(vec![allocation("r", None, &[])]);
+    assert!(no_rules.unwrap_err().contains("empty scope"));
+}
+
+#[test]
+fn reclaim_on_an_unchecked_cycle_terminates() {
+    let mut table: Table = vec![
+        allocation("x", Some("y"), &["w:/a/**"]),
+        allocation("y", Some("x"), &["w:/a/**"]),
+        allocation("z", Some("x"), &["w:/a/**"]),
+    ]
+    .into_iter()
+    .collect();
+    let removed = table.reclaim(|a| a.pod_name.as_str() == "z");
+    assert_eq!(removed.len(), 2);
+    assert_eq!(table.get("z").unwrap().delegated_from, None);
+}
+
+#[test]
+fn errors_say_what_to_do() {
+    let env = env();
+    env.register("r", 1, &["r:/a/**"]).unwrap();
+    let not_subset = env
+        .delegate("r", "c", 2, &["w:/a/b/**"])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        not_subset,
+        "cannot delegate /a/b (write, recursive): pod `r` holds no rule covering it with at least write permission; delegate only a sub-scope of the spawner's own"
+    );
+    let unknown = env
+        .table
+        .release(&name("zz"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        unknown.contains("no scope allocation for pod `zz`"),
+        "{unknown}"
+    );
+    let dead = env.register("d", 77, &["w:/d/**"]).unwrap_err().to_string();
+    assert!(dead.contains("process 77 is not running"), "{dead}");
+}
