@@ -3,4 +3,5 @@
 mod tests {
     pub(crate) mod endpoint;
     pub(crate) mod model;
+    pub(crate) mod sockets;
 }
