@@ -37,6 +37,11 @@ pub use probe::{FakeReachability, Reachability, SocketProbe};
 pub use render::{render, render_event, Origin, MAX_LINE_LEN};
 pub use send::{fire_and_forget, send_pod_event};
 
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use pod_protocol;
 pub use pod_registry;
 pub use pod_scope_lock;
