@@ -81,16 +81,27 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Table, DecodeError> {
     if file.version != VERSION {
         return Err(DecodeError::Version(file.version));
     }
-    let mut names = HashSet::with_capacity(file.allocations.len());
-    for a in &file.allocations {
-        if !names.insert(a.pod_name.as_str()) {
-            return Err(DecodeError::Invalid(format!(
-                "pod `{}` has two allocations",
-                a.pod_name
-            )));
-        }
-    }
+    let count = file.allocations.len();
     let table: Table = file.allocations.into_iter().collect();
+    if table.len() != count {
+        return Err(DecodeError::Invalid(duplicate_message(bytes)));
+    }
     table.check_invariant().map_err(DecodeError::Invalid)?;
     Ok(table)
+}
+
+/// Names the first pod with two allocations (only on the error path).
+fn duplicate_message(bytes: &[u8]) -> String {
+    let mut seen = HashSet::new();
+    let duplicate = serde_json::from_slice::<TableFile>(bytes)
+        .ok()
+        .and_then(|file| {
+            file.allocations
+                .into_iter()
+                .find(|a| !seen.insert(a.pod_name.clone()))
+        });
+    match duplicate {
+        Some(a) => format!("pod `{}` has two allocations", a.pod_name),
+        None => "a pod has two allocations".to_owned(),
+    }
 }

@@ -391,7 +391,8 @@ impl Table {
     /// and its socket and targets are valid paths. The error says which pods
     /// break which rule. Costs O(n log n) in the number of rules.
     pub fn check_invariant(&self) -> Result<(), String> {
-        for (key, a) in &self.allocations {
+        let pods: Vec<&Allocation> = self.allocations.values().collect();
+        for (key, a) in self.allocations.iter() {
             if *key != a.pod_name {
                 return Err(format!(
                     "allocation `{}` is stored under the name `{key}`",
@@ -402,12 +403,25 @@ impl Table {
                 .and_then(|_| validate_scope(&a.scope_allow))
                 .map_err(|e| format!("pod `{key}`: {e}"))?;
         }
-        self.check_forest()?;
-        for a in self.allocations.values() {
-            let Some(parent_name) = &a.delegated_from else {
+        // Names are resolved once (`pods` is sorted by name); everything
+        // below works on indices.
+        let mut parents = Vec::with_capacity(pods.len());
+        for a in &pods {
+            parents.push(match &a.delegated_from {
+                None => None,
+                Some(p) => Some(pods.binary_search_by(|x| x.pod_name.cmp(p)).map_err(|_| {
+                    format!(
+                        "(c) pod `{}` is delegated from `{p}`, which has no allocation",
+                        a.pod_name
+                    )
+                })?),
+            });
+        }
+        check_acyclic(&pods, &parents)?;
+        for (a, parent) in pods.iter().zip(&parents) {
+            let Some(parent) = parent.map(|p| pods[p]) else {
                 continue;
             };
-            let parent = &self.allocations[parent_name];
             for rule in &a.scope_allow {
                 let covered = parent
                     .scope_allow
@@ -415,9 +429,10 @@ impl Table {
                     .any(|p| p.permission >= rule.permission && covers_valid(p, rule));
                 if !covered {
                     return Err(format!(
-                        "(b) rule {} of pod `{}` is not covered by a rule of its parent `{parent_name}`",
+                        "(b) rule {} of pod `{}` is not covered by a rule of its parent `{}`",
                         DisplayRule(rule),
-                        a.pod_name
+                        a.pod_name,
+                        parent.pod_name
                     ));
                 }
             }
@@ -425,49 +440,12 @@ impl Table {
         // With (b) and (c), a pod's write rules contain those of its whole
         // subtree, so (a) holds exactly when the children of each pod (and
         // the top-level pods) hold pairwise disjoint write scope.
-        let mut groups: HashMap<Option<&PodName>, Vec<&Allocation>> = HashMap::new();
-        for a in self.allocations.values() {
-            groups.entry(a.delegated_from.as_ref()).or_default().push(a);
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); pods.len() + 1];
+        for (i, parent) in parents.iter().enumerate() {
+            groups[parent.map_or(0, |p| p + 1)].push(i);
         }
-        for members in groups.values() {
-            check_siblings_disjoint(members)?;
-        }
-        Ok(())
-    }
-
-    /// (c): every parent exists and the parent links have no cycle.
-    fn check_forest(&self) -> Result<(), String> {
-        // 0 = unvisited, 1 = on the current path, 2 = done.
-        let mut state: HashMap<&str, u8> = HashMap::new();
-        for start in self.allocations.keys() {
-            let mut path = Vec::new();
-            let mut current = Some(start.as_str());
-            while let Some(name) = current {
-                match state.get(name) {
-                    Some(2) => break,
-                    Some(_) => {
-                        return Err(format!(
-                            "(c) the delegation chain through pod `{name}` is a cycle"
-                        ))
-                    }
-                    None => {}
-                }
-                state.insert(name, 1);
-                path.push(name);
-                let a = &self.allocations[name];
-                current = match &a.delegated_from {
-                    None => None,
-                    Some(p) if self.allocations.contains_key(p) => Some(p.as_str()),
-                    Some(p) => {
-                        return Err(format!(
-                            "(c) pod `{name}` is delegated from `{p}`, which has no allocation"
-                        ))
-                    }
-                };
-            }
-            for name in path {
-                state.insert(name, 2);
-            }
+        for members in groups.iter().filter(|g| g.len() > 1) {
+            check_siblings_disjoint(&pods, members)?;
         }
         Ok(())
     }
@@ -497,10 +475,9 @@ impl Table {
     ) -> Result<(), ScopeError> {
         for rule in scope.iter().filter(|r| r.permission == Permission::Write) {
             for a in self.allocations.values() {
-                if allowed.contains(&a.pod_name) {
-                    continue;
-                }
-                if a.write_rules().any(|held| overlaps_valid(held, rule)) {
+                if a.write_rules().any(|held| overlaps_valid(held, rule))
+                    && !allowed.contains(&a.pod_name)
+                {
                     return Err(ScopeError::WriteConflict {
                         competitor: a.pod_name.clone(),
                         rule: rule.clone(),
@@ -534,29 +511,61 @@ impl Table {
     }
 }
 
+/// (c), second half: following parent links from any pod ends at a
+/// top-level pod.
+fn check_acyclic(pods: &[&Allocation], parents: &[Option<usize>]) -> Result<(), String> {
+    const UNSEEN: u8 = 0;
+    const ON_PATH: u8 = 1;
+    const DONE: u8 = 2;
+    let mut state = vec![UNSEEN; pods.len()];
+    let mut path = Vec::new();
+    for start in 0..pods.len() {
+        let mut current = Some(start);
+        while let Some(i) = current {
+            match state[i] {
+                DONE => break,
+                ON_PATH => {
+                    return Err(format!(
+                        "(c) the delegation chain through pod `{}` is a cycle",
+                        pods[i].pod_name
+                    ))
+                }
+                _ => {}
+            }
+            state[i] = ON_PATH;
+            path.push(i);
+            current = parents[i];
+        }
+        for i in path.drain(..) {
+            state[i] = DONE;
+        }
+    }
+    Ok(())
+}
+
+/// Orders targets as a preorder of the path tree: component-wise
+/// lexicographic, which for lexically normal paths is byte order with `/`
+/// below every other byte (so `/a` < `/a/z` < `/ab`).
+fn preorder(a: &str, b: &str) -> std::cmp::Ordering {
+    let key = |byte: u8| if byte == b'/' { 0 } else { byte };
+    a.bytes().map(key).cmp(b.bytes().map(key))
+}
+
 /// Fails if write rules of two different pods among `members` overlap.
 ///
 /// Overlapping targets always lie on one line of descent, so after sorting
-/// the rules by their component sequence (a preorder of the path tree) each
-/// rule only needs comparing with the rules whose targets are its ancestors
-/// or itself, kept on a stack: O(n log n) for n rules plus the stack walks,
-/// which are bounded by path depth times rules per pod.
-fn check_siblings_disjoint(members: &[&Allocation]) -> Result<(), String> {
-    if members.len() < 2 {
-        return Ok(());
-    }
-    let mut rules: Vec<(Vec<&str>, &ScopeRule, &PodName)> = members
+/// the rules in preorder each rule only needs comparing with the rules
+/// whose targets are its ancestors or itself, kept on a stack: O(n log n)
+/// for n rules plus the stack walks, which are bounded by path depth times
+/// rules per pod.
+fn check_siblings_disjoint(pods: &[&Allocation], members: &[usize]) -> Result<(), String> {
+    let mut rules: Vec<(&ScopeRule, usize)> = members
         .iter()
-        .flat_map(|a| {
-            a.write_rules().map(move |r| {
-                let components = r.target.split('/').filter(|c| !c.is_empty()).collect();
-                (components, r, &a.pod_name)
-            })
-        })
+        .flat_map(|&i| pods[i].write_rules().map(move |r| (r, i)))
         .collect();
-    rules.sort_by(|x, y| x.0.cmp(&y.0));
-    let mut stack: Vec<(&ScopeRule, &PodName)> = Vec::new();
-    for (_, rule, owner) in &rules {
+    rules.sort_by(|x, y| preorder(&x.0.target, &y.0.target));
+    let mut stack: Vec<(&ScopeRule, usize)> = Vec::new();
+    for &(rule, owner) in &rules {
         while let Some((top, _)) = stack.last() {
             match relation(&top.target, &rule.target) {
                 Relation::Same | Relation::Above(_) => break,
@@ -565,12 +574,14 @@ fn check_siblings_disjoint(members: &[&Allocation]) -> Result<(), String> {
                 }
             }
         }
-        for (held, holder) in &stack {
+        for &(held, holder) in &stack {
             if holder != owner && overlaps_valid(held, rule) {
                 return Err(format!(
-                    "(a) write rule {} of pod `{owner}` overlaps write rule {} of pod `{holder}`, which is neither its ancestor nor its descendant",
+                    "(a) write rule {} of pod `{}` overlaps write rule {} of pod `{}`, which is neither its ancestor nor its descendant",
                     DisplayRule(rule),
-                    DisplayRule(held)
+                    pods[owner].pod_name,
+                    DisplayRule(held),
+                    pods[holder].pod_name
                 ));
             }
         }
