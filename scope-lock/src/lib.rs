@@ -81,6 +81,11 @@ pub use liveness::{Liveness, ProcLiveness};
 pub use store::{FileStore, TableStore};
 pub use table::{Allocation, EffectiveScope, Exclusion, PodSpec, Table};
 
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// The scope table as its users see it: a [`TableStore`] plus a
 /// [`Liveness`] probe.
 ///
