@@ -289,12 +289,16 @@ where
         }
     }
 
-    /// Runs a scope-table operation on a blocking thread: the file store
-    /// takes a flock and fsyncs, which must not stall the executor.
+    /// Runs a scope-table operation on a blocking thread when the store
+    /// may block (the file store takes a flock and fsyncs, which must not
+    /// stall the executor), inline otherwise.
     async fn with_scopes<T: Send + 'static>(
         &self,
         f: impl FnOnce(&ScopeTable<S, L>) -> T + Send + 'static,
     ) -> T {
+        if !self.scopes.store().may_block() {
+            return f(&self.scopes);
+        }
         let scopes = self.scopes.clone();
         match tokio::task::spawn_blocking(move || f(&scopes)).await {
             Ok(value) => value,

@@ -37,6 +37,14 @@ pub trait TableStore: Send + Sync + 'static {
     fn load(&self) -> Result<Table, ScopeError> {
         self.transact(|table| Ok(table.clone()))
     }
+
+    /// Whether [`transact`](Self::transact) may block on I/O (a file lock,
+    /// fsync). Async callers run a blocking store on a blocking thread and
+    /// call a non-blocking one inline. Default `true`; in-memory stores
+    /// return `false`.
+    fn may_block(&self) -> bool {
+        true
+    }
 }
 
 impl<T: TableStore> TableStore for Arc<T> {
@@ -49,6 +57,10 @@ impl<T: TableStore> TableStore for Arc<T> {
 
     fn load(&self) -> Result<Table, ScopeError> {
         (**self).load()
+    }
+
+    fn may_block(&self) -> bool {
+        (**self).may_block()
     }
 }
 

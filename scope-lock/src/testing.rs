@@ -102,6 +102,10 @@ impl TableStore for MemoryStore {
         }
         Ok(result)
     }
+
+    fn may_block(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Default)]
