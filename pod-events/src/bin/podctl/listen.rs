@@ -1,0 +1,164 @@
+//! `podctl listen`: a parent endpoint run as a process.
+//!
+//! Start-up refuses what it cannot serve (a corrupt registry or scope
+//! table, a live listener on the socket) before binding. Shutdown on
+//! SIGINT or SIGTERM is orderly: the listener stops accepting and removes
+//! its socket, the endpoint applies every event already received, the
+//! registry is made durable, and the last line is printed before exit 0.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use pod_events::{spawn_endpoint, EndpointConfig, Notification, Origin, Parent, SocketProbe};
+use pod_registry::FileRegistry;
+use pod_transport::{ListenConfig, Listener, UnixSender};
+use serde_json::json;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::{paths, scopes};
+
+#[derive(Debug, Args)]
+pub(crate) struct ListenArgs {
+    /// This pod's name.
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// The socket to listen on [default: <runtime dir>/<name>/sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<String>,
+    /// Where the registry lives (spawned_pods.json, departed_pods.json)
+    /// [default: <runtime dir>/<name>].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// The scope table [default: <runtime dir>/scope.lock].
+    #[arg(long, value_name = "FILE")]
+    scope_lock: Option<PathBuf>,
+    /// This pod's parent: events are relayed there (omit for a top-level
+    /// pod).
+    #[arg(long, value_name = "PATH")]
+    parent_socket: Option<String>,
+    /// Reconcile at start and then every this many milliseconds (0: never).
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    reconcile_interval_ms: u64,
+}
+
+/// `podctl listen`.
+pub(crate) fn run(args: ListenArgs, json: bool) -> Result<()> {
+    let name = paths::pod_name(&args.name)?;
+    let socket = paths::socket(args.socket, &name)?;
+    let parent_socket = args
+        .parent_socket
+        .map(|socket| paths::checked("--parent-socket", socket))
+        .transpose()?;
+    let state_dir = paths::state_dir(args.state_dir, &name)?;
+    let scope_lock = paths::scope_lock(args.scope_lock)?;
+    let interval =
+        (args.reconcile_interval_ms > 0).then(|| Duration::from_millis(args.reconcile_interval_ms));
+
+    // Opening the registry and reading the table block: do it before the
+    // runtime exists. Either refusal leaves its file untouched.
+    let registry = FileRegistry::open(&state_dir)?;
+    let table = scopes::open(scope_lock);
+    table.list()?;
+    let parent = Parent::new(name, registry, table, SocketProbe::default());
+    let parent = match parent_socket {
+        Some(up) => parent.with_upward(UnixSender::default(), up),
+        None => parent,
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(Arc::new(parent), socket, interval, json))
+}
+
+type FileParent =
+    Parent<FileRegistry, pod_scope_lock::FileStore, pod_scope_lock::ProcLiveness, UnixSender>;
+
+async fn serve(
+    parent: Arc<FileParent>,
+    socket: String,
+    interval: Option<Duration>,
+    json: bool,
+) -> Result<()> {
+    // Handlers first: once the socket exists, SIGTERM means a clean
+    // shutdown, never the default disposition's abrupt exit.
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let listener = Listener::bind(&socket, ListenConfig::default()).await?;
+    let stop = listener.shutdown_handle();
+
+    let (sink, lines) = mpsc::unbounded_channel();
+    // Writing to stdout blocks when the reader is slow: keep it off the
+    // executor. The thread ends when the endpoint drops the sink.
+    let printer = std::thread::Builder::new()
+        .name("podctl-stdout".into())
+        .spawn(move || print_lines(lines, json))
+        .context("cannot start the output thread")?;
+    let endpoint = spawn_endpoint(
+        parent.clone(),
+        listener,
+        sink,
+        EndpointConfig::default().reconcile_every(interval),
+    );
+    tracing::info!(pod = %parent.name(), %socket, "listening");
+
+    let signal = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    };
+    tracing::info!(signal, "shutting down");
+    stop.shutdown();
+    let stats = endpoint.join().await;
+    parent
+        .registry()
+        .flush()
+        .await
+        .context("the registry could not be made durable at shutdown")?;
+    if printer.join().is_err() {
+        tracing::warn!("the output thread panicked; some lines may be missing");
+    }
+    tracing::info!(
+        received = stats.received,
+        applied = stats.applied,
+        invalid = stats.invalid + stats.undecodable + stats.unsupported,
+        "shut down"
+    );
+    Ok(())
+}
+
+/// Prints each notification as one line (or one JSON object), flushed
+/// at once so a reader sees it as it happens.
+fn print_lines(mut lines: mpsc::UnboundedReceiver<Notification>, json: bool) {
+    let stdout = std::io::stdout();
+    let mut broken = false;
+    while let Some(note) = lines.blocking_recv() {
+        if broken {
+            continue; // keep draining: the endpoint must never block on us
+        }
+        let text = if json {
+            json!({
+                "line": note.line,
+                "origin": match note.origin {
+                    Origin::Reported => "reported",
+                    Origin::Inferred => "inferred",
+                },
+                "event": note.event,
+                "peer_pid": note.peer.and_then(|peer| peer.pid),
+            })
+            .to_string()
+        } else {
+            note.line
+        };
+        let mut out = stdout.lock();
+        if let Err(error) = writeln!(out, "{text}").and_then(|()| out.flush()) {
+            tracing::warn!(%error, "stdout is closed; events are still applied but no longer printed");
+            broken = true;
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! What goes to stdout: aligned tables for people, JSON for scripts.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use pod_protocol::{Permission, ScopeRule};
+
+/// A table with a header row; every column but the last is padded.
+#[derive(Debug)]
+pub(crate) struct Table {
+    header: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub(crate) fn new(header: &[&'static str]) -> Self {
+        Table {
+            header: header.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row. Cells are escaped: names and paths come from pods'
+    /// events, and a control character must not forge a row or move the
+    /// terminal's cursor.
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
+        self.rows
+            .push(cells.iter().map(|cell| escape(cell)).collect());
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    fn render(&self) -> String {
+        let width = |cell: &str| cell.chars().count();
+        let mut widths: Vec<usize> = self.header.iter().map(|h| width(h)).collect();
+        for row in &self.rows {
+            for (i, cell) in row.iter().enumerate() {
+                if let Some(w) = widths.get_mut(i) {
+                    *w = (*w).max(width(cell));
+                }
+            }
+        }
+        let mut out = String::new();
+        let header = self.header.iter().map(|h| h.to_string()).collect();
+        for row in std::iter::once(&header).chain(&self.rows) {
+            let last = row.len().saturating_sub(1);
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                line.push_str(cell);
+                if i < last {
+                    let pad = widths.get(i).copied().unwrap_or(0) - width(cell);
+                    line.extend(std::iter::repeat_n(' ', pad + 2));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn escape(cell: &str) -> String {
+    let mut out = String::with_capacity(cell.len());
+    for c in cell.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Writes `text` to stdout and flushes it.
+pub(crate) fn print(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")
+}
+
+/// Prints `table`, or `empty` when it has no rows.
+pub(crate) fn print_table(table: &Table, empty: &str) -> Result<()> {
+    if table.is_empty() {
+        print(&format!("{empty}\n"))
+    } else {
+        print(&table.render())
+    }
+}
+
+/// Prints `value` as pretty JSON.
+pub(crate) fn print_json(value: &serde_json::Value) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value).context("cannot encode JSON")?;
+    text.push('\n');
+    print(&text)
+}
+
+/// `write /srv/a/**, read /srv/b/*`: the rules as the rendered event
+/// lines show them (`/**` recursive, `/*` direct children only).
+pub(crate) fn rules(scope: &[ScopeRule]) -> String {
+    if scope.is_empty() {
+        return "-".into();
+    }
+    scope
+        .iter()
+        .map(|rule| {
+            let permission = match rule.permission {
+                Permission::Read => "read",
+                Permission::Write => "write",
+            };
+            let reach = if rule.recursive { "/**" } else { "/*" };
+            format!("{permission} {}{reach}", rule.target)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `text`, or `-` when empty.
+pub(crate) fn or_dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".into()
+    } else {
+        text.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_are_aligned_and_lines_not_padded_at_the_end() {
+        let mut table = Table::new(&["POD", "SCOPE"]);
+        table.row(vec!["root".into(), "write /a/**".into()]);
+        table.row(vec!["└─ child".into(), "-".into()]);
+        assert_eq!(
+            table.render(),
+            "POD       SCOPE\nroot      write /a/**\n└─ child  -\n"
+        );
+    }
+
+    #[test]
+    fn rules_show_their_reach() {
+        let mut direct = ScopeRule::read("/b");
+        direct.recursive = false;
+        assert_eq!(
+            rules(&[ScopeRule::write("/a"), direct]),
+            "write /a/**, read /b/*"
+        );
+    }
+
+    #[test]
+    fn control_characters_cannot_forge_rows() {
+        let mut table = Table::new(&["POD"]);
+        table.row(vec!["a\nb\u{1b}[2J".into()]);
+        assert_eq!(table.render(), "POD\na\\nb\\u{1b}[2J\n");
+    }
+}

@@ -1,0 +1,39 @@
+//! `podctl send`: one event to a parent's socket, as a child reports it.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use pod_protocol::PodEvent;
+use pod_transport::UnixSender;
+
+use crate::paths;
+
+#[derive(Debug, Args)]
+pub(crate) struct SendArgs {
+    /// The parent's socket.
+    #[arg(long, value_name = "PATH")]
+    socket: String,
+    /// The event: the `params` object of a `pod_event`, e.g.
+    /// '{"kind":"shut_down","pod_name":"w1"}'.
+    #[arg(long, value_name = "JSON")]
+    event: String,
+}
+
+/// Checks the event as a receiver would (so a bad one is refused here,
+/// with the reason, instead of being dropped by the parent with a
+/// warning), then sends it once.
+pub(crate) fn run(args: SendArgs) -> Result<()> {
+    let socket = paths::checked("--socket", args.socket)?;
+    let event: PodEvent =
+        serde_json::from_str(&args.event).context("--event is not a pod event")?;
+    event.validate().context("--event is refused")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(pod_events::send_pod_event(
+        &UnixSender::default(),
+        socket.as_ref(),
+        event,
+    ))?;
+    Ok(())
+}
