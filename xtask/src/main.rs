@@ -4,6 +4,7 @@
 //! Cargo is always called through `$CARGO` so the toolchain that runs
 //! xtask is the one that builds the workspace.
 
+mod demo;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,8 @@ fn usage() -> &'static str {
     "usage: cargo xtask <command>
 
 commands:
+  demo     a live tree of pod processes: root, child, grandchild; the child
+           is killed with SIGKILL and the root takes over the grandchild
   test     fmt check, clippy (-D warnings), every test (unit, integration,
            doc, proptest, fuzz corpus replay), rustdoc (-D warnings)"
 }
@@ -22,6 +25,7 @@ commands:
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        Some("demo") => demo::run(&args[1..]),
         Some("test") => test::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{}", usage());

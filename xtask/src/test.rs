@@ -23,6 +23,8 @@ pub(crate) fn run_all() -> Result<()> {
         "tests",
         cargo().args(["test", "--workspace", "--all-features", "--no-fail-fast"]),
     )?;
+    eprintln!("\n==> demo: cargo xtask demo");
+    crate::demo::run(&[])?;
     if root().join("fuzz/Cargo.toml").exists() {
         run_step(
             "fuzz corpus replay",

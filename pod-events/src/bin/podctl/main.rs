@@ -39,7 +39,8 @@ use tracing_subscriber::EnvFilter;
 #[command(name = "podctl", version)]
 struct Cli {
     /// Print JSON for scripts instead of tables (for `listen`: one JSON
-    /// object per event).
+    /// object per event). Tables shorten incarnation ids; JSON has them
+    /// whole.
     #[arg(long, global = true)]
     json: bool,
 

@@ -117,6 +117,15 @@ pub(crate) fn rules(scope: &[ScopeRule]) -> String {
         .join(", ")
 }
 
+/// The first 8 characters of an incarnation id, enough to tell pods
+/// apart in a table (`--json` shows ids whole).
+pub(crate) fn short_id(id: &str) -> String {
+    match id.char_indices().nth(8) {
+        Some((end, _)) => format!("{}…", &id[..end]),
+        None => or_dash(id),
+    }
+}
+
 /// `text`, or `-` when empty.
 pub(crate) fn or_dash(text: &str) -> String {
     if text.is_empty() {
@@ -149,6 +158,13 @@ mod tests {
             rules(&[ScopeRule::write("/a"), direct]),
             "write /a/**, read /b/*"
         );
+    }
+
+    #[test]
+    fn ids_are_shortened() {
+        assert_eq!(short_id("0123456789abcdef"), "01234567…");
+        assert_eq!(short_id("0123"), "0123");
+        assert_eq!(short_id(""), "-");
     }
 
     #[test]

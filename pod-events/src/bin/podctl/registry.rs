@@ -81,7 +81,7 @@ pub(crate) fn show(args: RegistryArgs, json: bool) -> Result<()> {
     for record in &records {
         table.row(vec![
             record.pod_name.to_string(),
-            output::or_dash(record.incarnation.as_deref().unwrap_or_default()),
+            output::short_id(record.incarnation.as_deref().unwrap_or_default()),
             record.socket_path.clone(),
             output::or_dash(&record.callback_address),
             output::rules(&record.scope_delegated),

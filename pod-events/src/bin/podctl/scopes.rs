@@ -196,7 +196,7 @@ fn cells(table: &ScopeTable<FileStore>, allocation: &Allocation, label: String) 
             .delegated_from
             .as_ref()
             .map_or("-".into(), |p| p.to_string()),
-        allocation.incarnation.clone(),
+        output::short_id(&allocation.incarnation),
         allocation.socket.clone(),
         output::rules(&allocation.scope_allow),
     ]
