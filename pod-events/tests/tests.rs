@@ -3,5 +3,7 @@
 mod tests {
     pub(crate) mod endpoint;
     pub(crate) mod model;
+    #[cfg(feature = "cli")]
+    pub(crate) mod podctl;
     pub(crate) mod sockets;
 }

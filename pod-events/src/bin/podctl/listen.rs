@@ -59,11 +59,12 @@ pub(crate) fn run(args: ListenArgs, json: bool) -> Result<()> {
     let interval =
         (args.reconcile_interval_ms > 0).then(|| Duration::from_millis(args.reconcile_interval_ms));
 
-    // Opening the registry and reading the table block: do it before the
-    // runtime exists. Either refusal leaves its file untouched.
-    let registry = FileRegistry::open(&state_dir)?;
+    // Reading the table and opening the registry block: do it before the
+    // runtime exists. Either refusal leaves its file untouched; the table
+    // goes first because opening a registry creates missing files.
     let table = scopes::open(scope_lock);
     table.list()?;
+    let registry = FileRegistry::open(&state_dir)?;
     let parent = Parent::new(name, registry, table, SocketProbe::default());
     let parent = match parent_socket {
         Some(up) => parent.with_upward(UnixSender::default(), up),
