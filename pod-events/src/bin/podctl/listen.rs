@@ -27,14 +27,14 @@ pub(crate) struct ListenArgs {
     /// This pod's name.
     #[arg(long, value_name = "NAME")]
     name: String,
-    /// The socket to listen on [default: <runtime dir>/<name>/sock].
+    /// The socket to listen on [default: RUNTIME_DIR/NAME/sock].
     #[arg(long, value_name = "PATH")]
     socket: Option<String>,
     /// Where the registry lives (spawned_pods.json, departed_pods.json)
-    /// [default: <runtime dir>/<name>].
+    /// [default: RUNTIME_DIR/NAME].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// The scope table [default: <runtime dir>/scope.lock].
+    /// The scope table [default: RUNTIME_DIR/scope.lock].
     #[arg(long, value_name = "FILE")]
     scope_lock: Option<PathBuf>,
     /// This pod's parent: events are relayed there (omit for a top-level

@@ -26,11 +26,11 @@ use tracing_subscriber::EnvFilter;
 
 /// Lifecycle events and scope allocations of a tree of Pods.
 ///
-/// Paths default, when their flag is omitted, to the runtime directory:
-/// `$PODS_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/pods`, else
-/// `/tmp/pods-<uid>` (created with mode 0700). There, the scope table is
-/// `scope.lock` and pod NAME keeps its state in `NAME/` and listens on
-/// `NAME/sock`.
+/// Paths default, when their flag is omitted, to the runtime directory
+/// RUNTIME_DIR: `$PODS_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/pods`, else
+/// `/tmp/pods-UID` (created with mode 0700, refused unless private). There,
+/// the scope table is `scope.lock`, and pod NAME keeps its state in `NAME/`
+/// and listens on `NAME/sock`.
 ///
 /// Exit status: 0 done, 1 refused or failed (one line on stderr says why),
 /// 2 usage. Logs go to stderr; set RUST_LOG (e.g. `RUST_LOG=debug`) to see

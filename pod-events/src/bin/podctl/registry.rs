@@ -18,7 +18,7 @@ use crate::{paths, scopes};
 #[command(group = clap::ArgGroup::new("whose").required(true).multiple(true))]
 pub(crate) struct RegistryArgs {
     /// The pod's state directory (holding spawned_pods.json)
-    /// [default: <runtime dir>/<name>].
+    /// [default: RUNTIME_DIR/NAME].
     #[arg(long, value_name = "DIR", group = "whose")]
     state_dir: Option<PathBuf>,
     /// The pod whose registry to show (locates the default state
@@ -30,7 +30,7 @@ pub(crate) struct RegistryArgs {
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("whose").required(true).multiple(true))]
 pub(crate) struct ReconcileArgs {
-    /// The pod's state directory [default: <runtime dir>/<name>]. Do not
+    /// The pod's state directory [default: RUNTIME_DIR/NAME]. Do not
     /// point it at a directory a running `podctl listen` owns: that
     /// endpoint reconciles on its own.
     #[arg(long, value_name = "DIR", group = "whose")]
@@ -39,7 +39,7 @@ pub(crate) struct ReconcileArgs {
     /// are adopted [default: the state directory's last component].
     #[arg(long, value_name = "NAME", group = "whose")]
     name: Option<String>,
-    /// The scope table [default: <runtime dir>/scope.lock].
+    /// The scope table [default: RUNTIME_DIR/scope.lock].
     #[arg(long, value_name = "FILE")]
     scope_lock: Option<PathBuf>,
     /// The pod's own parent, told of each pod found dead (as a relayed

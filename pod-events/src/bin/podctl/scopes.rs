@@ -19,7 +19,7 @@ pub(crate) fn open(path: PathBuf) -> ScopeTable<FileStore> {
 
 #[derive(Debug, Args)]
 pub(crate) struct ScopesArgs {
-    /// The scope table [default: <runtime dir>/scope.lock].
+    /// The scope table [default: RUNTIME_DIR/scope.lock].
     #[arg(long, value_name = "FILE")]
     scope_lock: Option<PathBuf>,
 }
@@ -42,7 +42,7 @@ pub(crate) enum ScopeCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct SpecArgs {
-    /// The scope table [default: <runtime dir>/scope.lock].
+    /// The scope table [default: RUNTIME_DIR/scope.lock].
     #[arg(long, value_name = "FILE")]
     scope_lock: Option<PathBuf>,
     /// The pod's name.
@@ -51,7 +51,7 @@ pub(crate) struct SpecArgs {
     /// The pod's process; it must be running.
     #[arg(long)]
     pid: u32,
-    /// The pod's socket [default: <runtime dir>/<name>/sock].
+    /// The pod's socket [default: RUNTIME_DIR/NAME/sock].
     #[arg(long, value_name = "PATH")]
     socket: Option<String>,
     /// A directory the pod may write (recursively); repeatable.
@@ -73,7 +73,7 @@ pub(crate) struct DelegateArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ReleaseArgs {
-    /// The scope table [default: <runtime dir>/scope.lock].
+    /// The scope table [default: RUNTIME_DIR/scope.lock].
     #[arg(long, value_name = "FILE")]
     scope_lock: Option<PathBuf>,
     /// The pod to release.
