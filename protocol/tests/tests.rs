@@ -368,3 +368,23 @@ proptest! {
         prop_assert!(validate_path("t", &path).is_err());
     }
 }
+
+// Regressions found by the fuzz targets (`fuzz/`, `cargo xtask fuzz`); the
+// inputs are replayed from `fuzz/regressions/<target>/` as well.
+
+/// Fuzz finding (frames target): serde_json's default float parser is not
+/// correctly rounded, so the shortest representation `encode` writes for
+/// some floats decodes to the neighbouring float. An opaque number in
+/// `run`, `resume` or `get_history` parameters then moves by one ulp each
+/// time a Pod decodes and re-encodes the frame, and encoding is not stable.
+/// serde_json's `float_roundtrip` feature makes parsing exact.
+#[test]
+#[ignore = "fuzz finding: fails until serde_json's `float_roundtrip` feature is enabled"]
+fn a_float_parameter_survives_decode_and_encode() {
+    let frame = br#"{"method":"run","params":{"":777791577777777777777777777777773685477}}"#;
+    let method = decode(frame).unwrap();
+    let encoded = encode(&method);
+    let again = decode(&encoded[..encoded.len() - 1]).unwrap();
+    assert_eq!(again, method);
+    assert_eq!(encode(&again), encoded);
+}

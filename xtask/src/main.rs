@@ -5,6 +5,7 @@
 //! xtask is the one that builds the workspace.
 
 mod demo;
+mod fuzz;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -19,7 +20,10 @@ commands:
   demo     a live tree of pod processes: root, child, grandchild; the child
            is killed with SIGKILL and the root takes over the grandchild
   test     fmt check, clippy (-D warnings), every test (unit, integration,
-           doc, proptest, fuzz corpus replay), rustdoc (-D warnings)"
+           doc, proptest, fuzz corpus replay), rustdoc (-D warnings)
+  fuzz     [TARGET] [--seconds N] [--sanitizer none|address]: run the
+           cargo-fuzz targets (frames, receive_path, files; default all,
+           60 s each), installing cargo-fuzz if missing"
 }
 
 fn main() {
@@ -27,6 +31,7 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo::run(&args[1..]),
         Some("test") => test::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{}", usage());
             Ok(())

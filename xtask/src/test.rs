@@ -26,6 +26,25 @@ pub(crate) fn run_all() -> Result<()> {
     eprintln!("\n==> demo: cargo xtask demo");
     crate::demo::run(&[])?;
     if root().join("fuzz/Cargo.toml").exists() {
+        // The fuzz crate is its own workspace: `--all` above does not see
+        // it. Its libFuzzer binaries need the `libfuzzer` feature, so
+        // `--all-targets` checks the library and the replay test only.
+        run_step(
+            "fuzz format",
+            cargo().args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"]),
+        )?;
+        run_step(
+            "fuzz clippy",
+            cargo().args([
+                "clippy",
+                "--manifest-path",
+                "fuzz/Cargo.toml",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
         run_step(
             "fuzz corpus replay",
             cargo().args([
