@@ -197,7 +197,9 @@ impl Demo {
             &src,
         ])?;
         println!("   (the root learns of its child from the scope table at its next reconcile)");
-        self.expect("root", |l| l.contains("spawned `child`"))?;
+        self.expect("root", "that it spawned `child`", |l| {
+            l.contains("spawned `child`")
+        })?;
 
         self.begin("`child` spawns `gc`, sub-delegates repo/src/parser, and reports it");
         let gc = self.spawn("gc", Some("child"), "0")?;
@@ -228,18 +230,22 @@ impl Demo {
             "spawner_socket": self.socket("child"),
         });
         self.send("child", &event)?;
-        self.expect("child", |l| l.starts_with("pod `child` spawned `gc`"))?;
-        println!("   (`child` relays it upward: the root now knows its grandchild)");
-        self.expect("root", |l| {
-            l.starts_with("pod `child` spawned `gc`") && !l.contains("found by reconcile")
+        self.expect("child", "that `child` spawned `gc`", |l| {
+            l.starts_with("pod `child` spawned `gc`")
         })?;
+        println!("   (`child` relays it upward: the root now knows its grandchild)");
+        self.expect(
+            "root",
+            "the relayed report that `child` spawned `gc`",
+            |l| l.starts_with("pod `child` spawned `gc`") && !l.contains("found by reconcile"),
+        )?;
         self.show_tables()?;
         self.check_registry(&["child", "gc"])?;
 
         self.begin("`child` is killed with SIGKILL");
         let status = self.kill("child")?;
         println!("   child (pid {child}) ended: {status}");
-        self.expect("root", |l| {
+        self.expect("root", "that `child` is presumed crashed", |l| {
             l == "`child` is gone without reporting: presumed crashed; scope released"
         })?;
         let table = self.allocations()?;
@@ -262,10 +268,14 @@ impl Demo {
         self.begin("`gc` finishes a turn and shuts down, reporting to the root");
         let turn = json!({"kind": "turn_ended", "pod_name": "gc", "incarnation": gc_incarnation});
         self.send("root", &turn)?;
-        self.expect("root", |l| l == "pod `gc` finished a turn and is idle")?;
+        self.expect("root", "that `gc` finished a turn", |l| {
+            l == "pod `gc` finished a turn and is idle"
+        })?;
         let bye = json!({"kind": "shut_down", "pod_name": "gc", "incarnation": gc_incarnation});
         self.send("root", &bye)?;
-        self.expect("root", |l| l == "pod `gc` shut down; its scope is released")?;
+        self.expect("root", "that `gc` shut down", |l| {
+            l == "pod `gc` shut down; its scope is released"
+        })?;
         self.stop("gc")?;
 
         self.begin("the root releases its own scope and stops");
@@ -499,9 +509,10 @@ impl Demo {
         Ok(())
     }
 
-    /// Waits for a line from `pod` that `matches`, taking lines already
-    /// received first; fails the step at the deadline.
-    fn expect(&mut self, pod: &str, matches: impl Fn(&str) -> bool) -> Result<()> {
+    /// Waits for a line from `pod` that `matches` (`what` describes it),
+    /// taking lines already received first; fails the step at the
+    /// deadline.
+    fn expect(&mut self, pod: &str, what: &str, matches: impl Fn(&str) -> bool) -> Result<()> {
         let found = |line: &Line| line.pod == pod && matches(&line.text);
         if let Some(i) = self.pending.iter().position(found) {
             self.pending.remove(i);
@@ -514,7 +525,7 @@ impl Demo {
                 Ok(line) if found(&line) => return Ok(()),
                 Ok(line) => self.pending.push(line),
                 Err(_) => bail!(
-                    "step {} did not happen: `{pod}` printed no expected line within {STEP_DEADLINE:?}",
+                    "step {} did not happen: `{pod}` printed no line saying {what} within {STEP_DEADLINE:?}",
                     self.step
                 ),
             }

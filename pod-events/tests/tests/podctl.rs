@@ -340,6 +340,27 @@ fn sigterm_and_sigint_exit_0_remove_the_socket_and_keep_the_registry() {
 }
 
 #[test]
+fn a_second_listener_on_a_live_socket_is_refused_and_the_first_keeps_it() {
+    let env = Env::new();
+    let mut first = env.listen("root", &[]);
+    let socket = env.socket("root");
+    let second = [
+        "listen",
+        "--name",
+        "root",
+        "--socket",
+        &socket,
+        "--state-dir",
+        &env.path("other"),
+        "--scope-lock",
+        &env.lock(),
+    ];
+    env.check(&second, 1, "another listener is live on");
+    env.send(&socket, json!({"kind": "turn_ended", "pod_name": "w1"}));
+    first.expect("pod `w1` finished a turn");
+}
+
+#[test]
 fn relays_reach_the_parent_through_a_child_endpoint() {
     let env = Env::new();
     let mut root = env.listen("root", &["--reconcile-interval-ms", "0"]);
