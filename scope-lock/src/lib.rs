@@ -144,35 +144,50 @@ impl<S: TableStore, L: Liveness> ScopeTable<S, L> {
         &self.inner.liveness
     }
 
-    /// Reclaims stale allocations, then registers a top-level pod; mints and
+    /// Registers a top-level pod, as in [`Table::register`]; mints and
     /// returns its incarnation inside the [`Allocation`].
     ///
     /// The pod's start time is read through the liveness probe: a pid with
     /// no live process is [`ScopeError::DeadProcess`]. Refused with
     /// [`ScopeError::DuplicateName`] or [`ScopeError::WriteConflict`] (naming
-    /// a pod whose write scope overlaps) as in [`Table::register`]; the
-    /// reclaim is kept even then.
+    /// a live pod whose write scope overlaps).
+    ///
+    /// Dead pods never block it: in the same transaction, the pods that
+    /// would refuse the request (the holder of the name, the holders of
+    /// overlapping write scope) are probed, and the dead ones are reclaimed
+    /// ([`Table::register_reclaiming`]), kept even if the request is then
+    /// refused by a live pod. The answer is the one a full
+    /// [`reclaim_stale`](Self::reclaim_stale) first would give; dead pods
+    /// that do not stand in the way are left for the next
+    /// [`reclaim_stale`](Self::reclaim_stale).
     pub fn register(&self, spec: PodSpec) -> Result<Allocation, ScopeError> {
         spec.validate()?;
         let start_time = self.start_time(spec.pid)?;
         let incarnation = mint_incarnation()?;
         self.inner.store.transact(|table| {
-            self.reclaim_in(table);
-            Ok(table.register(spec, start_time, incarnation))
+            Ok(table.register_reclaiming(spec, start_time, incarnation, |a| self.is_live(a)))
         })?
     }
 
-    /// Reclaims stale allocations, then delegates scope from the pod `from`
-    /// to a new pod, as in [`Table::delegate`]; mints and returns its
-    /// incarnation inside the [`Allocation`]. A dead spawner has been
-    /// reclaimed by then: [`ScopeError::UnknownPod`].
+    /// Delegates scope from the pod `from` to a new pod, as in
+    /// [`Table::delegate`]; mints and returns its incarnation inside the
+    /// [`Allocation`].
+    ///
+    /// Dead pods never block it: in the same transaction, the pods that
+    /// decide the request (the spawner, the holder of the name, the holders
+    /// of overlapping write scope outside the spawner's lineage) are probed,
+    /// and the dead ones are reclaimed ([`Table::delegate_reclaiming`]),
+    /// kept even if the request is then refused. A dead spawner is reclaimed:
+    /// [`ScopeError::UnknownPod`]. The answer is the one a full
+    /// [`reclaim_stale`](Self::reclaim_stale) first would give; dead pods
+    /// that do not stand in the way are left for the next
+    /// [`reclaim_stale`](Self::reclaim_stale).
     pub fn delegate(&self, from: &PodName, spec: PodSpec) -> Result<Allocation, ScopeError> {
         spec.validate()?;
         let start_time = self.start_time(spec.pid)?;
         let incarnation = mint_incarnation()?;
         self.inner.store.transact(|table| {
-            self.reclaim_in(table);
-            Ok(table.delegate(from, spec, start_time, incarnation))
+            Ok(table.delegate_reclaiming(from, spec, start_time, incarnation, |a| self.is_live(a)))
         })?
     }
 

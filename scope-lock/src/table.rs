@@ -193,8 +193,8 @@ impl Table {
     ///
     /// Refused if the spec is invalid, the name is taken, or a requested
     /// write rule overlaps a write rule of any other pod (the error names
-    /// that pod). Does not reclaim stale allocations: [`ScopeTable`] does
-    /// that first.
+    /// that pod). Does not reclaim stale allocations: [`ScopeTable`] calls
+    /// [`register_reclaiming`](Self::register_reclaiming) instead.
     ///
     /// [`ScopeTable`]: crate::ScopeTable
     pub fn register(
@@ -203,13 +203,35 @@ impl Table {
         start_time: u64,
         incarnation: String,
     ) -> Result<Allocation, ScopeError> {
+        self.register_reclaiming(spec, start_time, incarnation, |_| true)
+    }
+
+    /// [`register`](Self::register), reclaiming the stale allocations that
+    /// would block the request: the pod holding the requested name and the
+    /// pods whose write rules overlap a requested one, probed in the order
+    /// the checks consult them, up to the first live one that refuses the
+    /// request.
+    ///
+    /// `is_live` is called at most once per allocation, and only for those
+    /// pods. Every allocation it calls dead is reclaimed as by
+    /// [`reclaim`](Self::reclaim) (its children reparented to their
+    /// nearest remaining ancestor), even when the request is then refused.
+    /// The answer is the one [`reclaim`](Self::reclaim) of every dead
+    /// allocation followed by [`register`](Self::register) would give, and
+    /// on success the two tables agree on every live pod (the argument is
+    /// in the crate's README and on the private `Probe` type).
+    pub fn register_reclaiming(
+        &mut self,
+        spec: PodSpec,
+        start_time: u64,
+        incarnation: String,
+        is_live: impl FnMut(&Allocation) -> bool,
+    ) -> Result<Allocation, ScopeError> {
         spec.validate()?;
-        if self.allocations.contains_key(&spec.pod_name) {
-            return Err(ScopeError::DuplicateName {
-                name: spec.pod_name,
-            });
-        }
-        self.check_write_conflicts(&spec.scope, &HashSet::new())?;
+        let mut probe = Probe::new(is_live);
+        let decision = self.decide_register(&spec, &mut probe);
+        self.remove_dead(&probe.dead);
+        decision?;
         Ok(self.insert(spec, start_time, incarnation, None))
     }
 
@@ -220,7 +242,11 @@ impl Table {
     /// least its permission, or a requested write rule overlaps a write rule
     /// of any pod outside `from`'s lineage (`from` and its ancestors, where
     /// the scope comes from): its other children and their descendants, and
-    /// every unrelated pod.
+    /// every unrelated pod. Does not reclaim stale allocations:
+    /// [`ScopeTable`] calls [`delegate_reclaiming`](Self::delegate_reclaiming)
+    /// instead.
+    ///
+    /// [`ScopeTable`]: crate::ScopeTable
     pub fn delegate(
         &mut self,
         from: &PodName,
@@ -228,14 +254,79 @@ impl Table {
         start_time: u64,
         incarnation: String,
     ) -> Result<Allocation, ScopeError> {
+        self.delegate_reclaiming(from, spec, start_time, incarnation, |_| true)
+    }
+
+    /// [`delegate`](Self::delegate), reclaiming the stale allocations that
+    /// would block or decide the request: the spawner `from` (dead, it is
+    /// reclaimed and the answer is [`ScopeError::UnknownPod`]), the pod
+    /// holding the requested name, and the pods outside `from`'s lineage
+    /// whose write rules overlap a requested one, probed in the order the
+    /// checks consult them, up to the first live one that refuses the
+    /// request.
+    ///
+    /// `is_live` is called at most once per allocation, and only for those
+    /// pods (never for `from`'s ancestors, which cannot block it). Every
+    /// allocation it calls dead is reclaimed as by [`reclaim`](Self::reclaim)
+    /// (its children reparented to their nearest remaining ancestor), even
+    /// when the request is then refused. The answer is the one
+    /// [`reclaim`](Self::reclaim) of every dead allocation followed by
+    /// [`delegate`](Self::delegate) would give, and on success the two
+    /// tables agree on every live pod (the argument is in the crate's README
+    /// and on the private `Probe` type).
+    pub fn delegate_reclaiming(
+        &mut self,
+        from: &PodName,
+        spec: PodSpec,
+        start_time: u64,
+        incarnation: String,
+        is_live: impl FnMut(&Allocation) -> bool,
+    ) -> Result<Allocation, ScopeError> {
         spec.validate()?;
-        let Some(spawner) = self.allocations.get(from) else {
+        let mut probe = Probe::new(is_live);
+        let decision = self.decide_delegate(from, &spec, &mut probe);
+        self.remove_dead(&probe.dead);
+        decision?;
+        Ok(self.insert(spec, start_time, incarnation, Some(from.clone())))
+    }
+
+    /// The checks of [`register`](Self::register), with every pod they
+    /// consult passed through `probe` first: a pod it finds dead counts as
+    /// already reclaimed.
+    fn decide_register<F: FnMut(&Allocation) -> bool>(
+        &self,
+        spec: &PodSpec,
+        probe: &mut Probe<F>,
+    ) -> Result<(), ScopeError> {
+        if let Some(holder) = self.allocations.get(&spec.pod_name) {
+            if probe.is_live(holder) {
+                return Err(ScopeError::DuplicateName {
+                    name: spec.pod_name.clone(),
+                });
+            }
+        }
+        self.find_write_conflict(&spec.scope, &HashSet::new(), probe)
+    }
+
+    /// The checks of [`delegate`](Self::delegate), with every pod they
+    /// consult passed through `probe` first: a pod it finds dead counts as
+    /// already reclaimed. `from`'s ancestors are not consulted: they may
+    /// hold overlapping scope whether they are alive or not.
+    fn decide_delegate<F: FnMut(&Allocation) -> bool>(
+        &self,
+        from: &PodName,
+        spec: &PodSpec,
+        probe: &mut Probe<F>,
+    ) -> Result<(), ScopeError> {
+        let Some(spawner) = self.allocations.get(from).filter(|s| probe.is_live(s)) else {
             return Err(ScopeError::UnknownPod { name: from.clone() });
         };
-        if self.allocations.contains_key(&spec.pod_name) {
-            return Err(ScopeError::DuplicateName {
-                name: spec.pod_name,
-            });
+        if let Some(holder) = self.allocations.get(&spec.pod_name) {
+            if probe.is_live(holder) {
+                return Err(ScopeError::DuplicateName {
+                    name: spec.pod_name.clone(),
+                });
+            }
         }
         for rule in &spec.scope {
             let covered = spawner
@@ -250,8 +341,7 @@ impl Table {
             }
         }
         let lineage = self.lineage(from.as_str());
-        self.check_write_conflicts(&spec.scope, &lineage)?;
-        Ok(self.insert(spec, start_time, incarnation, Some(from.clone())))
+        self.find_write_conflict(&spec.scope, &lineage, probe)
     }
 
     /// Removes pod `name` if `incarnation` is `None` or equals the one held,
@@ -296,14 +386,26 @@ impl Table {
             .filter(|a| !is_live(a))
             .map(|a| a.pod_name.clone())
             .collect();
+        self.remove_dead(&dead)
+    }
+
+    /// Removes the allocations named in `dead` and returns them, sorted by
+    /// name; each remaining pod whose parent was removed is reparented to
+    /// its nearest remaining ancestor (or becomes top-level). Does nothing
+    /// (and leaves the stamp alone) if `dead` is empty. One pass over the
+    /// table.
+    fn remove_dead(&mut self, dead: &HashSet<PodName>) -> Vec<Allocation> {
         if dead.is_empty() {
             return Vec::new();
         }
         // The nearest surviving ancestor of each dead pod, computed once per
         // dead pod by walking up through dead ones.
         let mut heir: HashMap<PodName, Option<PodName>> = HashMap::new();
-        for name in &dead {
-            let mut parent = self.allocations[name].delegated_from.clone();
+        for name in dead {
+            let Some(allocation) = self.allocations.get(name) else {
+                continue;
+            };
+            let mut parent = allocation.delegated_from.clone();
             let mut steps = 0;
             while let Some(p) = parent.as_ref().filter(|p| dead.contains(*p)) {
                 if let Some(known) = heir.get(p) {
@@ -467,16 +569,20 @@ impl Table {
     }
 
     /// Fails with the first (rule order, then pod name order) requested
-    /// write rule that overlaps a write rule of a pod outside `allowed`.
-    fn check_write_conflicts(
+    /// write rule that overlaps a write rule of a live pod outside
+    /// `allowed`. Each pod outside `allowed` with an overlapping write rule
+    /// is probed in that order until the first live one.
+    fn find_write_conflict<F: FnMut(&Allocation) -> bool>(
         &self,
         scope: &[ScopeRule],
         allowed: &HashSet<PodName>,
+        probe: &mut Probe<F>,
     ) -> Result<(), ScopeError> {
         for rule in scope.iter().filter(|r| r.permission == Permission::Write) {
             for a in self.allocations.values() {
                 if a.write_rules().any(|held| overlaps_valid(held, rule))
                     && !allowed.contains(&a.pod_name)
+                    && probe.is_live(a)
                 {
                     return Err(ScopeError::WriteConflict {
                         competitor: a.pod_name.clone(),
@@ -508,6 +614,84 @@ impl Table {
             .insert(allocation.pod_name.clone(), allocation.clone());
         self.touch();
         allocation
+    }
+}
+
+/// The liveness of the pods a register or delegate consults, asked once per
+/// pod; the dead ones are remembered, to be reclaimed.
+///
+/// # Why reclaiming only what blocks the request gives the same answer
+///
+/// [`ScopeTable`](crate::ScopeTable) used to reclaim every stale
+/// allocation before acting, which probes every allocation (a read of
+/// `/proc/<pid>/stat` each). Instead the checks pass each pod they consult
+/// through the probe just before relying on it, treat a dead one as absent,
+/// and the dead ones are then reclaimed. Write `D` for the dead
+/// allocations, `R` (a subset of `D`) for those the probe found, `full` for
+/// the table after reclaiming `D` and `ours` for the table after
+/// reclaiming `R`. The answer on `ours` equals the answer on `full`:
+///
+/// - Reclaiming removes pods and reparents each survivor to its nearest
+///   surviving ancestor, so among survivors the ancestor relation is the
+///   original one restricted to them, whatever subset is removed: a live
+///   pod is in the spawner's lineage in `ours` exactly when it is in
+///   `full`. Reparenting never moves a pod into the lineage.
+/// - `UnknownPod`: the spawner is probed first; absent or dead, it is absent
+///   from both tables.
+/// - `DuplicateName`: the holder of the name is probed; it refuses only if
+///   live, i.e. present in `full`.
+/// - `NotSubset` depends only on the spawner's rules, the same in both.
+/// - `WriteConflict` names the first requested write rule, then the first
+///   pod by name outside the lineage, with an overlapping write rule. The
+///   scan probes each such pod in that order and skips the dead ones, so
+///   the first live one it stops at is the first one in `full` (whose
+///   pods outside the lineage are the live ones outside it in ours). Dead
+///   pods inside the lineage (unprobed ancestors of the spawner) are
+///   allowed to overlap in both cases, being absent from `full`.
+/// - On success the new pod is inserted under a live parent (or none), so
+///   reclaiming the rest of `D` afterwards gives `full` plus the new pod:
+///   the two tables agree on every live pod, its rules and its nearest live
+///   ancestor. The invariant holds on `ours` too: every pod the new one
+///   may not overlap was checked, dead or alive.
+///
+/// Removing dead allocations only ever removes conflicts, so no probe is
+/// needed for a pod that could only allow the request. What differs from a
+/// full reclaim: dead allocations that do not block the request stay in
+/// the table (and keep their scope reserved) until the next
+/// [`Table::reclaim`] (`ScopeTable::reclaim_stale`, which pod-events'
+/// reconcile runs periodically) or until they block a request.
+struct Probe<F> {
+    is_live: F,
+    /// Pods found live.
+    live: HashSet<PodName>,
+    /// Pods found dead: reclaimed after the checks.
+    dead: HashSet<PodName>,
+}
+
+impl<F: FnMut(&Allocation) -> bool> Probe<F> {
+    fn new(is_live: F) -> Self {
+        Probe {
+            is_live,
+            live: HashSet::new(),
+            dead: HashSet::new(),
+        }
+    }
+
+    fn is_live(&mut self, allocation: &Allocation) -> bool {
+        let name = &allocation.pod_name;
+        if self.live.contains(name) {
+            return true;
+        }
+        if self.dead.contains(name) {
+            return false;
+        }
+        let live = (self.is_live)(allocation);
+        if live {
+            self.live.insert(name.clone());
+        } else {
+            self.dead.insert(name.clone());
+        }
+        live
     }
 }
 

@@ -4,12 +4,16 @@
 //! rule relations are brute-force set operations over a finite path tree.
 //! After every step the two tables must be equal and the invariant must
 //! hold: effective write scopes pairwise disjoint, every parent present.
+//! The model reclaims before register and delegate only the pods that
+//! would refuse them (see `Table::register_reclaiming`); a second proptest
+//! checks that this answers as a full reclaim first would.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use pod_scope_lock::testing::{FakeLiveness, MemoryStore};
 use pod_scope_lock::{
-    Allocation, Permission, PodSpec, ScopeError, ScopeRule, ScopeTable, Table, TableStore,
+    Allocation, Liveness, Permission, PodName, PodSpec, ScopeError, ScopeRule, ScopeTable, Table,
+    TableStore,
 };
 use proptest::prelude::*;
 
@@ -118,17 +122,23 @@ enum Outcome {
 fn outcome(result: Result<(), ScopeError>) -> Outcome {
     match result {
         Ok(()) => Outcome::Ok,
-        Err(ScopeError::DuplicateName { .. }) => Outcome::Duplicate,
-        Err(ScopeError::UnknownPod { .. }) => Outcome::Unknown,
-        Err(ScopeError::IncarnationMismatch { .. }) => Outcome::Mismatch,
-        Err(ScopeError::NotSubset { rule, .. }) => Outcome::NotSubset(rule),
-        Err(ScopeError::WriteConflict { competitor, rule }) => {
-            Outcome::Conflict(competitor.to_string(), rule)
+        Err(error) => error_outcome(&error),
+    }
+}
+
+fn error_outcome(error: &ScopeError) -> Outcome {
+    match error {
+        ScopeError::DuplicateName { .. } => Outcome::Duplicate,
+        ScopeError::UnknownPod { .. } => Outcome::Unknown,
+        ScopeError::IncarnationMismatch { .. } => Outcome::Mismatch,
+        ScopeError::NotSubset { rule, .. } => Outcome::NotSubset(rule.clone()),
+        ScopeError::WriteConflict { competitor, rule } => {
+            Outcome::Conflict(competitor.to_string(), rule.clone())
         }
-        Err(ScopeError::InvalidRule(_)) => Outcome::Invalid,
-        Err(ScopeError::DeadProcess { .. }) => Outcome::Dead,
-        Err(ScopeError::Io { .. }) => Outcome::Io,
-        Err(other) => panic!("unexpected error {other}"),
+        ScopeError::InvalidRule(_) => Outcome::Invalid,
+        ScopeError::DeadProcess { .. } => Outcome::Dead,
+        ScopeError::Io { .. } => Outcome::Io,
+        other => panic!("unexpected error {other}"),
     }
 }
 
@@ -140,14 +150,26 @@ fn valid(rules: &[ScopeRule]) -> bool {
     !rules.is_empty() && rules.iter().all(|r| !r.target.contains(".."))
 }
 
+fn is_live(procs: &BTreeMap<u32, u64>, pod: &ModelPod) -> bool {
+    procs.get(&pod.pid) == Some(&pod.start)
+}
+
 impl Model {
+    /// Full reclaim: every pod whose process is gone.
     fn reclaim(&mut self, procs: &BTreeMap<u32, u64>) -> Vec<String> {
         let dead: BTreeSet<String> = self
             .pods
             .iter()
-            .filter(|(_, p)| procs.get(&p.pid) != Some(&p.start))
+            .filter(|(_, p)| !is_live(procs, p))
             .map(|(n, _)| n.clone())
             .collect();
+        self.remove(&dead);
+        dead.into_iter().collect()
+    }
+
+    /// Removes the pods in `dead`, reparenting the others to their nearest
+    /// ancestor outside it.
+    fn remove(&mut self, dead: &BTreeSet<String>) {
         let survivor = |mut parent: Option<String>| {
             while let Some(p) = parent.clone().filter(|p| dead.contains(p)) {
                 parent = self.pods[&p].parent.clone();
@@ -164,20 +186,22 @@ impl Model {
             self.pods.get_mut(&n).unwrap().parent = parent;
         }
         self.pods.retain(|n, _| !dead.contains(n));
-        dead.into_iter().collect()
     }
 
     /// The first requested write rule (in order) that overlaps a write rule
-    /// of a pod outside `allowed`, with the first such pod by name.
+    /// of a live pod outside `allowed`, with the first such pod by name.
+    /// The dead pods met before it are added to `dead` (targeted reclaim).
     fn conflict(
         &self,
         sets: &mut Sets,
+        procs: &BTreeMap<u32, u64>,
         rules: &[ScopeRule],
         allowed: &BTreeSet<String>,
+        dead: &mut BTreeSet<String>,
     ) -> Option<Outcome> {
         for rule in rules.iter().filter(|r| is_write(r)) {
             for (n, pod) in &self.pods {
-                if allowed.contains(n) {
+                if allowed.contains(n) || dead.contains(n) {
                     continue;
                 }
                 if pod
@@ -186,7 +210,10 @@ impl Model {
                     .filter(|r| is_write(r))
                     .any(|held| sets.overlap(held, rule))
                 {
-                    return Some(Outcome::Conflict(n.clone(), rule.clone()));
+                    if is_live(procs, pod) {
+                        return Some(Outcome::Conflict(n.clone(), rule.clone()));
+                    }
+                    dead.insert(n.clone());
                 }
             }
         }
@@ -346,11 +373,19 @@ impl Harness {
                 let Some(&start) = procs.get(pid) else {
                     return Outcome::Dead;
                 };
-                next.reclaim(&procs);
-                if next.pods.contains_key(NAMES[*name]) {
-                    return Outcome::Duplicate;
+                // Targeted reclaim: only the pods that would refuse the
+                // request are probed, and the dead ones reclaimed.
+                let mut dead = BTreeSet::new();
+                if let Some(holder) = next.pods.get(NAMES[*name]) {
+                    if is_live(&procs, holder) {
+                        return Outcome::Duplicate;
+                    }
+                    dead.insert(NAMES[*name].to_owned());
                 }
-                if let Some(conflict) = next.conflict(&mut self.sets, rules, &BTreeSet::new()) {
+                let conflict =
+                    next.conflict(&mut self.sets, &procs, rules, &BTreeSet::new(), &mut dead);
+                next.remove(&dead);
+                if let Some(conflict) = conflict {
                     return conflict;
                 }
                 next.pods.insert(
@@ -377,12 +412,21 @@ impl Harness {
                 let Some(&start) = procs.get(pid) else {
                     return Outcome::Dead;
                 };
-                next.reclaim(&procs);
+                // Targeted reclaim: the spawner first, then the pods that
+                // would refuse the request; the dead ones are reclaimed.
                 let Some(spawner) = next.pods.get(NAMES[*from]).cloned() else {
                     return Outcome::Unknown;
                 };
-                if next.pods.contains_key(NAMES[*name]) {
-                    return Outcome::Duplicate;
+                if !is_live(&procs, &spawner) {
+                    next.remove(&BTreeSet::from([NAMES[*from].to_owned()]));
+                    return Outcome::Unknown;
+                }
+                let mut dead = BTreeSet::new();
+                if let Some(holder) = next.pods.get(NAMES[*name]) {
+                    if is_live(&procs, holder) {
+                        return Outcome::Duplicate;
+                    }
+                    dead.insert(NAMES[*name].to_owned());
                 }
                 for rule in rules {
                     let covered = spawner
@@ -390,11 +434,15 @@ impl Harness {
                         .iter()
                         .any(|s| s.permission >= rule.permission && self.sets.cover(s, rule));
                     if !covered {
+                        next.remove(&dead);
                         return Outcome::NotSubset(rule.clone());
                     }
                 }
+                // Ancestors stay allowed whether alive or not.
                 let lineage = next.lineage(NAMES[*from]);
-                if let Some(conflict) = next.conflict(&mut self.sets, rules, &lineage) {
+                let conflict = next.conflict(&mut self.sets, &procs, rules, &lineage, &mut dead);
+                next.remove(&dead);
+                if let Some(conflict) = conflict {
                     return conflict;
                 }
                 next.pods.insert(
@@ -605,4 +653,268 @@ fn the_model_catches_a_broken_table() {
         .unwrap();
     harness.model.pods.get_mut("p0").unwrap().rules = vec![ScopeRule::write("/b")];
     assert!(harness.compare().is_err());
+}
+
+/// A request for the equivalence proptest.
+#[derive(Debug, Clone)]
+enum Request {
+    Register {
+        name: usize,
+        pid: u32,
+        rules: Vec<ScopeRule>,
+    },
+    Delegate {
+        from: usize,
+        name: usize,
+        pid: u32,
+        rules: Vec<ScopeRule>,
+        /// Whether to turn `rules` into rules inside the spawner's (see
+        /// [`derive`]), so that more delegations succeed.
+        derive: bool,
+    },
+}
+
+const TABLE_NAMES: [&str; 10] = ["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9"];
+/// Pids 1..=4 hold the table's pods; pid 5 is a new process that stays
+/// alive.
+const TABLE_PIDS: u32 = 4;
+
+fn arb_request() -> impl Strategy<Value = Request> {
+    let name = 0..TABLE_NAMES.len();
+    let pid = 1..=TABLE_PIDS + 1;
+    prop_oneof![
+        1 => (name.clone(), pid.clone(), arb_rules())
+            .prop_map(|(name, pid, rules)| Request::Register { name, pid, rules }),
+        2 => (name.clone(), name, pid, arb_rules(), prop_oneof![3 => Just(true), 1 => Just(false)])
+            .prop_map(|(from, name, pid, rules, derive)| Request::Delegate {
+                from,
+                name,
+                pid,
+                rules,
+                derive,
+            }),
+    ]
+}
+
+/// Rules inside `spawner`'s: the `i`-th rule is taken below the spawner's
+/// `i`-th rule (cyclically), one component (the first of `rule`'s target)
+/// deeper if that rule is recursive, with at most its permission.
+fn derive(spawner: &Allocation, rules: &[ScopeRule]) -> Vec<ScopeRule> {
+    rules
+        .iter()
+        .zip(spawner.scope_allow.iter().cycle())
+        .map(|(rule, outer)| {
+            let first = rule.target.split('/').find(|c| !c.is_empty());
+            let (target, recursive) = match first {
+                Some(c) if outer.recursive => (
+                    format!("{}/{c}", outer.target.trim_end_matches('/')),
+                    rule.recursive,
+                ),
+                _ if outer.recursive => (outer.target.clone(), rule.recursive),
+                _ => (outer.target.clone(), false),
+            };
+            ScopeRule {
+                target,
+                permission: rule.permission.min(outer.permission),
+                recursive,
+            }
+        })
+        .collect()
+}
+
+/// The request's spec on `table` (rules derived if asked and the spawner
+/// exists).
+fn request_parts(table: &Table, request: &Request) -> (Option<PodName>, PodSpec) {
+    match request {
+        Request::Register { name, pid, rules } => (None, request_spec(*name, *pid, rules)),
+        Request::Delegate {
+            from,
+            name,
+            pid,
+            rules,
+            derive: wanted,
+        } => {
+            let from = crate::name(TABLE_NAMES[*from]);
+            let rules = match table.get(from.as_str()) {
+                Some(spawner) if *wanted && !rules.is_empty() => derive(spawner, rules),
+                _ => rules.clone(),
+            };
+            (Some(from), request_spec(*name, *pid, &rules))
+        }
+    }
+}
+
+/// What becomes of each table pid: 0 alive, 1 dead, 2 reused by another
+/// process.
+fn arb_fates() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(0u8..3, TABLE_PIDS as usize)
+}
+
+fn request_spec(name: usize, pid: u32, rules: &[ScopeRule]) -> PodSpec {
+    PodSpec {
+        pod_name: crate::name(TABLE_NAMES[name]),
+        pid,
+        socket: format!("/run/{}.sock", TABLE_NAMES[name]),
+        scope: rules.to_vec(),
+    }
+}
+
+/// A valid table built by the pure rules from `build`, every pod alive
+/// (pid `p` started at `10 * p`). To grow bigger tables, each step takes the
+/// first free name from its own on and delegates from an existing pod.
+fn build_table(build: &[Request]) -> Table {
+    let mut table = Table::new();
+    for (i, request) in build.iter().enumerate() {
+        let free = |n: &usize| {
+            (0..TABLE_NAMES.len())
+                .map(|k| (n + k) % TABLE_NAMES.len())
+                .find(|&k| table.get(TABLE_NAMES[k]).is_none())
+                .unwrap_or(*n)
+        };
+        let existing = |n: &usize| {
+            let names: Vec<usize> = (0..TABLE_NAMES.len())
+                .filter(|&k| table.get(TABLE_NAMES[k]).is_some())
+                .collect();
+            names.get(n % names.len().max(1)).copied().unwrap_or(*n)
+        };
+        let request = match request {
+            Request::Register { name, pid, rules } => Request::Register {
+                name: free(name),
+                pid: *pid,
+                rules: rules.clone(),
+            },
+            Request::Delegate {
+                from,
+                name,
+                pid,
+                rules,
+                derive,
+            } => Request::Delegate {
+                from: existing(from),
+                name: free(name),
+                pid: *pid,
+                rules: rules.clone(),
+                derive: *derive,
+            },
+        };
+        let (from, spec) = request_parts(&table, &request);
+        let start = 10 * u64::from(spec.pid);
+        let incarnation = format!("i{i}");
+        let _ = match from {
+            None => table.register(spec, start, incarnation),
+            Some(from) => table.delegate(&from, spec, start, incarnation),
+        };
+    }
+    table
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+    /// `ScopeTable::register`/`delegate` reclaim only what blocks the
+    /// request; the answer equals that of a full reclaim followed by the
+    /// pure rule, and so does the resulting table once restricted to live
+    /// pods (i.e. after reclaiming the dead ones it left alone).
+    #[test]
+    fn targeted_reclaim_answers_as_a_full_reclaim_first(
+        build in proptest::collection::vec(arb_request(), 0..32),
+        fates in arb_fates(),
+        request in arb_request(),
+    ) {
+        let table = build_table(&build);
+        prop_assert_eq!(table.check_invariant(), Ok(()));
+        let live = FakeLiveness::new();
+        for (pid, fate) in (1..=TABLE_PIDS).zip(&fates) {
+            let start = 10 * u64::from(pid);
+            live.set(pid, match fate {
+                0 => Some(start),
+                1 => None,
+                _ => Some(start + 1),
+            });
+        }
+        live.set(TABLE_PIDS + 1, Some(10 * u64::from(TABLE_PIDS + 1)));
+        let store = MemoryStore::with_table(table.clone());
+        let targeted = ScopeTable::new(store.clone(), live.clone());
+        let is_live = |a: &Allocation| targeted.is_live(a);
+
+        // Targeted, through the public API.
+        let (from, spec) = request_parts(&table, &request);
+        let pid = spec.pid;
+        let got = match &from {
+            None => targeted.register(spec.clone()),
+            Some(from) => targeted.delegate(from, spec.clone()),
+        };
+        let after: Table = store.load().unwrap();
+        prop_assert_eq!(after.check_invariant(), Ok(()));
+
+        // Reference: reclaim everything, then the pure rule (with the same
+        // incarnation, so that the tables compare equal).
+        let mut reference = table.clone();
+        reference.reclaim(is_live);
+        let incarnation = got.as_ref().map(|a| a.incarnation.clone()).unwrap_or_default();
+        let expected = match (spec.validate(), live.start_time(pid), &from) {
+            (Err(invalid), _, _) => Err(invalid),
+            (Ok(()), None, _) => Err(ScopeError::DeadProcess { pid }),
+            (Ok(()), Some(start), None) => {
+                reference.register(spec.clone(), start, incarnation.clone())
+            }
+            (Ok(()), Some(start), Some(from)) => {
+                reference.delegate(from, spec.clone(), start, incarnation.clone())
+            }
+        };
+        match (&got, &expected) {
+            (Ok(got), Ok(expected)) => prop_assert_eq!(got, expected),
+            (Err(got), Err(expected)) => {
+                prop_assert_eq!(error_outcome(got), error_outcome(expected))
+            }
+            _ => prop_assert!(false, "{:?} instead of {:?} for {:?}", got, expected, request),
+        }
+
+        // Restricted to live pods, the tables are the same.
+        let mut restricted = after.clone();
+        restricted.reclaim(is_live);
+        prop_assert_eq!(&restricted, &reference, "request {:?}", request);
+
+        // The pure rule probes each pod at most once, and only the spawner,
+        // the holder of the name and pods whose write rules overlap a
+        // requested one; it reclaims exactly those it found dead.
+        if let Some(start) = live.start_time(pid) {
+            let mut probed = Vec::new();
+            let mut pure = table.clone();
+            let answer = {
+                let probe = |a: &Allocation| {
+                    probed.push(a.pod_name.to_string());
+                    is_live(a)
+                };
+                match &from {
+                    None => pure.register_reclaiming(spec.clone(), start, incarnation, probe),
+                    Some(from) => pure.delegate_reclaiming(from, spec.clone(), start, incarnation, probe),
+                }
+            };
+            prop_assert_eq!(answer.is_ok(), got.is_ok());
+            prop_assert_eq!(&pure, &after);
+            // Still there: the same pod, not a new one of the same name.
+            let kept = |a: &Allocation| {
+                after
+                    .get(a.pod_name.as_str())
+                    .is_some_and(|b| b.incarnation == a.incarnation)
+            };
+            let distinct: BTreeSet<&String> = probed.iter().collect();
+            prop_assert_eq!(distinct.len(), probed.len(), "probed twice: {:?}", probed);
+            for probed in &probed {
+                let a = table.get(probed).unwrap();
+                let blocks = from.as_ref().is_some_and(|f| f == &a.pod_name)
+                    || a.pod_name == spec.pod_name
+                    || spec.scope.iter().filter(|r| is_write(r)).any(|r| {
+                        a.write_rules().any(|held| pod_scope_lock::coverage::overlaps(held, r))
+                    });
+                prop_assert!(blocks, "{} was probed for {:?}", probed, request);
+                prop_assert_eq!(kept(a), is_live(a));
+            }
+            for a in table.allocations() {
+                if !kept(a) {
+                    prop_assert!(probed.contains(&a.pod_name.to_string()));
+                }
+            }
+        }
+    }
 }

@@ -432,25 +432,88 @@ fn reclaim_releases_dead_and_reused_pids_and_reparents_to_the_nearest_survivor()
 }
 
 #[test]
-fn register_and_delegate_reclaim_first_and_keep_the_reclaim_when_refused() {
+fn register_and_delegate_reclaim_what_blocks_them_and_keep_it_when_refused() {
     let env = env();
     env.register("old", 1, &["w:/a/**"]).unwrap();
     env.register("live", 2, &["w:/b/**"]).unwrap();
     env.live.kill(1);
-    // The dead holder of /a no longer blocks it.
+    // The dead holder of /a no longer blocks it: it is reclaimed.
     env.register("new", 3, &["w:/a/**"]).unwrap();
+    assert_eq!(env.tree(), vec![node("live", None), node("new", None)]);
     env.register("old2", 4, &["w:/c/**"]).unwrap();
     env.live.kill(4);
-    // Refused because of a live competitor, but the dead pod is gone.
+    // Refused because of a live competitor; the dead pod, which does not
+    // stand in the way, stays until a full reclaim.
     assert_eq!(competitor(env.register("x", 5, &["w:/b/**"])), "live");
-    assert_eq!(env.tree(), vec![node("live", None), node("new", None)]);
-    // A dead spawner is reclaimed before it could delegate.
+    assert_eq!(
+        env.tree(),
+        vec![node("live", None), node("new", None), node("old2", None)]
+    );
+    // A dead holder of the name is reclaimed, and the name reused.
+    env.register("old2", 6, &["w:/d/**"]).unwrap();
+    assert_eq!(env.store_table().get("old2").unwrap().pid, 6);
+    // Dead competitors met before the live one (in name order) are reclaimed
+    // even though the request is refused; one met after it is not probed.
+    env.register("aa", 7, &["w:/e/x/**"]).unwrap();
+    env.register("bb", 8, &["w:/e/y/**"]).unwrap();
+    env.register("cc", 9, &["w:/e/z/**"]).unwrap();
+    env.live.kill(7);
+    env.live.kill(9);
+    assert_eq!(competitor(env.register("x", 10, &["w:/e/**"])), "bb");
+    assert!(env.store_table().get("aa").is_none());
+    assert!(env.store_table().get("cc").is_some());
+    // A dead spawner is reclaimed before it could delegate; its child is
+    // reparented as by a full reclaim.
+    env.delegate("new", "child", 11, &["w:/a/x/**"]).unwrap();
     env.live.kill(3);
     assert!(matches!(
-        env.delegate("new", "child", 6, &["w:/a/x/**"]),
+        env.delegate("new", "other", 12, &["w:/a/y/**"]),
         Err(ScopeError::UnknownPod { .. })
     ));
-    assert_eq!(env.tree(), vec![node("live", None)]);
+    assert_eq!(
+        env.tree(),
+        vec![
+            node("bb", None),
+            node("cc", None),
+            node("child", None),
+            node("live", None),
+            node("old2", None)
+        ]
+    );
+    let reclaimed: Vec<String> = env
+        .table
+        .reclaim_stale()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.pod_name.to_string())
+        .collect();
+    assert_eq!(reclaimed, ["cc"]);
+}
+
+#[test]
+fn a_dead_ancestor_of_the_spawner_is_not_probed_and_does_not_block() {
+    let env = env();
+    env.register("root", 1, &["w:/a/**"]).unwrap();
+    env.delegate("root", "mid", 2, &["w:/a/b/**"]).unwrap();
+    env.delegate("mid", "leaf", 3, &["w:/a/b/c/**"]).unwrap();
+    env.live.kill(1);
+    env.live.kill(2);
+    // The request overlaps the dead ancestors' scope, which it comes from.
+    env.delegate("leaf", "x", 4, &["w:/a/b/c/d/**"]).unwrap();
+    assert_eq!(
+        env.tree(),
+        vec![
+            node("leaf", Some("mid")),
+            node("mid", Some("root")),
+            node("root", None),
+            node("x", Some("leaf"))
+        ]
+    );
+    env.table.reclaim_stale().unwrap();
+    assert_eq!(
+        env.tree(),
+        vec![node("leaf", None), node("x", Some("leaf"))]
+    );
 }
 
 #[test]
