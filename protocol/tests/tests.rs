@@ -377,9 +377,9 @@ proptest! {
 /// some floats decodes to the neighbouring float. An opaque number in
 /// `run`, `resume` or `get_history` parameters then moves by one ulp each
 /// time a Pod decodes and re-encodes the frame, and encoding is not stable.
-/// serde_json's `float_roundtrip` feature makes parsing exact.
+/// serde_json's `float_roundtrip` feature (enabled by this crate) makes
+/// parsing exact.
 #[test]
-#[ignore = "fuzz finding: fails until serde_json's `float_roundtrip` feature is enabled"]
 fn a_float_parameter_survives_decode_and_encode() {
     let frame = br#"{"method":"run","params":{"":777791577777777777777777777777773685477}}"#;
     let method = decode(frame).unwrap();
