@@ -195,7 +195,8 @@ impl EndpointHandle {
         self.join().await
     }
 
-    /// Waits until the source ends and every event read is applied.
+    /// Waits until the source ends, every event read is applied, and every
+    /// relay upward has been sent (or has failed).
     pub async fn join(self) -> EndpointStats {
         if let Err(error) = self.task.await {
             if error.is_panic() {
@@ -336,6 +337,7 @@ async fn run<R, S, L, U, P, Src, N>(
         reconciler.abort();
         let _ = reconciler.await;
     }
+    parent.wait_for_relays().await;
 }
 
 fn shard_of(subject: &str, shards: usize) -> usize {

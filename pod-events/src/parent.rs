@@ -7,9 +7,10 @@ use pod_protocol::{PodEvent, PodName};
 use pod_registry::{incarnations_match, Outcome, Record, Registry};
 use pod_scope_lock::{Allocation, Liveness, ScopeError, ScopeTable, TableStore};
 use pod_transport::{MethodSender, UnixSender};
+use tokio_util::task::TaskTracker;
 
 use crate::probe::Reachability;
-use crate::send::fire_and_forget;
+use crate::send::send_or_log;
 
 /// What applying one event changed. Lower-layer failures are logged and
 /// counted in [`failures`](Effects::failures), never returned.
@@ -80,6 +81,8 @@ where
     scopes: ScopeTable<S, L>,
     upward: Option<(U, PathBuf)>,
     probe: P,
+    /// Relays in flight, so a shutting-down endpoint can wait for them.
+    relays: TaskTracker,
 }
 
 impl<R, S, L, P> Parent<R, S, L, UnixSender, P>
@@ -98,6 +101,7 @@ where
             scopes,
             upward: None,
             probe,
+            relays: TaskTracker::new(),
         }
     }
 }
@@ -123,6 +127,7 @@ where
             scopes: self.scopes,
             upward: Some((sender, parent_socket.into())),
             probe: self.probe,
+            relays: self.relays,
         }
     }
 
@@ -235,12 +240,26 @@ where
         effects
     }
 
+    /// Sends each event upward on a tracked task (fire-and-forget: a
+    /// failure is logged by the task and dropped).
     fn relay(&self, events: &[PodEvent]) {
         if let Some((sender, socket)) = &self.upward {
             for event in events {
-                fire_and_forget(sender, Some(socket), event.clone());
+                let (sender, socket, event) = (sender.clone(), socket.clone(), event.clone());
+                self.relays
+                    .spawn(async move { send_or_log(&sender, &socket, event).await });
             }
         }
+    }
+
+    /// Waits until every relay sent so far has been delivered or has
+    /// failed (each send is bounded by the transport's timeouts). An
+    /// endpoint calls this when it stops, so relays in flight are not lost
+    /// when the process exits.
+    pub async fn wait_for_relays(&self) {
+        self.relays.close();
+        self.relays.wait().await;
+        self.relays.reopen();
     }
 
     /// The `ShutDown` row of the semantics table, shared by real and

@@ -33,9 +33,14 @@ pub fn fire_and_forget<S: MethodSender + Clone>(
     let socket = socket?.to_path_buf();
     let sender = sender.clone();
     Some(tokio::spawn(async move {
-        let kind = event.kind();
-        if let Err(error) = send_pod_event(&sender, &socket, event).await {
-            tracing::warn!(socket = %socket.display(), %error, kind, "dropped a pod event the parent did not accept");
-        }
+        send_or_log(&sender, &socket, event).await;
     }))
+}
+
+/// Sends `event`; a failure is logged at warn level and dropped.
+pub(crate) async fn send_or_log<S: MethodSender>(sender: &S, socket: &Path, event: PodEvent) {
+    let kind = event.kind();
+    if let Err(error) = send_pod_event(sender, socket, event).await {
+        tracing::warn!(socket = %socket.display(), %error, kind, "dropped a pod event the parent did not accept");
+    }
 }

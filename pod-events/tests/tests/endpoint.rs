@@ -270,3 +270,37 @@ async fn a_failing_registry_write_is_logged_not_propagated() {
     // Relayed anyway: a duplicate upward is harmless, a lost one is not.
     assert_eq!(effects.relayed.len(), 1);
 }
+
+#[tokio::test]
+async fn stopping_an_endpoint_waits_for_relays_in_flight() {
+    let net = MemoryNetwork::new();
+    let _root_inbox = net.bind("/s/root");
+    let scopes = ScopeTable::new(MemoryStore::new(), FakeLiveness::new());
+    let parent = Arc::new(
+        Parent::new(
+            pod("child"),
+            MemoryRegistry::new(),
+            scopes,
+            FakeReachability::new(),
+        )
+        .with_upward(net.sender(), "/s/root"),
+    );
+    let source = net.bind("/s/child");
+    for i in 0..50 {
+        let event = PodEvent::ShutDown {
+            pod_name: format!("w{i}"),
+            incarnation: None,
+        };
+        source.inject(PeerCred::current(), Ok(Method::PodEvent(event)));
+    }
+    let sink = CollectingSink::new();
+    let endpoint = spawn_endpoint(parent, source, sink.clone(), no_reconcile());
+    until(|| sink.lines().len() == 50).await;
+    endpoint.stop().await;
+    let relayed = net
+        .sent()
+        .into_iter()
+        .filter(|(to, _)| to.as_path() == std::path::Path::new("/s/root"))
+        .count();
+    assert_eq!(relayed, 50);
+}
