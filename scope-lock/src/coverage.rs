@@ -26,7 +26,7 @@
 //! assert!(!coverage::covers_path(&repo, "/srv/repo/../etc"));
 //! ```
 
-use pod_protocol::{validate_path, ScopeRule};
+use pod_protocol::{validate_path, ScopeRule, MAX_PATH_LEN};
 
 /// How two lexically normal absolute paths relate in the directory tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,32 +41,69 @@ pub(crate) enum Relation {
     Apart,
 }
 
-fn components(path: &str) -> impl Iterator<Item = &str> {
-    path.split('/').filter(|c| !c.is_empty())
+/// Relation of `b` to `a`; both must be lexically normal absolute paths.
+///
+/// For such paths the components are exactly the pieces between single
+/// `/`s, so `b` is below `a` exactly when `b` extends `a` by `/` and more
+/// (any `b` other than `/` is below the root), and the depth is the number
+/// of `/` in that extension. Byte comparisons only, no allocation.
+pub(crate) fn relation(a: &str, b: &str) -> Relation {
+    if a == b {
+        Relation::Same
+    } else if let Some(depth) = depth_below(a, b) {
+        Relation::Above(depth)
+    } else if let Some(depth) = depth_below(b, a) {
+        Relation::Below(depth)
+    } else {
+        Relation::Apart
+    }
 }
 
-/// Relation of `b` to `a`; both must be lexically normal absolute paths.
-pub(crate) fn relation(a: &str, b: &str) -> Relation {
-    // Fast path: a path on the other's line of descent is a byte prefix of
-    // it, so two paths neither of which prefixes the other are apart.
-    if !a.starts_with(b) && !b.starts_with(a) {
-        return Relation::Apart;
+/// How many components `path` lies below `ancestor`, if it does (strictly);
+/// both lexically normal absolute paths.
+fn depth_below(ancestor: &str, path: &str) -> Option<usize> {
+    let rest = if ancestor == "/" {
+        path
+    } else {
+        path.strip_prefix(ancestor)?
+    };
+    if rest.len() < 2 || !rest.starts_with('/') {
+        return None;
     }
-    let mut a = components(a);
-    let mut b = components(b);
-    loop {
-        match (a.next(), b.next()) {
-            (None, None) => return Relation::Same,
-            (None, Some(_)) => return Relation::Above(1 + b.count()),
-            (Some(_), None) => return Relation::Below(1 + a.count()),
-            (Some(x), Some(y)) if x == y => {}
-            (Some(_), Some(_)) => return Relation::Apart,
+    Some(rest.bytes().filter(|&b| b == b'/').count())
+}
+
+/// Whether `path` is absolute and lexically normal, exactly as
+/// [`pod_protocol::validate_path`] decides it, in one pass over the bytes
+/// and without building an error: at most [`MAX_PATH_LEN`] bytes, starts
+/// with `/`, and (unless it is `/`) every piece between `/`s is non-empty,
+/// not `.` or `..`, and has no NUL byte. Callers that need the reason call
+/// `validate_path` when this says no.
+pub(crate) fn is_normal_path(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') || bytes.len() > MAX_PATH_LEN {
+        return false;
+    }
+    // One pass: at each `/` (and at the end), the component just passed
+    // must be non-empty and not `.` or `..`.
+    let mut start = 1;
+    for (i, &byte) in bytes.iter().enumerate().skip(1) {
+        match byte {
+            0 => return false,
+            b'/' => {
+                if matches!(&bytes[start..i], b"" | b"." | b"..") {
+                    return false;
+                }
+                start = i + 1;
+            }
+            _ => {}
         }
     }
+    bytes.len() == 1 || !matches!(&bytes[start..], b"" | b"." | b"..")
 }
 
 fn is_normal(path: &str) -> bool {
-    validate_path("scope.target", path).is_ok()
+    is_normal_path(path) || validate_path("scope.target", path).is_ok()
 }
 
 /// [`covers`] for rules already known to be valid.
@@ -139,5 +176,70 @@ mod tests {
         assert_eq!(relation("/", "/a/b"), Relation::Above(2));
         assert_eq!(relation("/a/b", "/a"), Relation::Below(1));
         assert_eq!(relation("/", "/"), Relation::Same);
+        assert_eq!(relation("/a/b", "/a/b/c/d"), Relation::Above(2));
+        assert_eq!(relation("/a/bc", "/a/b/c"), Relation::Apart);
+        assert_eq!(relation("/ab/c", "/a"), Relation::Apart);
+    }
+
+    /// The definition: compare component lists.
+    fn relation_by_components(a: &str, b: &str) -> Relation {
+        let a: Vec<&str> = a.split('/').filter(|c| !c.is_empty()).collect();
+        let b: Vec<&str> = b.split('/').filter(|c| !c.is_empty()).collect();
+        let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+        match (common == a.len(), common == b.len()) {
+            (true, true) => Relation::Same,
+            (true, false) => Relation::Above(b.len() - a.len()),
+            (false, true) => Relation::Below(a.len() - b.len()),
+            (false, false) => Relation::Apart,
+        }
+    }
+
+    /// Every normal path up to 3 components over an alphabet chosen so
+    /// that string prefixes and component prefixes disagree.
+    fn normal_paths() -> Vec<String> {
+        let names = ["a", "b", "ab", "a.", "..a"];
+        let mut all = vec![String::from("/")];
+        let mut frontier = vec![String::new()];
+        for _ in 0..3 {
+            frontier = frontier
+                .iter()
+                .flat_map(|p| names.iter().map(move |n| format!("{p}/{n}")))
+                .collect();
+            all.extend(frontier.iter().cloned());
+        }
+        all
+    }
+
+    #[test]
+    fn relation_agrees_with_the_component_definition() {
+        let paths = normal_paths();
+        for a in &paths {
+            assert!(is_normal_path(a), "{a}");
+            for b in &paths {
+                assert_eq!(relation(a, b), relation_by_components(a, b), "{a} {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn is_normal_path_agrees_with_validate_path() {
+        // Every string up to 5 bytes over an alphabet that makes every
+        // kind of defect.
+        let alphabet = ["/", ".", "a", "\0"];
+        let mut strings = vec![String::new()];
+        let mut frontier = vec![String::new()];
+        for _ in 0..5 {
+            frontier = frontier
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            strings.extend(frontier.iter().cloned());
+        }
+        let long = format!("/{}", "a".repeat(MAX_PATH_LEN - 1));
+        strings.push(long.clone());
+        strings.push(format!("{long}a"));
+        for s in &strings {
+            assert_eq!(is_normal_path(s), validate_path("p", s).is_ok(), "{s:?}");
+        }
     }
 }

@@ -1,13 +1,15 @@
 //! The allocation table and its pure rules: register, delegate, release,
 //! reclaim, lookups and the invariant. No I/O happens here.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pod_protocol::{validate_path, validate_scope, Permission, PodName, ScopeRule};
 use serde::{Deserialize, Serialize};
 
-use crate::coverage::{covers_path_valid, covers_valid, overlaps_valid, relation, Relation};
+use crate::coverage::{
+    covers_path_valid, covers_valid, is_normal_path, overlaps_valid, relation, Relation,
+};
 use crate::error::{DisplayRule, ScopeError};
 
 /// One pod's allocation. The serde names are the on-disk format.
@@ -121,7 +123,9 @@ fn fresh_stamp() -> u64 {
 /// On disk (the file store): `{"version":1,"allocations":[...]}`.
 #[derive(Debug, Clone, Default)]
 pub struct Table {
-    allocations: BTreeMap<PodName, Allocation>,
+    /// Sorted by pod name, names unique: lookups are binary searches, and
+    /// the table is read and written in this order without re-sorting.
+    allocations: Vec<Allocation>,
     /// Change detection for stores; see [`NEXT_STAMP`]. Not part of equality.
     stamp: u64,
 }
@@ -139,8 +143,25 @@ impl Eq for Table {}
 /// earlier one of the same name.
 impl FromIterator<Allocation> for Table {
     fn from_iter<I: IntoIterator<Item = Allocation>>(iter: I) -> Self {
+        let mut allocations: Vec<Allocation> = iter.into_iter().collect();
+        // What the file store writes is already sorted: one pass to see it.
+        if !allocations
+            .windows(2)
+            .all(|pair| pair[0].pod_name < pair[1].pod_name)
+        {
+            // Stable, so among equal names the later one comes last; keep
+            // its content in the first slot of the run.
+            allocations.sort_by(|a, b| a.pod_name.cmp(&b.pod_name));
+            allocations.dedup_by(|later, kept| {
+                let same = later.pod_name == kept.pod_name;
+                if same {
+                    std::mem::swap(later, kept);
+                }
+                same
+            });
+        }
         Table {
-            allocations: iter.into_iter().map(|a| (a.pod_name.clone(), a)).collect(),
+            allocations,
             stamp: fresh_stamp(),
         }
     }
@@ -154,12 +175,18 @@ impl Table {
 
     /// Every allocation, sorted by pod name.
     pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
-        self.allocations.values()
+        self.allocations.iter()
     }
 
     /// The allocation of pod `name`.
     pub fn get(&self, name: &str) -> Option<&Allocation> {
-        self.allocations.get(name)
+        self.position(name).ok().map(|i| &self.allocations[i])
+    }
+
+    /// Where `name` is (`Ok`) or would be inserted (`Err`).
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.allocations
+            .binary_search_by(|a| a.pod_name.as_str().cmp(name))
     }
 
     /// The number of allocations.
@@ -175,7 +202,7 @@ impl Table {
     /// The pods delegated from `name`, sorted by name.
     pub fn children<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Allocation> + 'a {
         self.allocations
-            .values()
+            .iter()
             .filter(move |a| a.delegated_from.as_ref().map(PodName::as_str) == Some(name))
     }
 
@@ -298,7 +325,7 @@ impl Table {
         spec: &PodSpec,
         probe: &mut Probe<F>,
     ) -> Result<(), ScopeError> {
-        if let Some(holder) = self.allocations.get(&spec.pod_name) {
+        if let Some(holder) = self.get(spec.pod_name.as_str()) {
             if probe.is_live(holder) {
                 return Err(ScopeError::DuplicateName {
                     name: spec.pod_name.clone(),
@@ -318,10 +345,10 @@ impl Table {
         spec: &PodSpec,
         probe: &mut Probe<F>,
     ) -> Result<(), ScopeError> {
-        let Some(spawner) = self.allocations.get(from).filter(|s| probe.is_live(s)) else {
+        let Some(spawner) = self.get(from.as_str()).filter(|s| probe.is_live(s)) else {
             return Err(ScopeError::UnknownPod { name: from.clone() });
         };
-        if let Some(holder) = self.allocations.get(&spec.pod_name) {
+        if let Some(holder) = self.get(spec.pod_name.as_str()) {
             if probe.is_live(holder) {
                 return Err(ScopeError::DuplicateName {
                     name: spec.pod_name.clone(),
@@ -351,9 +378,10 @@ impl Table {
         name: &PodName,
         incarnation: Option<&str>,
     ) -> Result<Allocation, ScopeError> {
-        let Some(held) = self.allocations.get(name) else {
+        let Ok(index) = self.position(name.as_str()) else {
             return Err(ScopeError::UnknownPod { name: name.clone() });
         };
+        let held = &self.allocations[index];
         if let Some(requested) = incarnation {
             if requested != held.incarnation {
                 return Err(ScopeError::IncarnationMismatch {
@@ -363,10 +391,8 @@ impl Table {
                 });
             }
         }
-        let Some(removed) = self.allocations.remove(name) else {
-            return Err(ScopeError::UnknownPod { name: name.clone() });
-        };
-        for child in self.allocations.values_mut() {
+        let removed = self.allocations.remove(index);
+        for child in &mut self.allocations {
             if child.delegated_from.as_ref() == Some(name) {
                 child.delegated_from = removed.delegated_from.clone();
             }
@@ -382,7 +408,7 @@ impl Table {
     pub fn reclaim(&mut self, mut is_live: impl FnMut(&Allocation) -> bool) -> Vec<Allocation> {
         let dead: HashSet<PodName> = self
             .allocations
-            .values()
+            .iter()
             .filter(|a| !is_live(a))
             .map(|a| a.pod_name.clone())
             .collect();
@@ -402,7 +428,7 @@ impl Table {
         // dead pod by walking up through dead ones.
         let mut heir: HashMap<PodName, Option<PodName>> = HashMap::new();
         for name in dead {
-            let Some(allocation) = self.allocations.get(name) else {
+            let Some(allocation) = self.get(name.as_str()) else {
                 continue;
             };
             let mut parent = allocation.delegated_from.clone();
@@ -419,23 +445,16 @@ impl Table {
                     parent = None;
                     break;
                 }
-                parent = self
-                    .allocations
-                    .get(p)
-                    .and_then(|a| a.delegated_from.clone());
+                parent = self.get(p.as_str()).and_then(|a| a.delegated_from.clone());
             }
             heir.insert(name.clone(), parent);
         }
-        let mut removed = Vec::with_capacity(dead.len());
-        self.allocations.retain(|name, a| {
-            if dead.contains(name) {
-                removed.push(a.clone());
-                false
-            } else {
-                true
-            }
-        });
-        for a in self.allocations.values_mut() {
+        let (removed, kept): (Vec<Allocation>, Vec<Allocation>) =
+            std::mem::take(&mut self.allocations)
+                .into_iter()
+                .partition(|a| dead.contains(&a.pod_name));
+        self.allocations = kept;
+        for a in &mut self.allocations {
             if let Some(new_parent) = a.delegated_from.as_ref().and_then(|p| heir.get(p)) {
                 a.delegated_from = new_parent.clone();
             }
@@ -446,7 +465,7 @@ impl Table {
 
     /// Pod `name`'s effective write scope, or `None` if it does not exist.
     pub fn effective_write_scope(&self, name: &str) -> Option<EffectiveScope> {
-        let allocation = self.allocations.get(name)?;
+        let allocation = self.get(name)?;
         let excluded = self
             .children(name)
             .flat_map(|child| {
@@ -469,7 +488,7 @@ impl Table {
     pub fn owner_of(&self, path: &str) -> Result<Option<&Allocation>, ScopeError> {
         validate_path("path", path)?;
         let mut best: Option<(usize, &Allocation)> = None;
-        for a in self.allocations.values() {
+        for a in &self.allocations {
             if a.write_rules().any(|r| covers_path_valid(r, path)) {
                 let depth = self.lineage(a.pod_name.as_str()).len();
                 if best.is_none_or(|(d, _)| depth > d) {
@@ -493,25 +512,35 @@ impl Table {
     /// and its socket and targets are valid paths. The error says which pods
     /// break which rule. Costs O(n log n) in the number of rules.
     pub fn check_invariant(&self) -> Result<(), String> {
-        let pods: Vec<&Allocation> = self.allocations.values().collect();
-        for (key, a) in self.allocations.iter() {
-            if *key != a.pod_name {
+        let pods = &self.allocations[..];
+        for pair in pods.windows(2) {
+            if pair[0].pod_name >= pair[1].pod_name {
                 return Err(format!(
-                    "allocation `{}` is stored under the name `{key}`",
-                    a.pod_name
+                    "allocation `{}` is stored before `{}`: not sorted by name, or a name held twice",
+                    pair[0].pod_name, pair[1].pod_name
                 ));
             }
-            validate_path("socket", &a.socket)
-                .and_then(|_| validate_scope(&a.scope_allow))
-                .map_err(|e| format!("pod `{key}`: {e}"))?;
+        }
+        for a in pods {
+            // The one-pass check first; the full one only to say what is
+            // wrong.
+            let valid = is_normal_path(&a.socket)
+                && !a.scope_allow.is_empty()
+                && a.scope_allow.iter().all(|r| is_normal_path(&r.target));
+            if !valid {
+                validate_path("socket", &a.socket)
+                    .and_then(|_| validate_scope(&a.scope_allow))
+                    .map_err(|e| format!("pod `{}`: {e}", a.pod_name))?;
+            }
         }
         // Names are resolved once (`pods` is sorted by name); everything
         // below works on indices.
+        let mut index = NameIndex::new(pods);
         let mut parents = Vec::with_capacity(pods.len());
-        for a in &pods {
+        for a in pods {
             parents.push(match &a.delegated_from {
                 None => None,
-                Some(p) => Some(pods.binary_search_by(|x| x.pod_name.cmp(p)).map_err(|_| {
+                Some(p) => Some(index.find(pods, p.as_str()).ok_or_else(|| {
                     format!(
                         "(c) pod `{}` is delegated from `{p}`, which has no allocation",
                         a.pod_name
@@ -521,7 +550,7 @@ impl Table {
         }
         check_acyclic(&pods, &parents)?;
         for (a, parent) in pods.iter().zip(&parents) {
-            let Some(parent) = parent.map(|p| pods[p]) else {
+            let Some(parent) = parent.map(|p| &pods[p]) else {
                 continue;
             };
             for rule in &a.scope_allow {
@@ -555,15 +584,12 @@ impl Table {
     /// `name` and its ancestors. Stops at a missing parent or a cycle.
     fn lineage(&self, name: &str) -> HashSet<PodName> {
         let mut lineage = HashSet::new();
-        let mut current = self.allocations.get(name);
+        let mut current = self.get(name);
         while let Some(a) = current {
             if !lineage.insert(a.pod_name.clone()) {
                 break;
             }
-            current = a
-                .delegated_from
-                .as_ref()
-                .and_then(|p| self.allocations.get(p));
+            current = a.delegated_from.as_ref().and_then(|p| self.get(p.as_str()));
         }
         lineage
     }
@@ -579,7 +605,7 @@ impl Table {
         probe: &mut Probe<F>,
     ) -> Result<(), ScopeError> {
         for rule in scope.iter().filter(|r| r.permission == Permission::Write) {
-            for a in self.allocations.values() {
+            for a in &self.allocations {
                 if a.write_rules().any(|held| overlaps_valid(held, rule))
                     && !allowed.contains(&a.pod_name)
                     && probe.is_live(a)
@@ -610,8 +636,11 @@ impl Table {
             delegated_from,
             incarnation,
         };
-        self.allocations
-            .insert(allocation.pod_name.clone(), allocation.clone());
+        match self.position(allocation.pod_name.as_str()) {
+            // Callers refuse a taken name first; replace, as a map would.
+            Ok(i) => self.allocations[i] = allocation.clone(),
+            Err(i) => self.allocations.insert(i, allocation.clone()),
+        }
         self.touch();
         allocation
     }
@@ -695,9 +724,69 @@ impl<F: FnMut(&Allocation) -> bool> Probe<F> {
     }
 }
 
+/// Finds pods by name in a slice sorted by name, comparing first the
+/// leading 8 bytes of each name as one integer (kept in a flat array, so
+/// most of the binary search never leaves it), then whole names only among
+/// the few that share those bytes. Parents have many children, so recent
+/// answers are remembered in a small direct-mapped cache (a hit is checked
+/// against the whole name).
+struct NameIndex {
+    prefixes: Vec<u64>,
+    recent: [Option<usize>; RECENT_SLOTS],
+}
+
+const RECENT_SLOTS: usize = 256;
+
+/// The first 8 bytes of `name`, zero-padded, as a big-endian integer: for
+/// names without NUL bytes (pod names are letters, digits, `.`, `_`, `-`)
+/// integer order agrees with the names' byte order.
+fn name_prefix(name: &str) -> u64 {
+    let mut buffer = [0u8; 8];
+    let n = name.len().min(8);
+    buffer[..n].copy_from_slice(&name.as_bytes()[..n]);
+    u64::from_be_bytes(buffer)
+}
+
+impl NameIndex {
+    fn new(pods: &[Allocation]) -> Self {
+        NameIndex {
+            prefixes: pods
+                .iter()
+                .map(|a| name_prefix(a.pod_name.as_str()))
+                .collect(),
+            recent: [None; RECENT_SLOTS],
+        }
+    }
+
+    /// The index of pod `name` in `pods` (the slice this index was built
+    /// from).
+    fn find(&mut self, pods: &[Allocation], name: &str) -> Option<usize> {
+        let slot = (name
+            .bytes()
+            .fold(name.len(), |h, b| h.wrapping_mul(31) ^ usize::from(b)))
+            % RECENT_SLOTS;
+        if let Some(i) = self.recent[slot] {
+            if pods[i].pod_name.as_str() == name {
+                return Some(i);
+            }
+        }
+        let prefix = name_prefix(name);
+        let start = self.prefixes.partition_point(|&p| p < prefix);
+        let end = start + self.prefixes[start..].partition_point(|&p| p == prefix);
+        let found = pods[start..end]
+            .binary_search_by(|a| a.pod_name.as_str().cmp(name))
+            .ok()
+            .map(|i| start + i);
+        if found.is_some() {
+            self.recent[slot] = found;
+        }
+        found
+    }
+}
+
 /// (c), second half: following parent links from any pod ends at a
 /// top-level pod.
-fn check_acyclic(pods: &[&Allocation], parents: &[Option<usize>]) -> Result<(), String> {
+fn check_acyclic(pods: &[Allocation], parents: &[Option<usize>]) -> Result<(), String> {
     const UNSEEN: u8 = 0;
     const ON_PATH: u8 = 1;
     const DONE: u8 = 2;
@@ -732,7 +821,12 @@ fn check_acyclic(pods: &[&Allocation], parents: &[Option<usize>]) -> Result<(), 
 /// below every other byte (so `/a` < `/a/z` < `/ab`).
 fn preorder(a: &str, b: &str) -> std::cmp::Ordering {
     let key = |byte: u8| if byte == b'/' { 0 } else { byte };
-    a.bytes().map(key).cmp(b.bytes().map(key))
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    match a.iter().zip(b).position(|(x, y)| x != y) {
+        // (`then` only matters for a NUL byte, which no valid target has.)
+        Some(i) => key(a[i]).cmp(&key(b[i])).then(a[i].cmp(&b[i])),
+        None => a.len().cmp(&b.len()),
+    }
 }
 
 /// Fails if write rules of two different pods among `members` overlap.
@@ -742,7 +836,7 @@ fn preorder(a: &str, b: &str) -> std::cmp::Ordering {
 /// whose targets are its ancestors or itself, kept on a stack: O(n log n)
 /// for n rules plus the stack walks, which are bounded by path depth times
 /// rules per pod.
-fn check_siblings_disjoint(pods: &[&Allocation], members: &[usize]) -> Result<(), String> {
+fn check_siblings_disjoint(pods: &[Allocation], members: &[usize]) -> Result<(), String> {
     let mut rules: Vec<(&ScopeRule, usize)> = members
         .iter()
         .flat_map(|&i| pods[i].write_rules().map(move |r| (r, i)))
