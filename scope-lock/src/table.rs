@@ -548,7 +548,7 @@ impl Table {
                 })?),
             });
         }
-        check_acyclic(&pods, &parents)?;
+        check_acyclic(pods, &parents)?;
         for (a, parent) in pods.iter().zip(&parents) {
             let Some(parent) = parent.map(|p| &pods[p]) else {
                 continue;
@@ -576,7 +576,7 @@ impl Table {
             groups[parent.map_or(0, |p| p + 1)].push(i);
         }
         for members in groups.iter().filter(|g| g.len() > 1) {
-            check_siblings_disjoint(&pods, members)?;
+            check_siblings_disjoint(pods, members)?;
         }
         Ok(())
     }
