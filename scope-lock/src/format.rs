@@ -39,7 +39,7 @@ struct VersionOnly {
 /// Serializes `table`: compact, one allocation per line, so a human can read
 /// and diff it and a parse error points at the allocation.
 pub(crate) fn encode(table: &Table) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + table.len() * 256);
+    let mut out = Vec::with_capacity(encoded_size_hint(table));
     out.extend_from_slice(b"{\"version\":1,\"allocations\":[");
     for (i, allocation) in table.allocations().enumerate() {
         if i > 0 {
@@ -51,6 +51,28 @@ pub(crate) fn encode(table: &Table) -> Vec<u8> {
     }
     out.extend_from_slice(b"\n]}\n");
     out
+}
+
+/// About the size of [`encode`]'s output, a little more unless strings need
+/// escaping: one pass over lengths, so that the buffer is not regrown
+/// (and copied) while a large table is written.
+fn encoded_size_hint(table: &Table) -> usize {
+    64 + table
+        .allocations()
+        .map(|a| {
+            // Keys, quotes and punctuation: under 160 bytes per allocation
+            // and 60 per rule; pid and start time: at most 20 digits each.
+            160 + 40
+                + a.pod_name.as_str().len()
+                + a.socket.len()
+                + a.incarnation.len()
+                + a.delegated_from.as_ref().map_or(0, |p| p.as_str().len())
+                + a.scope_allow
+                    .iter()
+                    .map(|r| 60 + r.target.len())
+                    .sum::<usize>()
+        })
+        .sum::<usize>()
 }
 
 /// serde_json appends " at line L column C" to its messages; the error
@@ -103,5 +125,41 @@ fn duplicate_message(bytes: &[u8]) -> String {
     match duplicate {
         Some(a) => format!("pod `{}` has two allocations", a.pod_name),
         None => "a pod has two allocations".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pod_protocol::{PodName, ScopeRule};
+
+    #[test]
+    fn the_size_hint_covers_the_output_and_decode_reads_it_back() {
+        let name = |s: &str| PodName::new(s).unwrap();
+        let table: Table = (0..50u32)
+            .map(|i| Allocation {
+                pod_name: name(&format!("pod{i}")),
+                pid: u32::MAX - i,
+                start_time: u64::MAX - u64::from(i),
+                socket: format!("/run/pods/pod{i}.sock"),
+                scope_allow: vec![
+                    ScopeRule::write(if i == 0 {
+                        "/srv".to_owned()
+                    } else {
+                        format!("/srv/{i}")
+                    }),
+                    ScopeRule {
+                        recursive: false,
+                        ..ScopeRule::read("/usr")
+                    },
+                ],
+                delegated_from: (i > 0).then(|| name("pod0")),
+                incarnation: "0123456789abcdef0123456789abcdef".into(),
+            })
+            .collect();
+        let bytes = encode(&table);
+        assert!(bytes.len() <= encoded_size_hint(&table));
+        assert_eq!(decode(&bytes).unwrap(), table);
+        assert!(encode(&Table::new()).len() <= encoded_size_hint(&Table::new()));
     }
 }

@@ -424,30 +424,35 @@ impl Table {
         if dead.is_empty() {
             return Vec::new();
         }
-        // The nearest surviving ancestor of each dead pod, computed once per
-        // dead pod by walking up through dead ones.
+        // The nearest surviving ancestor of each dead pod: walk up through
+        // dead ones, then remember the answer for every pod on the walk, so
+        // each dead pod is walked over once (linear even for a long chain).
         let mut heir: HashMap<PodName, Option<PodName>> = HashMap::new();
         for name in dead {
-            let Some(allocation) = self.get(name.as_str()) else {
+            if heir.contains_key(name) || self.get(name.as_str()).is_none() {
                 continue;
-            };
-            let mut parent = allocation.delegated_from.clone();
-            let mut steps = 0;
-            while let Some(p) = parent.as_ref().filter(|p| dead.contains(*p)) {
-                if let Some(known) = heir.get(p) {
+            }
+            let mut walked = vec![name.clone()];
+            let mut parent = self
+                .get(name.as_str())
+                .and_then(|a| a.delegated_from.clone());
+            while let Some(p) = parent.clone().filter(|p| dead.contains(p)) {
+                if let Some(known) = heir.get(&p) {
                     parent = known.clone();
                     break;
                 }
-                steps += 1;
-                if steps > dead.len() {
+                if walked.len() > dead.len() {
                     // A cycle of dead pods (only in a table built unchecked):
                     // nothing above it survives.
                     parent = None;
                     break;
                 }
                 parent = self.get(p.as_str()).and_then(|a| a.delegated_from.clone());
+                walked.push(p);
             }
-            heir.insert(name.clone(), parent);
+            for pod in walked {
+                heir.insert(pod, parent.clone());
+            }
         }
         let (removed, kept): (Vec<Allocation>, Vec<Allocation>) =
             std::mem::take(&mut self.allocations)
@@ -866,4 +871,66 @@ fn check_siblings_disjoint(pods: &[Allocation], members: &[usize]) -> Result<(),
         stack.push((rule, owner));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str) -> Allocation {
+        Allocation {
+            pod_name: PodName::new(name).unwrap(),
+            pid: 1,
+            start_time: 1,
+            socket: "/run/p.sock".into(),
+            scope_allow: vec![ScopeRule::read("/")],
+            delegated_from: None,
+            incarnation: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_name_index_finds_exactly_the_names_present() {
+        // Many names sharing their first 8 bytes, short names, names that
+        // prefix others, and more names than cache slots.
+        let mut names: Vec<String> = (0..600).map(|i| format!("workerpod-{i}")).collect();
+        names.extend(["a", "ab", "abcdefgh", "abcdefghi", "abcdefgh-", "z"].map(String::from));
+        let table: Table = names.iter().map(|n| pod(n)).collect();
+        let pods = &table.allocations[..];
+        let mut index = NameIndex::new(pods);
+        let mut probes: Vec<String> = names.clone();
+        probes.extend(
+            [
+                "",
+                "b",
+                "abc",
+                "abcdefg",
+                "abcdefghij",
+                "workerpod-",
+                "workerpod-600",
+                "zz",
+            ]
+            .map(String::from),
+        );
+        // Twice, so that the second round hits the cache.
+        for _ in 0..2 {
+            for probe in &probes {
+                let expected = pods.iter().position(|a| a.pod_name.as_str() == probe);
+                assert_eq!(index.find(pods, probe), expected, "{probe}");
+            }
+        }
+    }
+
+    #[test]
+    fn from_iter_sorts_and_keeps_the_last_of_a_name() {
+        let mut later = pod("b");
+        later.pid = 2;
+        let table: Table = vec![pod("c"), pod("b"), pod("a"), later.clone()]
+            .into_iter()
+            .collect();
+        let names: Vec<&str> = table.allocations().map(|a| a.pod_name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(table.get("b"), Some(&later));
+        assert_eq!(table.check_invariant(), Ok(()));
+    }
 }
