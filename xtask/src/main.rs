@@ -4,6 +4,7 @@
 //! Cargo is always called through `$CARGO` so the toolchain that runs
 //! xtask is the one that builds the workspace.
 
+mod bench;
 mod demo;
 mod fuzz;
 mod test;
@@ -17,6 +18,9 @@ fn usage() -> &'static str {
     "usage: cargo xtask <command>
 
 commands:
+  bench    [--quick]: the benchmarks of DESIGN.md section 8 next to raw
+           baselines; writes <target dir>/bench/results.json (about 3 min,
+           --quick about 30 s)
   demo     a live tree of pod processes: root, child, grandchild; the child
            is killed with SIGKILL and the root takes over the grandchild
   test     fmt check, clippy (-D warnings), every test (unit, integration,
@@ -29,6 +33,7 @@ commands:
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        Some("bench") => bench::run(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
         Some("test") => test::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),

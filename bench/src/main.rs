@@ -1,0 +1,351 @@
+//! `cargo xtask bench`: every figure of DESIGN.md section 8, each next to
+//! a raw baseline doing the same work without the library, printed as a
+//! table and written to `<target dir>/bench/results.json` (and
+//! `results.md`).
+//!
+//! ```text
+//! cargo run --release -p pod-bench -- [--quick] [--only 1,3,...] [--out DIR]
+//! ```
+//!
+//! Every figure is the median of several runs after a warm-up run. The
+//! items (numbered as in the issue that asked for them, and in
+//! BENCHMARKS.md): 1 delivery rate over sockets, 2 a burst of 5000
+//! senders, 3 the receive path in memory, 4 the durable registry under a
+//! burst, 5 scope-table delegate, 6 peak memory of a loaded endpoint.
+//! Timing assertions never go in tests; they live here.
+
+mod counter;
+mod delivery;
+mod memory;
+mod mix;
+mod receive;
+mod registry;
+mod report;
+mod scopes;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use report::{Bound, Goal, Row};
+
+/// How much work each item does.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// Measured runs per figure (after one warm-up run).
+    pub(crate) runs: usize,
+    /// Events per run of the delivery rate (item 1).
+    pub(crate) delivery_events: usize,
+    /// Lives (7 events each) per run of the receive path (item 3).
+    pub(crate) receive_lives: usize,
+    /// Measured delegates per table size (item 5).
+    pub(crate) scope_rounds: usize,
+    /// Child processes per peak-memory figure (item 6).
+    pub(crate) memory_runs: usize,
+}
+
+impl Plan {
+    /// About three minutes on two cores.
+    fn full() -> Self {
+        Plan {
+            runs: 5,
+            delivery_events: 20_000,
+            receive_lives: 20_000,
+            scope_rounds: 15,
+            memory_runs: 3,
+        }
+    }
+
+    /// About thirty seconds: fewer runs of smaller batches.
+    fn quick() -> Self {
+        Plan {
+            runs: 2,
+            delivery_events: 4_000,
+            receive_lives: 3_000,
+            scope_rounds: 4,
+            memory_runs: 1,
+        }
+    }
+}
+
+const USAGE: &str = "usage: pod-bench [--quick] [--only ITEM[,ITEM...]] [--out DIR]
+
+  --quick   fewer, smaller runs (about 30 s instead of about 3 min)
+  --only    items to run, by number: 1 delivery, 2 burst, 3 receive path,
+            4 durable registry, 5 scope table, 6 peak memory (default: all)
+  --out     where to write results.json and results.md
+            (default: <cargo target dir>/bench)";
+
+struct Args {
+    plan: Plan,
+    quick: bool,
+    only: BTreeSet<u32>,
+    out: PathBuf,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
+    let mut quick = false;
+    let mut only = BTreeSet::new();
+    let mut out = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--only" => {
+                let list = args.next().context("--only needs a list of items")?;
+                for item in list.split(',') {
+                    let n: u32 = item.trim().parse().context("--only takes numbers")?;
+                    if !(1..=6).contains(&n) {
+                        bail!("no item {n}: items are 1 to 6");
+                    }
+                    only.insert(n);
+                }
+            }
+            "--out" => out = Some(PathBuf::from(args.next().context("--out needs a path")?)),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    if only.is_empty() {
+        only = (1..=6).collect();
+    }
+    let out = match out {
+        Some(out) => out,
+        None => default_out()?,
+    };
+    let plan = if quick { Plan::quick() } else { Plan::full() };
+    Ok(Args {
+        plan,
+        quick,
+        only,
+        out,
+    })
+}
+
+/// `<target dir>/bench`: this binary is `<target dir>/<profile>/pod-bench`,
+/// so the results land in whichever target directory cargo built it in
+/// (`target/`, or `$CARGO_TARGET_DIR` when set).
+fn default_out() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the benchmark binary is not inside a cargo target directory")?;
+    Ok(target.join("bench"))
+}
+
+fn main() -> Result<()> {
+    let mut raw_args = std::env::args().skip(1);
+    if let Some(flag) = std::env::args().nth(1) {
+        if flag == "--memory-child" {
+            let kind = raw_args.nth(1).context("--memory-child KIND DIR")?;
+            let dir = raw_args.next().context("--memory-child KIND DIR")?;
+            return memory::child(&kind, Path::new(&dir));
+        }
+    }
+    let args = parse_args(raw_args)?;
+    println!("{}", machine());
+    println!(
+        "plan: {} ({:?}); each figure the median of {} runs after a warm-up\n",
+        if args.quick { "--quick" } else { "full" },
+        args.plan,
+        args.plan.runs
+    );
+    let started = Instant::now();
+    let rows = run(&args)?;
+    println!(
+        "\n{}\n(total {:.0} s)",
+        report::table(&rows),
+        started.elapsed().as_secs_f64()
+    );
+    report::write(&args.out, &rows)?;
+    println!(
+        "wrote {} and results.md",
+        args.out.join("results.json").display()
+    );
+    Ok(())
+}
+
+/// Runs the selected items, printing each as it finishes.
+fn run(args: &Args) -> Result<Vec<Row>> {
+    let plan = &args.plan;
+    let temp = tempfile::tempdir()?;
+    let dir = temp.path();
+    let mut rows = Vec::new();
+    let mut item = |n: u32, what: &str, f: &mut dyn FnMut() -> Result<Vec<Row>>| -> Result<()> {
+        if !args.only.contains(&n) {
+            return Ok(());
+        }
+        eprintln!("item {n}: {what}...");
+        let started = Instant::now();
+        let new = f().with_context(|| format!("item {n}: {what}"))?;
+        eprint!("{}", report::table(&new));
+        eprintln!("({:.1} s)\n", started.elapsed().as_secs_f64());
+        rows.extend(new);
+        Ok(())
+    };
+
+    item(1, "event delivery over sockets", &mut || {
+        let mut rows = Vec::new();
+        for senders in [1, 64] {
+            let (ours, raw) = delivery::measure_rate(plan, dir, senders)?;
+            rows.push(Row::new(
+                format!("1. delivery, connect-per-event, {senders} sender(s)"),
+                "events/s",
+                ours,
+                raw,
+                Goal::ratio(Bound::AtLeast(0.7)),
+            ));
+        }
+        Ok(rows)
+    })?;
+
+    item(2, "a burst of simultaneous senders", &mut || {
+        let (ours, raw) = delivery::measure_burst(plan, dir)?;
+        Ok(vec![Row::new(
+            format!(
+                "2. burst of {} senders, backlog {}: delivered",
+                delivery::BURST_SENDERS,
+                delivery::BURST_BACKLOG
+            ),
+            "fraction",
+            ours,
+            raw,
+            Goal::ours(Bound::AtLeast(1.0)),
+        )])
+    })?;
+
+    item(3, "receive path in memory", &mut || {
+        let goal = Goal::ratio(Bound::AtLeast(0.5)).and_ours(Bound::AtLeast(1e6));
+        let (ours, raw) = receive::measure(plan, true)?;
+        let mut rows = vec![Row::new(
+            "3. receive path in memory, 1 thread (decode+validate+apply+render)",
+            "events/s",
+            ours,
+            raw,
+            goal,
+        )];
+        let (ours, raw) = receive::measure(plan, false)?;
+        rows.push(Row::new(
+            "3b. same, grandchildren without allocations (no release)",
+            "events/s",
+            ours,
+            raw,
+            goal,
+        ));
+        Ok(rows)
+    })?;
+
+    item(4, "durable registry under a burst", &mut || {
+        let f = registry::measure(plan, dir)?;
+        let n = registry::PODS;
+        let full = f.full_write_millis;
+        let goal = Goal::ratio(Bound::AtMost(50.0));
+        Ok(vec![
+            Row::new(
+                format!("4. registry: {n} ShutDowns via Parent::apply, all at once: time"),
+                "ms",
+                f.apply.millis,
+                full,
+                goal,
+            ),
+            Row::new(
+                "4. registry: the same: durable writes",
+                "writes",
+                f.apply.writes,
+                1.0,
+                Goal::none(),
+            ),
+            Row::new(
+                format!("4b. registry: {n} ShutDowns via spawn_endpoint (16 workers): time"),
+                "ms",
+                f.endpoint.millis,
+                full,
+                goal,
+            ),
+            Row::new(
+                "4b. registry: the same: durable writes",
+                "writes",
+                f.endpoint.writes,
+                1.0,
+                Goal::none(),
+            ),
+        ])
+    })?;
+
+    item(5, "scope-table delegate", &mut || {
+        let mut rows = Vec::new();
+        for f in scopes::measure(plan, dir)? {
+            let goal = if f.allocations == 10_000 {
+                Goal::ratio(Bound::AtMost(1.2))
+            } else {
+                Goal::none()
+            };
+            let n = f.allocations;
+            rows.push(Row::new(
+                format!("5. delegate at {n} allocations, free liveness probe"),
+                "ms",
+                f.no_probe,
+                f.plain,
+                goal,
+            ));
+            rows.push(Row::new(
+                format!("5. delegate at {n} allocations, /proc liveness"),
+                "ms",
+                f.proc,
+                f.plain,
+                goal,
+            ));
+        }
+        Ok(rows)
+    })?;
+
+    item(6, "peak memory of a loaded endpoint", &mut || {
+        let (ours, raw) = memory::measure(plan, dir, false)?;
+        let mut rows = vec![Row::new(
+            format!(
+                "6. peak RSS, endpoint with {0} records + {0} allocations",
+                memory::PODS
+            ),
+            "MiB",
+            ours,
+            raw,
+            Goal::none(),
+        )];
+        let (ours, raw) = memory::measure(plan, dir, true)?;
+        rows.push(Row::new(
+            "6b. same, one malloc arena (MALLOC_ARENA_MAX=1)",
+            "MiB",
+            ours,
+            raw,
+            Goal::none(),
+        ));
+        Ok(rows)
+    })?;
+    Ok(rows)
+}
+
+/// The machine, for the record: cores, CPU model, kernel, load.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "machine: {cores} cores, {model}, Linux {}, load average {}",
+        kernel.trim(),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
