@@ -7,9 +7,10 @@
 //! ```
 //!
 //! Two delegate figures: with a liveness probe that costs nothing (the
-//! table's own work: reclaim scan, checks, invariant check on load), and
-//! with the real `/proc` probe, which reads `/proc/<pid>/stat` once per
-//! allocation because every delegate first reclaims stale allocations.
+//! table's own work: checks on load, conflict scan, insertion), and with
+//! the real `/proc` probe, which reads `/proc/<pid>/stat` for the new pod
+//! and for each pod that could refuse the request (here only the spawner:
+//! a delegate reclaims what blocks it, not every stale allocation).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;

@@ -25,6 +25,12 @@
 //! *effective* write scope, its write rules minus those its children hold,
 //! never overlaps another pod's.
 //!
+//! A pod whose process is gone never blocks a request:
+//! [`ScopeTable::register`] and [`ScopeTable::delegate`] probe the pods that
+//! would refuse the request and reclaim the dead ones, which gives the
+//! answer a full [`ScopeTable::reclaim_stale`] first would give (see the
+//! README); the full sweep stays a separate, periodic operation.
+//!
 //! ```
 //! use pod_scope_lock::testing::{FakeLiveness, MemoryStore};
 //! use pod_scope_lock::{PodName, PodSpec, ScopeError, ScopeRule, ScopeTable};
@@ -208,6 +214,14 @@ impl<S: TableStore, L: Liveness> ScopeTable<S, L> {
     /// Releases every allocation whose process is gone (dead, or its pid
     /// reused by a process with another start time); returns them, sorted by
     /// name.
+    ///
+    /// The full sweep: one liveness probe per allocation. [`register`] and
+    /// [`delegate`] reclaim only the dead pods in their way, so the others
+    /// stay listed until this runs (pod-events' reconcile runs it
+    /// periodically).
+    ///
+    /// [`register`]: Self::register
+    /// [`delegate`]: Self::delegate
     pub fn reclaim_stale(&self) -> Result<Vec<Allocation>, ScopeError> {
         self.inner
             .store

@@ -114,8 +114,11 @@ fn fresh_stamp() -> u64 {
 ///
 /// Holds the rules of DESIGN section 5 as pure functions on `&mut Table`:
 /// [`register`](Self::register), [`delegate`](Self::delegate),
-/// [`release`](Self::release) and [`reclaim`](Self::reclaim). Each checks
-/// everything before changing anything, and each keeps
+/// [`release`](Self::release) and [`reclaim`](Self::reclaim), and
+/// [`register_reclaiming`](Self::register_reclaiming) and
+/// [`delegate_reclaiming`](Self::delegate_reclaiming), which first reclaim
+/// the dead pods that would refuse the request. Each checks everything
+/// before changing anything, and each keeps
 /// [`check_invariant`](Self::check_invariant) true. Storage and locking are
 /// the [`TableStore`](crate::TableStore)'s job; liveness probes and
 /// incarnation ids come from [`ScopeTable`](crate::ScopeTable).
@@ -513,9 +516,10 @@ impl Table {
     /// - (c) every `delegated_from` names an existing allocation (and the
     ///   parent links form a forest: no cycles);
     ///
-    /// plus well-formedness: each allocation is stored under its own name,
-    /// and its socket and targets are valid paths. The error says which pods
-    /// break which rule. Costs O(n log n) in the number of rules.
+    /// plus well-formedness: names are unique (the table is kept sorted by
+    /// name), and every socket and target is a valid path. The error says
+    /// which pods break which rule. Costs O(n log n) in the number of rules;
+    /// [`FileStore`](crate::FileStore) runs it on every load.
     pub fn check_invariant(&self) -> Result<(), String> {
         let pods = &self.allocations[..];
         for pair in pods.windows(2) {
