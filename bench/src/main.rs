@@ -40,6 +40,8 @@ pub(crate) struct Plan {
     pub(crate) delivery_events: usize,
     /// Lives (7 events each) per run of the receive path (item 3).
     pub(crate) receive_lives: usize,
+    /// Measured runs of the durable registry burst (item 4), the slowest.
+    pub(crate) registry_runs: usize,
     /// Measured delegates per table size (item 5).
     pub(crate) scope_rounds: usize,
     /// Child processes per peak-memory figure (item 6).
@@ -53,6 +55,7 @@ impl Plan {
             runs: 5,
             delivery_events: 20_000,
             receive_lives: 20_000,
+            registry_runs: 5,
             scope_rounds: 15,
             memory_runs: 3,
         }
@@ -64,6 +67,7 @@ impl Plan {
             runs: 2,
             delivery_events: 4_000,
             receive_lives: 3_000,
+            registry_runs: 1,
             scope_rounds: 4,
             memory_runs: 1,
         }
@@ -194,7 +198,10 @@ fn run(args: &Args) -> Result<Vec<Row>> {
         for senders in [1, 64] {
             let (ours, raw) = delivery::measure_rate(plan, dir, senders)?;
             rows.push(Row::new(
-                format!("1. delivery, connect-per-event, {senders} sender(s)"),
+                format!(
+                    "1. delivery, connect-per-event, {senders} sender{}",
+                    if senders == 1 { "" } else { "s" }
+                ),
                 "events/s",
                 ours,
                 raw,
@@ -231,7 +238,7 @@ fn run(args: &Args) -> Result<Vec<Row>> {
         )];
         let (ours, raw) = receive::measure(plan, false)?;
         rows.push(Row::new(
-            "3b. same, grandchildren without allocations (no release)",
+            "3b. same, scope table holding only the root (no release)",
             "events/s",
             ours,
             raw,
@@ -271,6 +278,23 @@ fn run(args: &Args) -> Result<Vec<Row>> {
                 "4b. registry: the same: durable writes",
                 "writes",
                 f.endpoint.writes,
+                1.0,
+                Goal::none(),
+            ),
+            Row::new(
+                format!(
+                    "4c. registry: {n} ShutDowns via spawn_endpoint ({} workers): time",
+                    registry::MANY_WORKERS
+                ),
+                "ms",
+                f.many_workers.millis,
+                full,
+                goal,
+            ),
+            Row::new(
+                "4c. registry: the same: durable writes",
+                "writes",
+                f.many_workers.writes,
                 1.0,
                 Goal::none(),
             ),

@@ -1,7 +1,9 @@
 //! Item 4: a burst of 10,000 `ShutDown`s against a 10,000-record
 //! `FileRegistry`, through `Parent::apply` (one task per event, all at
 //! once) and through the receive loop (`spawn_endpoint` over an in-memory
-//! source, its default 16 workers). The scope table is in memory and
+//! source, with its default 16 workers and with [`MANY_WORKERS`]: each
+//! worker applies one event at a time, so the workers bound how many
+//! mutations one group commit can carry). The scope table is in memory and
 //! empty, so the registry's durable writes are what is timed. Baseline:
 //! one durable atomic write of the full 10,000-record file with plain std
 //! calls (serialize, write a temporary file, fsync, rename, fsync the
@@ -30,6 +32,9 @@ use crate::Plan;
 /// Records in the registry, and `ShutDown`s in the burst.
 pub(crate) const PODS: usize = 10_000;
 
+/// The endpoint's worker count in the last variant.
+pub(crate) const MANY_WORKERS: usize = 256;
+
 type FileParent = Parent<FileRegistry, MemoryStore, FakeLiveness, UnixSender, FakeReachability>;
 
 /// One figure of the burst: medians of its time and of its durable writes.
@@ -44,8 +49,10 @@ pub(crate) struct Burst {
 pub(crate) struct Figures {
     /// Through `Parent::apply`, every event applied concurrently.
     pub(crate) apply: Burst,
-    /// Through `spawn_endpoint`'s workers.
+    /// Through `spawn_endpoint`'s default workers.
     pub(crate) endpoint: Burst,
+    /// Through `spawn_endpoint` with [`MANY_WORKERS`] workers.
+    pub(crate) many_workers: Burst,
     /// One full-file durable write, in milliseconds.
     pub(crate) full_write_millis: f64,
 }
@@ -120,7 +127,7 @@ async fn via_apply(parent: Arc<FileParent>) -> Result<(u64, Duration)> {
     Ok((parent.registry().durable_writes() - writes, elapsed))
 }
 
-async fn via_endpoint(parent: Arc<FileParent>) -> Result<(u64, Duration)> {
+async fn via_endpoint(parent: Arc<FileParent>, config: EndpointConfig) -> Result<(u64, Duration)> {
     let net = MemoryNetwork::new();
     let source = net.bind(socket("root"));
     let peer = PeerCred::current();
@@ -134,7 +141,7 @@ async fn via_endpoint(parent: Arc<FileParent>) -> Result<(u64, Duration)> {
         Arc::clone(&parent),
         source,
         CountingSink(counter.clone()),
-        EndpointConfig::default().reconcile_every(None),
+        config.reconcile_every(None),
     );
     counter.wait().await?;
     let elapsed = started.elapsed();
@@ -161,18 +168,22 @@ pub(crate) fn measure(plan: &Plan, dir: &Path) -> Result<Figures> {
         .build()?;
     let records: Vec<Record> = (0..PODS).map(record).collect();
     let mut full = Vec::new();
-    let (mut apply, mut endpoint) = (Vec::new(), Vec::new());
-    for run in 0..=plan.runs {
+    let (mut apply, mut endpoint, mut many) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..=plan.registry_runs {
         for _ in 0..3 {
             full.push(raw_full_write(dir, &records)?);
         }
         let parent = prepare(dir.join(format!("apply-{run}")), &records)?;
         let a = runtime.block_on(via_apply(parent))?;
         let parent = prepare(dir.join(format!("endpoint-{run}")), &records)?;
-        let e = runtime.block_on(via_endpoint(parent))?;
+        let e = runtime.block_on(via_endpoint(parent, EndpointConfig::default()))?;
+        let parent = prepare(dir.join(format!("many-{run}")), &records)?;
+        let config = EndpointConfig::default().workers(MANY_WORKERS);
+        let m = runtime.block_on(via_endpoint(parent, config))?;
         if run > 0 {
             apply.push(a);
             endpoint.push(e);
+            many.push(m);
         }
     }
     let burst = |samples: Vec<(u64, Duration)>| Burst {
@@ -182,6 +193,7 @@ pub(crate) fn measure(plan: &Plan, dir: &Path) -> Result<Figures> {
     Ok(Figures {
         apply: burst(apply),
         endpoint: burst(endpoint),
+        many_workers: burst(many),
         full_write_millis: median(full.into_iter().map(ms).collect()),
     })
 }
