@@ -48,29 +48,35 @@ pub(crate) enum Relation {
 /// (any `b` other than `/` is below the root), and the depth is the number
 /// of `/` in that extension. Byte comparisons only, no allocation.
 pub(crate) fn relation(a: &str, b: &str) -> Relation {
-    if a == b {
-        Relation::Same
-    } else if let Some(depth) = depth_below(a, b) {
-        Relation::Above(depth)
-    } else if let Some(depth) = depth_below(b, a) {
-        Relation::Below(depth)
-    } else {
-        Relation::Apart
+    let (x, y) = (a.as_bytes(), b.as_bytes());
+    let common = x.len().min(y.len());
+    if x[..common] != y[..common] {
+        return Relation::Apart;
+    }
+    match (x.len().cmp(&y.len()), depth_below(x, y), depth_below(y, x)) {
+        (std::cmp::Ordering::Equal, _, _) => Relation::Same,
+        (std::cmp::Ordering::Less, Some(depth), _) => Relation::Above(depth),
+        (std::cmp::Ordering::Greater, _, Some(depth)) => Relation::Below(depth),
+        _ => Relation::Apart,
     }
 }
 
-/// How many components `path` lies below `ancestor`, if it does (strictly);
-/// both lexically normal absolute paths.
-fn depth_below(ancestor: &str, path: &str) -> Option<usize> {
-    let rest = if ancestor == "/" {
-        path
-    } else {
-        path.strip_prefix(ancestor)?
-    };
-    if rest.len() < 2 || !rest.starts_with('/') {
+/// How many components `path` lies below `ancestor`, given that `ancestor`
+/// is a proper prefix of `path` (as bytes), if it does; both lexically
+/// normal absolute paths.
+fn depth_below(ancestor: &[u8], path: &[u8]) -> Option<usize> {
+    if ancestor.len() >= path.len() {
         return None;
     }
-    Some(rest.bytes().filter(|&b| b == b'/').count())
+    let rest = if ancestor == b"/" {
+        path
+    } else {
+        &path[ancestor.len()..]
+    };
+    if rest.len() < 2 || rest[0] != b'/' {
+        return None;
+    }
+    Some(rest.iter().filter(|&&b| b == b'/').count())
 }
 
 /// Whether `path` is absolute and lexically normal, exactly as

@@ -580,12 +580,29 @@ impl Table {
         // With (b) and (c), a pod's write rules contain those of its whole
         // subtree, so (a) holds exactly when the children of each pod (and
         // the top-level pods) hold pairwise disjoint write scope.
-        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); pods.len() + 1];
-        for (i, parent) in parents.iter().enumerate() {
-            groups[parent.map_or(0, |p| p + 1)].push(i);
+        // Group 0 is the top-level pods, group `p + 1` the children of pod
+        // `p`: a counting sort lays each group out contiguously, in name
+        // order, and one buffer serves every group's rules.
+        let group = |parent: &Option<usize>| parent.map_or(0, |p| p + 1);
+        let mut starts = vec![0usize; pods.len() + 2];
+        for parent in &parents {
+            starts[group(parent) + 1] += 1;
         }
-        for members in groups.iter().filter(|g| g.len() > 1) {
-            check_siblings_disjoint(pods, members)?;
+        for g in 1..starts.len() {
+            starts[g] += starts[g - 1];
+        }
+        let mut order = vec![0usize; pods.len()];
+        let mut next = starts.clone();
+        for (i, parent) in parents.iter().enumerate() {
+            order[next[group(parent)]] = i;
+            next[group(parent)] += 1;
+        }
+        let mut rules = Vec::new();
+        for bounds in starts.windows(2) {
+            let members = &order[bounds[0]..bounds[1]];
+            if members.len() > 1 {
+                check_siblings_disjoint(pods, members, &mut rules)?;
+            }
         }
         Ok(())
     }
@@ -845,14 +862,20 @@ fn preorder(a: &str, b: &str) -> std::cmp::Ordering {
 /// whose targets are its ancestors or itself, kept on a stack: O(n log n)
 /// for n rules plus the stack walks, which are bounded by path depth times
 /// rules per pod.
-fn check_siblings_disjoint(pods: &[Allocation], members: &[usize]) -> Result<(), String> {
-    let mut rules: Vec<(&ScopeRule, usize)> = members
-        .iter()
-        .flat_map(|&i| pods[i].write_rules().map(move |r| (r, i)))
-        .collect();
+fn check_siblings_disjoint<'a>(
+    pods: &'a [Allocation],
+    members: &[usize],
+    rules: &mut Vec<(&'a ScopeRule, usize)>,
+) -> Result<(), String> {
+    rules.clear();
+    rules.extend(
+        members
+            .iter()
+            .flat_map(|&i| pods[i].write_rules().map(move |r| (r, i))),
+    );
     rules.sort_by(|x, y| preorder(&x.0.target, &y.0.target));
     let mut stack: Vec<(&ScopeRule, usize)> = Vec::new();
-    for &(rule, owner) in &rules {
+    for &(rule, owner) in rules.iter() {
         while let Some((top, _)) = stack.last() {
             match relation(&top.target, &rule.target) {
                 Relation::Same | Relation::Above(_) => break,

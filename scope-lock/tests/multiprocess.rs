@@ -312,7 +312,8 @@ fn crash_child() {
     let mut held = std::collections::VecDeque::new();
     for round in 0usize.. {
         let top = format!("k{index}-{round}");
-        // Stale pods of killed predecessors are reclaimed by this register.
+        // Stale pods of killed predecessors in its way are reclaimed by this
+        // register.
         if table
             .register(spec(&top, me, &[&format!("w:/crash/{round}/**")]))
             .is_ok()
