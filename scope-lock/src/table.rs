@@ -712,9 +712,9 @@ impl Table {
 /// Removing dead allocations only ever removes conflicts, so no probe is
 /// needed for a pod that could only allow the request. What differs from a
 /// full reclaim: dead allocations that do not block the request stay in
-/// the table (and keep their scope reserved) until the next
+/// the table (listed, and possibly named by `owner_of`) until the next
 /// [`Table::reclaim`] (`ScopeTable::reclaim_stale`, which pod-events'
-/// reconcile runs periodically) or until they block a request.
+/// reconcile runs periodically) or until they would block a request.
 struct Probe<F> {
     is_live: F,
     /// Pods found live.
@@ -765,7 +765,8 @@ const RECENT_SLOTS: usize = 256;
 
 /// The first 8 bytes of `name`, zero-padded, as a big-endian integer: for
 /// names without NUL bytes (pod names are letters, digits, `.`, `_`, `-`)
-/// integer order agrees with the names' byte order.
+/// integer order agrees with the names' byte order. (Were it not so, a
+/// lookup could miss and the table be refused: never wrongly accepted.)
 fn name_prefix(name: &str) -> u64 {
     let mut buffer = [0u8; 8];
     let n = name.len().min(8);

@@ -887,7 +887,9 @@ proptest! {
                 };
                 match &from {
                     None => pure.register_reclaiming(spec.clone(), start, incarnation, probe),
-                    Some(from) => pure.delegate_reclaiming(from, spec.clone(), start, incarnation, probe),
+                    Some(from) => {
+                        pure.delegate_reclaiming(from, spec.clone(), start, incarnation, probe)
+                    }
                 }
             };
             prop_assert_eq!(answer.is_ok(), got.is_ok());
