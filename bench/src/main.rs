@@ -52,7 +52,7 @@ impl Plan {
     /// About three minutes on two cores.
     fn full() -> Self {
         Plan {
-            runs: 5,
+            runs: 7,
             delivery_events: 20_000,
             receive_lives: 20_000,
             registry_runs: 5,
