@@ -178,7 +178,7 @@ pub(crate) fn measure(plan: &Plan, dir: &Path) -> Result<Figures> {
         let parent = prepare(dir.join(format!("endpoint-{run}")), &records)?;
         let e = runtime.block_on(via_endpoint(parent, EndpointConfig::default()))?;
         let parent = prepare(dir.join(format!("many-{run}")), &records)?;
-        let config = EndpointConfig::default().workers(MANY_WORKERS);
+        let config = EndpointConfig::default().max_in_flight(MANY_WORKERS);
         let m = runtime.block_on(via_endpoint(parent, config))?;
         if run > 0 {
             apply.push(a);

@@ -1,6 +1,6 @@
 //! The receive loop: a parent endpoint that owns a source of methods.
 
-use std::hash::{Hash, Hasher};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,7 +9,8 @@ use pod_protocol::{Method, PodEvent};
 use pod_registry::Registry;
 use pod_scope_lock::{Liveness, TableStore};
 use pod_transport::{MethodSender, MethodSource, PeerCred, Received};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::parent::{Parent, Reconciliation};
@@ -86,13 +87,13 @@ impl NotificationSink for CollectingSink {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct EndpointConfig {
-    /// Events are sharded over this many workers by the pod they are
-    /// about: one pod's events apply in arrival order, different pods'
-    /// concurrently (so registry writes coalesce). Default 16.
-    pub workers: usize,
-    /// Capacity of each worker's queue; a full queue slows the reader
-    /// (back-pressure) instead of growing memory. Default 1024.
-    pub worker_queue: usize,
+    /// Most events read but not yet applied (default 4096). Events about
+    /// one pod apply one at a time, in arrival order; events about
+    /// different pods apply concurrently, so a burst of shutdowns reaches
+    /// the registry together and coalesces into few durable writes. When
+    /// this many are in flight, the reader waits (back-pressure) instead of
+    /// growing memory.
+    pub max_in_flight: usize,
     /// Run reconcile at start and then every this often; `None` disables
     /// both. Default 30 s.
     pub reconcile_interval: Option<Duration>,
@@ -101,8 +102,7 @@ pub struct EndpointConfig {
 impl Default for EndpointConfig {
     fn default() -> Self {
         EndpointConfig {
-            workers: 16,
-            worker_queue: 1024,
+            max_in_flight: 4096,
             reconcile_interval: Some(Duration::from_secs(30)),
         }
     }
@@ -115,9 +115,9 @@ impl EndpointConfig {
         self
     }
 
-    /// Sets [`workers`](Self::workers) (at least 1).
-    pub fn workers(mut self, workers: usize) -> Self {
-        self.workers = workers.max(1);
+    /// Sets [`max_in_flight`](Self::max_in_flight) (at least 1).
+    pub fn max_in_flight(mut self, events: usize) -> Self {
+        self.max_in_flight = events.max(1);
         self
     }
 }
@@ -263,18 +263,9 @@ async fn run<R, S, L, U, P, Src, N>(
     Src: MethodSource,
     N: NotificationSink,
 {
-    let mut workers = Vec::with_capacity(config.workers.max(1));
-    let mut queues = Vec::with_capacity(config.workers.max(1));
-    for _ in 0..config.workers.max(1) {
-        let (tx, rx) = mpsc::channel(config.worker_queue.max(1));
-        queues.push(tx);
-        workers.push(tokio::spawn(worker(
-            parent.clone(),
-            rx,
-            sink.clone(),
-            counters.clone(),
-        )));
-    }
+    let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    let lanes: Arc<Lanes> = Arc::default();
+    let tasks = TaskTracker::new();
     let reconciler = config.reconcile_interval.map(|interval| {
         let (parent, sink, counters, mut stopped) = (
             parent.clone(),
@@ -325,14 +316,27 @@ async fn run<R, S, L, U, P, Src, N>(
             tracing::warn!(%error, kind = event.kind(), pid = ?peer.pid, "skipped an invalid pod event");
             continue;
         }
-        let shard = shard_of(event.subject(), queues.len());
-        // A worker only stops when its queue closes, which happens below.
-        let _ = queues[shard].send((event, peer)).await;
+        // The semaphore is never closed, so acquiring only waits.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let job = Job {
+            event,
+            peer,
+            _permit: permit,
+        };
+        if let Some((key, job)) = lanes.enqueue(job) {
+            let (parent, sink, counters, lanes) = (
+                parent.clone(),
+                sink.clone(),
+                counters.clone(),
+                lanes.clone(),
+            );
+            tasks.spawn(lane(key, job, parent, sink, counters, lanes));
+        }
     }
-    drop(queues);
-    for worker in workers {
-        let _ = worker.await;
-    }
+    tasks.close();
+    tasks.wait().await;
     if let Some(reconciler) = reconciler {
         reconciler.abort();
         let _ = reconciler.await;
@@ -340,17 +344,61 @@ async fn run<R, S, L, U, P, Src, N>(
     parent.wait_for_relays().await;
 }
 
-fn shard_of(subject: &str, shards: usize) -> usize {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    subject.hash(&mut hasher);
-    (hasher.finish() % shards as u64) as usize
+/// One event waiting in, or running on, its pod's lane. Holding the permit
+/// counts it against [`EndpointConfig::max_in_flight`].
+struct Job {
+    event: PodEvent,
+    peer: PeerCred,
+    _permit: OwnedSemaphorePermit,
 }
 
-async fn worker<R, S, L, U, P, N>(
+/// The events waiting behind the one running, per pod with a running lane.
+#[derive(Default)]
+struct Lanes {
+    waiting: Mutex<HashMap<String, VecDeque<Job>>>,
+}
+
+impl Lanes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Job>>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `job` behind its pod's running lane, or returns it (with the
+    /// lane's key) when no lane runs for that pod: the caller starts one.
+    fn enqueue(&self, job: Job) -> Option<(String, Job)> {
+        let mut waiting = self.lock();
+        match waiting.get_mut(job.event.subject()) {
+            Some(queue) => {
+                queue.push_back(job);
+                None
+            }
+            None => {
+                let key = job.event.subject().to_owned();
+                waiting.insert(key.clone(), VecDeque::new());
+                Some((key, job))
+            }
+        }
+    }
+
+    /// The next job of lane `key`, or `None` after closing the lane.
+    fn next(&self, key: &str) -> Option<Job> {
+        let mut waiting = self.lock();
+        let next = waiting.get_mut(key).and_then(VecDeque::pop_front);
+        if next.is_none() {
+            waiting.remove(key);
+        }
+        next
+    }
+}
+
+/// Applies one pod's events in arrival order until its queue is empty.
+async fn lane<R, S, L, U, P, N>(
+    key: String,
+    mut job: Job,
     parent: Arc<Parent<R, S, L, U, P>>,
-    mut queue: mpsc::Receiver<(PodEvent, PeerCred)>,
     sink: Arc<N>,
     counters: Arc<Counters>,
+    lanes: Arc<Lanes>,
 ) where
     R: Registry,
     S: TableStore,
@@ -359,27 +407,48 @@ async fn worker<R, S, L, U, P, N>(
     P: Reachability,
     N: NotificationSink,
 {
-    while let Some((event, peer)) = queue.recv().await {
-        let span = tracing::info_span!("pod_event", pod = %event.subject(), kind = event.kind());
-        let effects = parent.apply(&event).instrument(span).await;
-        bump(&counters.failures, effects.failures as u64);
-        sink.deliver(Notification {
-            line: render(&event, Origin::Reported),
-            event: event.clone(),
-            origin: Origin::Reported,
-            peer: Some(peer),
-        });
-        if effects.presumed_dead {
-            deliver_inferred(
-                &*sink,
-                PodEvent::ShutDown {
-                    pod_name: event.subject().to_owned(),
-                    incarnation: event.subject_incarnation().map(str::to_owned),
-                },
-            );
+    loop {
+        handle(&parent, job.event, job.peer, &*sink, &counters).await;
+        match lanes.next(&key) {
+            Some(next) => job = next,
+            None => return,
         }
-        bump(&counters.applied, 1);
     }
+}
+
+/// Applies, renders and delivers one event, in a `pod_event` span.
+async fn handle<R, S, L, U, P, N>(
+    parent: &Parent<R, S, L, U, P>,
+    event: PodEvent,
+    peer: PeerCred,
+    sink: &N,
+    counters: &Counters,
+) where
+    R: Registry,
+    S: TableStore,
+    L: Liveness,
+    U: MethodSender + Clone,
+    P: Reachability,
+    N: NotificationSink,
+{
+    let span = tracing::info_span!("pod_event", pod = %event.subject(), kind = event.kind());
+    let effects = parent.apply(&event).instrument(span).await;
+    bump(&counters.failures, effects.failures as u64);
+    let inferred = effects.presumed_dead.then(|| PodEvent::ShutDown {
+        pod_name: event.subject().to_owned(),
+        incarnation: event.subject_incarnation().map(str::to_owned),
+    });
+    let line = render(&event, Origin::Reported);
+    sink.deliver(Notification {
+        line,
+        event,
+        origin: Origin::Reported,
+        peer: Some(peer),
+    });
+    if let Some(inferred) = inferred {
+        deliver_inferred(sink, inferred);
+    }
+    bump(&counters.applied, 1);
 }
 
 fn deliver_inferred(sink: &impl NotificationSink, event: PodEvent) {
