@@ -504,8 +504,10 @@ pub fn receive_path_bytes(data: &[u8]) -> ReceiveStats {
 ///
 /// Checks: no panic; after every event, the scope table's invariant holds,
 /// it only lost allocations, the registry holds no record that a tombstone
-/// matches, a valid `ShutDown` left no matching record or allocation, and
-/// an invalid event had no effect; every rendered line (the event, an
+/// matches, a valid `ShutDown` left no matching record or allocation,
+/// every record removed or allocation released is the event's subject in
+/// a matching incarnation, and an invalid event had no effect; every
+/// rendered line (the event, an
 /// inferred shutdown, each relayed event) is one bounded line; every
 /// relayed event is valid and names `parent` as the spawner; the second
 /// pass has no effect at all and ends in the same registry records,
@@ -719,6 +721,24 @@ impl World {
         }
         if !valid || pass == Pass::Second {
             assert_no_effect(event, &effects, pass);
+        }
+        // Incarnation safety: whatever a shutdown (reported, or inferred for
+        // a pod registered dead) removes or releases is the event's subject
+        // in a matching incarnation, never a newer pod of the same name.
+        let (subject, subject_inc) = (event.subject(), event.subject_incarnation());
+        for record in &effects.removed {
+            assert!(
+                record.pod_name.as_str() == subject
+                    && incarnations_match(record.incarnation.as_deref(), subject_inc),
+                "{event:?} removed another pod's record {record:?}"
+            );
+        }
+        if let Some(released) = &effects.released {
+            assert!(
+                released.pod_name.as_str() == subject
+                    && incarnations_match(Some(&released.incarnation), subject_inc),
+                "{event:?} released another pod's allocation {released:?}"
+            );
         }
 
         let table = self.table();
