@@ -268,7 +268,7 @@ fn run(args: &Args) -> Result<Vec<Row>> {
                 Goal::none(),
             ),
             Row::new(
-                format!("4b. registry: {n} ShutDowns via spawn_endpoint (16 workers): time"),
+                format!("4b. registry: {n} ShutDowns via spawn_endpoint (defaults): time"),
                 "ms",
                 f.endpoint.millis,
                 full,
@@ -283,18 +283,18 @@ fn run(args: &Args) -> Result<Vec<Row>> {
             ),
             Row::new(
                 format!(
-                    "4c. registry: {n} ShutDowns via spawn_endpoint ({} workers): time",
-                    registry::MANY_WORKERS
+                    "4c. registry: {n} ShutDowns via spawn_endpoint, max_in_flight {}: time",
+                    registry::SMALL_IN_FLIGHT
                 ),
                 "ms",
-                f.many_workers.millis,
+                f.small_in_flight.millis,
                 full,
-                goal,
+                Goal::none(),
             ),
             Row::new(
                 "4c. registry: the same: durable writes",
                 "writes",
-                f.many_workers.writes,
+                f.small_in_flight.writes,
                 1.0,
                 Goal::none(),
             ),

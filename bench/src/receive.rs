@@ -88,7 +88,7 @@ async fn receive_all(parent: &MemoryParent, lines: &[Vec<u8>]) -> Result<(usize,
         let Method::PodEvent(event) = pod_protocol::decode(line).context("decoding")? else {
             anyhow::bail!("not a pod event");
         };
-        // What the endpoint does before queueing an event for a worker.
+        // What the endpoint does before handing an event to its lane.
         event.validate()?;
         let effects = parent.apply(&event).await;
         let rendered = render(&event, Origin::Reported);

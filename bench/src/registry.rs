@@ -1,9 +1,9 @@
 //! Item 4: a burst of 10,000 `ShutDown`s against a 10,000-record
 //! `FileRegistry`, through `Parent::apply` (one task per event, all at
 //! once) and through the receive loop (`spawn_endpoint` over an in-memory
-//! source, with its default 16 workers and with [`MANY_WORKERS`]: each
-//! worker applies one event at a time, so the workers bound how many
-//! mutations one group commit can carry). The scope table is in memory and
+//! source, with its default bound on events in flight and with
+//! [`SMALL_IN_FLIGHT`]: events in flight are what one group commit can
+//! carry). The scope table is in memory and
 //! empty, so the registry's durable writes are what is timed. Baseline:
 //! one durable atomic write of the full 10,000-record file with plain std
 //! calls (serialize, write a temporary file, fsync, rename, fsync the
@@ -32,8 +32,8 @@ use crate::Plan;
 /// Records in the registry, and `ShutDown`s in the burst.
 pub(crate) const PODS: usize = 10_000;
 
-/// The endpoint's worker count in the last variant.
-pub(crate) const MANY_WORKERS: usize = 256;
+/// The endpoint's `max_in_flight` in the last variant.
+pub(crate) const SMALL_IN_FLIGHT: usize = 256;
 
 type FileParent = Parent<FileRegistry, MemoryStore, FakeLiveness, UnixSender, FakeReachability>;
 
@@ -49,10 +49,10 @@ pub(crate) struct Burst {
 pub(crate) struct Figures {
     /// Through `Parent::apply`, every event applied concurrently.
     pub(crate) apply: Burst,
-    /// Through `spawn_endpoint`'s default workers.
+    /// Through `spawn_endpoint` with its defaults.
     pub(crate) endpoint: Burst,
-    /// Through `spawn_endpoint` with [`MANY_WORKERS`] workers.
-    pub(crate) many_workers: Burst,
+    /// Through `spawn_endpoint` with `max_in_flight(SMALL_IN_FLIGHT)`.
+    pub(crate) small_in_flight: Burst,
     /// One full-file durable write, in milliseconds.
     pub(crate) full_write_millis: f64,
 }
@@ -168,7 +168,7 @@ pub(crate) fn measure(plan: &Plan, dir: &Path) -> Result<Figures> {
         .build()?;
     let records: Vec<Record> = (0..PODS).map(record).collect();
     let mut full = Vec::new();
-    let (mut apply, mut endpoint, mut many) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut apply, mut endpoint, mut small) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..=plan.registry_runs {
         for _ in 0..3 {
             full.push(raw_full_write(dir, &records)?);
@@ -177,13 +177,13 @@ pub(crate) fn measure(plan: &Plan, dir: &Path) -> Result<Figures> {
         let a = runtime.block_on(via_apply(parent))?;
         let parent = prepare(dir.join(format!("endpoint-{run}")), &records)?;
         let e = runtime.block_on(via_endpoint(parent, EndpointConfig::default()))?;
-        let parent = prepare(dir.join(format!("many-{run}")), &records)?;
-        let config = EndpointConfig::default().max_in_flight(MANY_WORKERS);
+        let parent = prepare(dir.join(format!("small-{run}")), &records)?;
+        let config = EndpointConfig::default().max_in_flight(SMALL_IN_FLIGHT);
         let m = runtime.block_on(via_endpoint(parent, config))?;
         if run > 0 {
             apply.push(a);
             endpoint.push(e);
-            many.push(m);
+            small.push(m);
         }
     }
     let burst = |samples: Vec<(u64, Duration)>| Burst {
@@ -193,7 +193,7 @@ pub(crate) fn measure(plan: &Plan, dir: &Path) -> Result<Figures> {
     Ok(Figures {
         apply: burst(apply),
         endpoint: burst(endpoint),
-        many_workers: burst(many),
+        small_in_flight: burst(small),
         full_write_millis: median(full.into_iter().map(ms).collect()),
     })
 }
