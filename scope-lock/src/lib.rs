@@ -229,13 +229,20 @@ impl<S: TableStore, L: Liveness> ScopeTable<S, L> {
     }
 
     /// The allocation of pod `name`, if any.
+    ///
+    /// Read through [`TableStore::read`]: in memory, a binary search and a
+    /// copy of that one allocation; on file, a parse of the table.
     pub fn find(&self, name: &PodName) -> Result<Option<Allocation>, ScopeError> {
-        Ok(self.inner.store.load()?.get(name.as_str()).cloned())
+        self.inner
+            .store
+            .read(|table| table.get(name.as_str()).cloned())
     }
 
     /// Every allocation, sorted by name.
     pub fn list(&self) -> Result<Vec<Allocation>, ScopeError> {
-        Ok(self.inner.store.load()?.allocations().cloned().collect())
+        self.inner
+            .store
+            .read(|table| table.allocations().cloned().collect())
     }
 
     /// Pod `name`'s write rules and the sub-scopes its children hold
@@ -243,8 +250,7 @@ impl<S: TableStore, L: Liveness> ScopeTable<S, L> {
     pub fn effective_write_scope(&self, name: &PodName) -> Result<EffectiveScope, ScopeError> {
         self.inner
             .store
-            .load()?
-            .effective_write_scope(name.as_str())
+            .read(|table| table.effective_write_scope(name.as_str()))?
             .ok_or_else(|| ScopeError::UnknownPod { name: name.clone() })
     }
 
@@ -253,7 +259,9 @@ impl<S: TableStore, L: Liveness> ScopeTable<S, L> {
     /// ([`ScopeError::InvalidRule`] otherwise).
     pub fn owner_of(&self, path: &str) -> Result<Option<Allocation>, ScopeError> {
         pod_protocol::validate_path("path", path)?;
-        Ok(self.inner.store.load()?.owner_of(path)?.cloned())
+        self.inner
+            .store
+            .read(|table| Ok(table.owner_of(path)?.cloned()))?
     }
 
     /// Whether the allocation's process is alive with the recorded start

@@ -15,7 +15,8 @@ use crate::table::Table;
 /// Transactional storage of the whole table.
 ///
 /// Required method: [`transact`](Self::transact). Provided:
-/// [`load`](Self::load).
+/// [`load`](Self::load) (a copy of the table) and [`read`](Self::read)
+/// (a look at it without a copy, where the store can lend one).
 ///
 /// A transaction sees the whole table and either persists all of its
 /// changes or none, and no two transactions on the same table (in any
@@ -38,6 +39,21 @@ pub trait TableStore: Send + Sync + 'static {
         self.transact(|table| Ok(table.clone()))
     }
 
+    /// Runs `f` on the current table and returns its answer, without
+    /// copying the table where the store can lend it: [`FileStore`] parses
+    /// the file (as [`load`](Self::load), without the lock) and hands `f`
+    /// that table; [`MemoryStore`](crate::testing::MemoryStore) lends its
+    /// own under its mutex. The lookups of [`ScopeTable`](crate::ScopeTable)
+    /// (`find`, `list`, `owner_of`, `effective_write_scope`) go through
+    /// here, so in memory a lookup costs a binary search and the copy of
+    /// what it returns, not a copy of the table.
+    ///
+    /// `f` must not use the store itself (a store that lends under a lock
+    /// would deadlock). Default: `f(&self.load()?)`.
+    fn read<R>(&self, f: impl FnOnce(&Table) -> R) -> Result<R, ScopeError> {
+        Ok(f(&self.load()?))
+    }
+
     /// Whether [`transact`](Self::transact) may block on I/O (a file lock,
     /// fsync). Async callers run a blocking store on a blocking thread and
     /// call a non-blocking one inline. Default `true`; in-memory stores
@@ -57,6 +73,10 @@ impl<T: TableStore> TableStore for Arc<T> {
 
     fn load(&self) -> Result<Table, ScopeError> {
         (**self).load()
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&Table) -> R) -> Result<R, ScopeError> {
+        (**self).read(f)
     }
 
     fn may_block(&self) -> bool {
@@ -150,7 +170,7 @@ impl FileStore {
         Ok(file)
     }
 
-    fn read(&self) -> Result<Table, ScopeError> {
+    fn read_file(&self) -> Result<Table, ScopeError> {
         let bytes = match fs::read(&self.path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Table::default()),
@@ -208,7 +228,7 @@ impl TableStore for FileStore {
         f: impl FnOnce(&mut Table) -> Result<R, ScopeError>,
     ) -> Result<R, ScopeError> {
         let lock = self.lock()?;
-        let mut table = self.read()?;
+        let mut table = self.read_file()?;
         let before = table.stamp();
         let result = f(&mut table)?;
         if table.stamp() != before {
@@ -222,6 +242,12 @@ impl TableStore for FileStore {
     /// replaced whole, so a reader sees a complete table and never waits for
     /// (or delays) a writer.
     fn load(&self) -> Result<Table, ScopeError> {
-        self.read()
+        self.read_file()
+    }
+
+    /// Parses the table as [`load`](TableStore::load) does (without the
+    /// lock) and runs `f` on it: no copy besides the parse.
+    fn read<R>(&self, f: impl FnOnce(&Table) -> R) -> Result<R, ScopeError> {
+        Ok(f(&self.read_file()?))
     }
 }

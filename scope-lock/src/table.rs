@@ -2,7 +2,9 @@
 //! reclaim, lookups and the invariant. No I/O happens here.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use pod_protocol::{validate_path, validate_scope, Permission, PodName, ScopeRule};
 use serde::{Deserialize, Serialize};
@@ -124,13 +126,55 @@ fn fresh_stamp() -> u64 {
 /// incarnation ids come from [`ScopeTable`](crate::ScopeTable).
 ///
 /// On disk (the file store): `{"version":1,"allocations":[...]}`.
-#[derive(Debug, Clone, Default)]
+///
+/// Costs, for n allocations: [`get`](Self::get) is a binary search;
+/// [`release`](Self::release) and an insertion by
+/// [`register`](Self::register) or [`delegate`](Self::delegate) move the
+/// allocations after it along (a `memmove` of pointers-sized fields, no
+/// clone) and [`release`](Self::release) looks at each allocation's
+/// `delegated_from` once to reparent its children: O(n) each, never
+/// quadratic. [`reclaim`](Self::reclaim) is one pass whatever it removes.
+#[derive(Default)]
 pub struct Table {
     /// Sorted by pod name, names unique: lookups are binary searches, and
     /// the table is read and written in this order without re-sorting.
     allocations: Vec<Allocation>,
     /// Change detection for stores; see [`NEXT_STAMP`]. Not part of equality.
     stamp: u64,
+    /// The undo journal of the in-memory store's current transaction, if
+    /// any; see [`Journal`]. Not part of equality, not cloned.
+    journal: Option<Journal>,
+}
+
+impl Clone for Table {
+    /// A copy of the allocations, with the same stamp (and no journal).
+    fn clone(&self) -> Self {
+        Table {
+            allocations: self.allocations.clone(),
+            stamp: self.stamp,
+            journal: None,
+        }
+    }
+}
+
+impl fmt::Debug for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Table")
+            .field("allocations", &self.allocations)
+            .field("stamp", &self.stamp)
+            .finish()
+    }
+}
+
+impl Drop for Table {
+    /// A journaled table dropped in the middle of a transaction (the
+    /// closure replaced it whole: `*table = other`) leaves its content and
+    /// journal with the store, which may still have to roll back to it.
+    fn drop(&mut self) {
+        if let Some(journal) = self.journal.take() {
+            journal.orphan(std::mem::take(&mut self.allocations));
+        }
+    }
 }
 
 impl PartialEq for Table {
@@ -166,6 +210,7 @@ impl FromIterator<Allocation> for Table {
         Table {
             allocations,
             stamp: fresh_stamp(),
+            journal: None,
         }
     }
 }
@@ -395,9 +440,16 @@ impl Table {
             }
         }
         let removed = self.allocations.remove(index);
-        for child in &mut self.allocations {
+        if let Some(journal) = &mut self.journal {
+            journal.record(Undo::Removed(vec![(index, removed.clone())]));
+        }
+        for (i, child) in self.allocations.iter_mut().enumerate() {
             if child.delegated_from.as_ref() == Some(name) {
-                child.delegated_from = removed.delegated_from.clone();
+                let old =
+                    std::mem::replace(&mut child.delegated_from, removed.delegated_from.clone());
+                if let Some(journal) = &mut self.journal {
+                    journal.record(Undo::Reparented(i, old));
+                }
             }
         }
         self.touch();
@@ -457,14 +509,30 @@ impl Table {
                 heir.insert(pod, parent.clone());
             }
         }
-        let (removed, kept): (Vec<Allocation>, Vec<Allocation>) =
-            std::mem::take(&mut self.allocations)
-                .into_iter()
-                .partition(|a| dead.contains(&a.pod_name));
+        let all = std::mem::take(&mut self.allocations);
+        let mut removed = Vec::new();
+        let mut kept = Vec::with_capacity(all.len());
+        let mut undo_removed = Vec::new();
+        for (i, a) in all.into_iter().enumerate() {
+            if dead.contains(&a.pod_name) {
+                if self.journal.is_some() {
+                    undo_removed.push((i, a.clone()));
+                }
+                removed.push(a);
+            } else {
+                kept.push(a);
+            }
+        }
         self.allocations = kept;
-        for a in &mut self.allocations {
+        if let Some(journal) = &mut self.journal {
+            journal.record(Undo::Removed(undo_removed));
+        }
+        for (i, a) in self.allocations.iter_mut().enumerate() {
             if let Some(new_parent) = a.delegated_from.as_ref().and_then(|p| heir.get(p)) {
-                a.delegated_from = new_parent.clone();
+                let old = std::mem::replace(&mut a.delegated_from, new_parent.clone());
+                if let Some(journal) = &mut self.journal {
+                    journal.record(Undo::Reparented(i, old));
+                }
             }
         }
         self.touch();
@@ -662,13 +730,181 @@ impl Table {
             delegated_from,
             incarnation,
         };
-        match self.position(allocation.pod_name.as_str()) {
+        let undo = match self.position(allocation.pod_name.as_str()) {
             // Callers refuse a taken name first; replace, as a map would.
-            Ok(i) => self.allocations[i] = allocation.clone(),
-            Err(i) => self.allocations.insert(i, allocation.clone()),
+            Ok(i) => Undo::Replaced(
+                i,
+                std::mem::replace(&mut self.allocations[i], allocation.clone()),
+            ),
+            Err(i) => {
+                self.allocations.insert(i, allocation.clone());
+                Undo::Inserted(i)
+            }
+        };
+        if let Some(journal) = &mut self.journal {
+            journal.record(undo);
         }
         self.touch();
         allocation
+    }
+
+    /// Starts recording every change into `journal`, replacing any journal
+    /// in progress. For [`MemoryStore`](crate::testing::MemoryStore)'s
+    /// transactions.
+    pub(crate) fn begin_journal(&mut self, journal: Journal) {
+        self.journal = Some(journal);
+    }
+
+    /// Stops recording and returns the journal, if the one in progress is
+    /// the one with `token` (a table the closure put in place of the
+    /// journaled one has none, or another).
+    pub(crate) fn take_journal(&mut self, token: u64) -> Option<Journal> {
+        if self.journal.as_ref()?.token != token {
+            return None;
+        }
+        self.journal.take()
+    }
+
+    /// Undoes every change recorded in `journal` (taken from this table by
+    /// [`take_journal`](Self::take_journal)), newest first.
+    pub(crate) fn undo(&mut self, journal: Journal) {
+        undo_into(&mut self.allocations, journal.undo);
+    }
+
+    /// The table a journaled table was when its journal began, rebuilt
+    /// from what it left behind when it was dropped; its stamp is `stamp`.
+    pub(crate) fn from_orphan(orphan: Orphan, stamp: u64) -> Table {
+        let mut allocations = orphan.allocations;
+        undo_into(&mut allocations, orphan.undo);
+        Table {
+            allocations,
+            stamp,
+            journal: None,
+        }
+    }
+
+    /// Sets the stamp back to `stamp`, the one the table had when it held
+    /// the same content (after a rollback).
+    pub(crate) fn restore_stamp(&mut self, stamp: u64) {
+        self.stamp = stamp;
+    }
+}
+
+/// An undo journal: what a transaction of the in-memory store changed, in
+/// order, so that a transaction that fails (the closure returns `Err`, a
+/// write failure is injected, or the closure panics) can be undone in
+/// O(changes) instead of running on a clone of the whole table.
+///
+/// Every change to a [`Table`] goes through one of its mutation points
+/// (`insert`, `release`, `remove_dead`, which record here), except
+/// replacing the whole table (`*table = other`): then the journaled table
+/// is dropped, and its [`Drop`] leaves its allocations and this journal in
+/// the `orphan` slot, from which the store rebuilds the table it had
+/// ([`Table::from_orphan`]).
+pub(crate) struct Journal {
+    /// Unique to one transaction.
+    token: u64,
+    /// The changes so far, oldest first.
+    undo: Vec<Undo>,
+    /// Where a dropped journaled table leaves its content.
+    orphan: Arc<Mutex<Option<Orphan>>>,
+}
+
+/// What a journaled table left behind when it was dropped.
+#[derive(Debug)]
+pub(crate) struct Orphan {
+    /// The transaction's token.
+    pub(crate) token: u64,
+    allocations: Vec<Allocation>,
+    undo: Vec<Undo>,
+}
+
+impl Journal {
+    /// An empty journal with a fresh token; a journaled table dropped
+    /// while recording leaves its content in `orphan`.
+    pub(crate) fn new(orphan: Arc<Mutex<Option<Orphan>>>) -> Self {
+        Journal {
+            token: fresh_stamp(),
+            undo: Vec::new(),
+            orphan,
+        }
+    }
+
+    /// This journal's token.
+    pub(crate) fn token(&self) -> u64 {
+        self.token
+    }
+
+    fn record(&mut self, undo: Undo) {
+        self.undo.push(undo);
+    }
+
+    /// Leaves `allocations` (the dropped table's) and the changes that led
+    /// to them in the orphan slot, unless a newer transaction's table is
+    /// already there (an older journaled table that had escaped its
+    /// transaction and is dropped later must not hide it).
+    fn orphan(self, allocations: Vec<Allocation>) {
+        let mut slot = self
+            .orphan
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if slot.as_ref().is_none_or(|o| o.token < self.token) {
+            *slot = Some(Orphan {
+                token: self.token,
+                allocations,
+                undo: self.undo,
+            });
+        }
+    }
+}
+
+/// One change to the allocation vector, as what undoes it. Indices are
+/// positions at the time of the change, so replaying newest first restores
+/// every position exactly.
+#[derive(Debug)]
+enum Undo {
+    /// An allocation was inserted at this index.
+    Inserted(usize),
+    /// The allocation at this index replaced this one.
+    Replaced(usize, Allocation),
+    /// These allocations were removed, with their indices before the
+    /// removal, ascending.
+    Removed(Vec<(usize, Allocation)>),
+    /// The allocation at this index had this `delegated_from`.
+    Reparented(usize, Option<PodName>),
+}
+
+/// Undoes `undo` (oldest first) on `allocations`, newest first.
+fn undo_into(allocations: &mut Vec<Allocation>, undo: Vec<Undo>) {
+    for step in undo.into_iter().rev() {
+        match step {
+            Undo::Inserted(i) => {
+                allocations.remove(i);
+            }
+            Undo::Replaced(i, old) => allocations[i] = old,
+            Undo::Reparented(i, old) => allocations[i].delegated_from = old,
+            Undo::Removed(mut removed) => {
+                if removed.len() == 1 {
+                    if let Some((i, a)) = removed.pop() {
+                        allocations.insert(i, a);
+                    }
+                    continue;
+                }
+                // Merge: each removed allocation goes back to its old
+                // index, the others fill the gaps in order.
+                let kept = std::mem::take(allocations);
+                let total = kept.len() + removed.len();
+                let mut kept = kept.into_iter();
+                let mut removed = removed.into_iter().peekable();
+                for position in 0..total {
+                    let next = match removed.next_if(|(i, _)| *i == position) {
+                        Some((_, a)) => Some(a),
+                        None => kept.next(),
+                    };
+                    allocations.extend(next);
+                }
+            }
+        }
     }
 }
 

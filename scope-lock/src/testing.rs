@@ -29,11 +29,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::error::ScopeError;
 use crate::liveness::Liveness;
 use crate::store::TableStore;
-use crate::table::Table;
+use crate::table::{Journal, Orphan, Table};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // State is only replaced after a closure returns, so a panic inside one
-    // leaves it consistent.
+    // A transaction whose closure panics is rolled back while unwinding
+    // (see `Transaction`), so a poisoned state is still consistent.
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -44,13 +44,29 @@ struct MemoryState {
     table: Table,
     fail_writes: usize,
     writes: u64,
+    /// Where the journaled table leaves its content if a closure drops it
+    /// (replaces the table whole); see [`Journal`].
+    orphans: Arc<Mutex<Option<Orphan>>>,
 }
 
 /// A [`TableStore`] in memory. Clones share the table.
 ///
-/// Transactions are serialized by a mutex and run on a copy of the table, so
-/// a closure that fails (or a write made to fail with
-/// [`fail_next_writes`](Self::fail_next_writes)) leaves the table as it was.
+/// Transactions are serialized by a mutex and run on the table itself
+/// while it records an undo journal of every change (an insertion, a
+/// removal, a reparenting: what it takes to put it back, in
+/// O(changes)). A closure that returns `Err`, a write made to fail with
+/// [`fail_next_writes`](Self::fail_next_writes), or a closure that panics
+/// leaves the table as it was: its changes are undone, newest first. A
+/// closure that replaces the table whole (`*table = other`) is rolled back
+/// too: the replaced table, dropped, leaves its content and journal behind.
+/// (A closure that moves the original table out of the transaction and
+/// keeps it past its end, then fails, cannot be rolled back: the store
+/// panics rather than keep the closure's table.)
+///
+/// So a transaction costs what its closure does, not a copy of the table,
+/// and [`read`](TableStore::read) lends the table under the mutex: a
+/// lookup through [`ScopeTable`](crate::ScopeTable) costs a binary search
+/// and the copy of what it returns.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
     state: Arc<Mutex<MemoryState>>,
@@ -81,26 +97,102 @@ impl MemoryStore {
     }
 }
 
+/// One transaction in progress on the store's table: rolls it back when
+/// dropped without [`commit`](Self::commit) (a closure that panicked).
+struct Transaction<'a> {
+    table: &'a mut Table,
+    orphans: &'a Mutex<Option<Orphan>>,
+    token: u64,
+    /// The table's stamp before the transaction.
+    before: u64,
+    done: bool,
+}
+
+impl Transaction<'_> {
+    /// Keeps the changes.
+    fn commit(mut self) {
+        self.done = true;
+        drop(self.table.take_journal(self.token));
+        // The table the closure replaced, if it did.
+        drop(lock(self.orphans).take());
+    }
+
+    /// Undoes the changes: through the journal, or, if the closure
+    /// replaced the table, from what the dropped original left behind.
+    fn roll_back(&mut self) {
+        self.done = true;
+        if let Some(journal) = self.table.take_journal(self.token) {
+            self.table.undo(journal);
+            self.table.restore_stamp(self.before);
+            return;
+        }
+        let orphan = lock(self.orphans).take();
+        match orphan.filter(|o| o.token == self.token) {
+            Some(orphan) => *self.table = Table::from_orphan(orphan, self.before),
+            None if std::thread::panicking() => {}
+            None => panic!(
+                "MemoryStore: cannot roll back a transaction whose closure moved the table out and kept it"
+            ),
+        }
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.roll_back();
+        }
+    }
+}
+
 impl TableStore for MemoryStore {
     fn transact<R>(
         &self,
         f: impl FnOnce(&mut Table) -> Result<R, ScopeError>,
     ) -> Result<R, ScopeError> {
-        let mut state = lock(&self.state);
-        let mut table = state.table.clone();
-        let result = f(&mut table)?;
-        if table.stamp() != state.table.stamp() {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        let journal = Journal::new(Arc::clone(&state.orphans));
+        let token = journal.token();
+        let before = state.table.stamp();
+        state.table.begin_journal(journal);
+        let mut transaction = Transaction {
+            table: &mut state.table,
+            orphans: &state.orphans,
+            token,
+            before,
+            done: false,
+        };
+        let result = match f(transaction.table) {
+            Ok(result) => result,
+            Err(error) => {
+                transaction.roll_back();
+                return Err(error);
+            }
+        };
+        if transaction.table.stamp() != before {
             if state.fail_writes > 0 {
                 state.fail_writes -= 1;
+                transaction.roll_back();
                 return Err(ScopeError::io(
                     PathBuf::from("<memory>"),
                     std::io::Error::other("injected write failure"),
                 ));
             }
-            state.table = table;
             state.writes += 1;
         }
+        transaction.commit();
         Ok(result)
+    }
+
+    /// A copy of the table.
+    fn load(&self) -> Result<Table, ScopeError> {
+        self.read(Table::clone)
+    }
+
+    /// Lends the table to `f` under the store's mutex: no copy.
+    fn read<R>(&self, f: impl FnOnce(&Table) -> R) -> Result<R, ScopeError> {
+        Ok(f(&lock(&self.state).table))
     }
 
     fn may_block(&self) -> bool {
