@@ -783,6 +783,13 @@ impl Table {
         }
     }
 
+    /// Whether a journal is recording (only inside a transaction of the
+    /// in-memory store).
+    #[cfg(test)]
+    pub(crate) fn is_journaling(&self) -> bool {
+        self.journal.is_some()
+    }
+
     /// Sets the stamp back to `stamp`, the one the table had when it held
     /// the same content (after a rollback).
     pub(crate) fn restore_stamp(&mut self, stamp: u64) {

@@ -200,6 +200,9 @@ impl TableStore for MemoryStore {
     }
 }
 
+#[cfg(test)]
+mod tests;
+
 #[derive(Debug, Default)]
 struct FakeState {
     processes: HashMap<u32, u64>,
