@@ -8,7 +8,7 @@ use std::time::Duration;
 use pod_protocol::{Method, PodEvent};
 use pod_registry::Registry;
 use pod_scope_lock::{Liveness, TableStore};
-use pod_transport::{MethodSender, MethodSource, PeerCred, Received};
+use pod_transport::{MethodSender, MethodSource, PeerCred, ReceiveError, Received};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -232,14 +232,13 @@ where
 {
     let counters = Arc::new(Counters::default());
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(run(
+    let shared = Arc::new(Shared {
         parent,
-        source,
-        Arc::new(sink),
-        config,
-        counters.clone(),
-        stopped,
-    ));
+        sink,
+        counters: counters.clone(),
+        lanes: Lanes::default(),
+    });
+    let task = tokio::spawn(shared.run(source, config, stopped));
     EndpointHandle {
         counters,
         stop,
@@ -247,101 +246,147 @@ where
     }
 }
 
-async fn run<R, S, L, U, P, Src, N>(
+/// What the receive loop, the lanes and the reconciler share.
+struct Shared<R, S, L, U, P, N>
+where
+    S: TableStore,
+    L: Liveness,
+{
     parent: Arc<Parent<R, S, L, U, P>>,
-    mut source: Src,
-    sink: Arc<N>,
-    config: EndpointConfig,
+    sink: N,
     counters: Arc<Counters>,
-    mut stopped: watch::Receiver<bool>,
-) where
+    lanes: Lanes,
+}
+
+impl<R, S, L, U, P, N> Shared<R, S, L, U, P, N>
+where
     R: Registry,
     S: TableStore,
     L: Liveness,
     U: MethodSender + Clone,
     P: Reachability,
-    Src: MethodSource,
     N: NotificationSink,
 {
-    let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
-    let lanes: Arc<Lanes> = Arc::default();
-    let tasks = TaskTracker::new();
-    let reconciler = config.reconcile_interval.map(|interval| {
-        let (parent, sink, counters, mut stopped) = (
-            parent.clone(),
-            sink.clone(),
-            counters.clone(),
-            stopped.clone(),
-        );
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = ticks.tick() => {}
-                    _ = stopped.wait_for(|s| *s) => return,
-                }
-                let report = parent.reconcile().await;
-                deliver_reconciliation(&report, &*sink);
-                bump(&counters.failures, report.failures as u64);
-                bump(&counters.reconciles, 1);
+    async fn run(
+        self: Arc<Self>,
+        mut source: impl MethodSource,
+        config: EndpointConfig,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+        let lanes = TaskTracker::new();
+        let reconciler = config
+            .reconcile_interval
+            .map(|interval| tokio::spawn(self.clone().reconcile_every(interval, stopped.clone())));
+        loop {
+            let received = tokio::select! {
+                received = source.recv() => received,
+                _ = stopped.wait_for(|s| *s) => None,
+            };
+            let Some(Received { peer, item }) = received else {
+                break;
+            };
+            let Some(event) = self.admit(peer, item) else {
+                continue;
+            };
+            // The semaphore is never closed, so acquiring only waits.
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                break;
+            };
+            let job = Job {
+                event,
+                peer,
+                _permit: permit,
+            };
+            if let Some((key, job)) = self.lanes.enqueue(job) {
+                lanes.spawn(self.clone().lane(key, job));
             }
-        })
-    });
+        }
+        lanes.close();
+        lanes.wait().await;
+        if let Some(reconciler) = reconciler {
+            reconciler.abort();
+            let _ = reconciler.await;
+        }
+        self.parent.wait_for_relays().await;
+    }
 
-    loop {
-        let received = tokio::select! {
-            received = source.recv() => received,
-            _ = stopped.wait_for(|s| *s) => None,
-        };
-        let Some(Received { peer, item }) = received else {
-            break;
-        };
+    /// Counts one received item; returns it when it is a valid event.
+    fn admit(&self, peer: PeerCred, item: Result<Method, ReceiveError>) -> Option<PodEvent> {
+        let counters = &self.counters;
         bump(&counters.received, 1);
         let event = match item {
             Ok(Method::PodEvent(event)) => event,
             Ok(other) => {
                 bump(&counters.unsupported, 1);
                 tracing::warn!(method = other.name(), pid = ?peer.pid, "rejected a method a pod-events endpoint does not handle");
-                continue;
+                return None;
             }
             Err(error) => {
                 bump(&counters.undecodable, 1);
                 tracing::warn!(%error, pid = ?peer.pid, "skipped an undecodable frame");
-                continue;
+                return None;
             }
         };
         if let Err(error) = event.validate() {
             bump(&counters.invalid, 1);
             tracing::warn!(%error, kind = event.kind(), pid = ?peer.pid, "skipped an invalid pod event");
-            continue;
+            return None;
         }
-        // The semaphore is never closed, so acquiring only waits.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            break;
-        };
-        let job = Job {
+        Some(event)
+    }
+
+    async fn reconcile_every(
+        self: Arc<Self>,
+        interval: Duration,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = stopped.wait_for(|s| *s) => return,
+            }
+            let report = self.parent.reconcile().await;
+            deliver_reconciliation(&report, &self.sink);
+            bump(&self.counters.failures, report.failures as u64);
+            bump(&self.counters.reconciles, 1);
+        }
+    }
+
+    /// Applies one pod's events in arrival order until its queue is empty.
+    async fn lane(self: Arc<Self>, key: String, mut job: Job) {
+        loop {
+            self.handle(job.event, job.peer).await;
+            match self.lanes.next(&key) {
+                Some(next) => job = next,
+                None => return,
+            }
+        }
+    }
+
+    /// Applies, renders and delivers one event, in a `pod_event` span.
+    async fn handle(&self, event: PodEvent, peer: PeerCred) {
+        let span = tracing::info_span!("pod_event", pod = %event.subject(), kind = event.kind());
+        let effects = self.parent.apply(&event).instrument(span).await;
+        bump(&self.counters.failures, effects.failures as u64);
+        let inferred = effects.presumed_dead.then(|| PodEvent::ShutDown {
+            pod_name: event.subject().to_owned(),
+            incarnation: event.subject_incarnation().map(str::to_owned),
+        });
+        let line = render(&event, Origin::Reported);
+        self.sink.deliver(Notification {
+            line,
             event,
-            peer,
-            _permit: permit,
-        };
-        if let Some((key, job)) = lanes.enqueue(job) {
-            let (parent, sink, counters, lanes) = (
-                parent.clone(),
-                sink.clone(),
-                counters.clone(),
-                lanes.clone(),
-            );
-            tasks.spawn(lane(key, job, parent, sink, counters, lanes));
+            origin: Origin::Reported,
+            peer: Some(peer),
+        });
+        if let Some(inferred) = inferred {
+            deliver_inferred(&self.sink, inferred);
         }
+        bump(&self.counters.applied, 1);
     }
-    tasks.close();
-    tasks.wait().await;
-    if let Some(reconciler) = reconciler {
-        reconciler.abort();
-        let _ = reconciler.await;
-    }
-    parent.wait_for_relays().await;
 }
 
 /// One event waiting in, or running on, its pod's lane. Holding the permit
@@ -389,66 +434,6 @@ impl Lanes {
         }
         next
     }
-}
-
-/// Applies one pod's events in arrival order until its queue is empty.
-async fn lane<R, S, L, U, P, N>(
-    key: String,
-    mut job: Job,
-    parent: Arc<Parent<R, S, L, U, P>>,
-    sink: Arc<N>,
-    counters: Arc<Counters>,
-    lanes: Arc<Lanes>,
-) where
-    R: Registry,
-    S: TableStore,
-    L: Liveness,
-    U: MethodSender + Clone,
-    P: Reachability,
-    N: NotificationSink,
-{
-    loop {
-        handle(&parent, job.event, job.peer, &*sink, &counters).await;
-        match lanes.next(&key) {
-            Some(next) => job = next,
-            None => return,
-        }
-    }
-}
-
-/// Applies, renders and delivers one event, in a `pod_event` span.
-async fn handle<R, S, L, U, P, N>(
-    parent: &Parent<R, S, L, U, P>,
-    event: PodEvent,
-    peer: PeerCred,
-    sink: &N,
-    counters: &Counters,
-) where
-    R: Registry,
-    S: TableStore,
-    L: Liveness,
-    U: MethodSender + Clone,
-    P: Reachability,
-    N: NotificationSink,
-{
-    let span = tracing::info_span!("pod_event", pod = %event.subject(), kind = event.kind());
-    let effects = parent.apply(&event).instrument(span).await;
-    bump(&counters.failures, effects.failures as u64);
-    let inferred = effects.presumed_dead.then(|| PodEvent::ShutDown {
-        pod_name: event.subject().to_owned(),
-        incarnation: event.subject_incarnation().map(str::to_owned),
-    });
-    let line = render(&event, Origin::Reported);
-    sink.deliver(Notification {
-        line,
-        event,
-        origin: Origin::Reported,
-        peer: Some(peer),
-    });
-    if let Some(inferred) = inferred {
-        deliver_inferred(sink, inferred);
-    }
-    bump(&counters.applied, 1);
 }
 
 fn deliver_inferred(sink: &impl NotificationSink, event: PodEvent) {
