@@ -26,6 +26,7 @@ pub(crate) enum DecodeError {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TableFile {
     version: u64,
     allocations: Vec<Allocation>,

@@ -14,8 +14,11 @@ use crate::coverage::{
 };
 use crate::error::{DisplayRule, ScopeError};
 
-/// One pod's allocation. The serde names are the on-disk format.
+/// One pod's allocation. The serde names are the on-disk format; every
+/// field is required and no other is accepted, so a misspelt key in a
+/// hand-edited table is an error, never a silently top-level pod.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Allocation {
     /// The pod's unique name.
     pub pod_name: PodName,
@@ -29,7 +32,8 @@ pub struct Allocation {
     pub socket: String,
     /// The rules the pod holds.
     pub scope_allow: Vec<ScopeRule>,
-    /// The pod it was delegated from; `None` for a top-level pod.
+    /// The pod it was delegated from; `None` (`null`) for a top-level pod.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub delegated_from: Option<PodName>,
     /// Random id minted when the allocation was made; tells this pod from an
     /// earlier or later pod of the same name.

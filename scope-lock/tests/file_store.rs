@@ -104,6 +104,10 @@ fn a_corrupt_file_is_reported_with_its_position_and_never_overwritten() {
         ("garbage", 1),
         ("", 1),
         ("{\"version\":1,\"allocations\":[\n{}\n]}", 2),
+        // A misspelt or missing key is an error, never a top-level pod.
+        ("{\"version\":1,\"allocations\":[\n{\"pod_name\":\"a\",\"pid\":1,\"start_time\":1,\"socket\":\"/s\",\"scope_allow\":[],\"delegated_frm\":\"b\",\"incarnation\":\"x\"}\n]}", 2),
+        ("{\"version\":1,\"allocations\":[\n{\"pod_name\":\"a\",\"pid\":1,\"start_time\":1,\"socket\":\"/s\",\"scope_allow\":[],\"incarnation\":\"x\"}\n]}", 2),
+        ("{\"version\":1,\"allocations\":[],\"extra\":1}", 1),
         ("{\"version\":1,\"allocations\":[\n{\"pod_name\":\"../etc\",\"pid\":1,\"start_time\":1,\"socket\":\"/s\",\"scope_allow\":[],\"delegated_from\":null,\"incarnation\":\"x\"}\n]}", 2),
     ];
     for (content, expected_line) in cases {
