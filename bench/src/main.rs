@@ -40,7 +40,7 @@ pub(crate) struct Plan {
     pub(crate) delivery_events: usize,
     /// Lives (7 events each) per run of the receive path (item 3).
     pub(crate) receive_lives: usize,
-    /// Measured runs of the durable registry burst (item 4), the slowest.
+    /// Measured runs of the durable registry burst (item 4).
     pub(crate) registry_runs: usize,
     /// Measured delegates per table size (item 5).
     pub(crate) scope_rounds: usize,
@@ -52,23 +52,23 @@ impl Plan {
     /// About three minutes on two cores.
     fn full() -> Self {
         Plan {
-            runs: 7,
-            delivery_events: 20_000,
-            receive_lives: 20_000,
-            registry_runs: 5,
-            scope_rounds: 15,
-            memory_runs: 3,
+            runs: 9,
+            delivery_events: 80_000,
+            receive_lives: 150_000,
+            registry_runs: 15,
+            scope_rounds: 60,
+            memory_runs: 5,
         }
     }
 
     /// About thirty seconds: fewer runs of smaller batches.
     fn quick() -> Self {
         Plan {
-            runs: 2,
-            delivery_events: 4_000,
-            receive_lives: 3_000,
-            registry_runs: 1,
-            scope_rounds: 4,
+            runs: 3,
+            delivery_events: 30_000,
+            receive_lives: 30_000,
+            registry_runs: 3,
+            scope_rounds: 10,
             memory_runs: 1,
         }
     }
