@@ -150,7 +150,7 @@ impl Row {
             self.unit.to_owned(),
             value(self.ours, self.unit),
             value(self.baseline, self.unit),
-            format!("{}x", number(self.ratio)),
+            ratio(self.ratio),
             self.goal_text(),
             match self.met() {
                 None => "-".into(),
@@ -188,6 +188,16 @@ fn number(v: f64) -> String {
         format!("{v:.1}")
     } else {
         format!("{v:.2}")
+    }
+}
+
+/// A ratio: three decimals below 10, so a figure just past its goal
+/// (1.205 against 1.2) does not print as the goal itself.
+fn ratio(v: f64) -> String {
+    if v.abs() < 10.0 {
+        format!("{v:.3}x")
+    } else {
+        format!("{}x", number(v))
     }
 }
 
@@ -269,6 +279,8 @@ mod tests {
         assert_eq!(number(12.34), "12.3");
         assert_eq!(number(0.714), "0.71");
         assert_eq!(value(0.8215, "fraction"), "82.2%");
+        assert_eq!(ratio(1.2047), "1.205x");
+        assert_eq!(ratio(1225.4), "1,225x");
     }
 
     #[test]
