@@ -2,11 +2,13 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use pod_protocol::{PodEvent, PodName};
 use pod_registry::{incarnations_match, Outcome, Record, Registry};
 use pod_scope_lock::{Allocation, Liveness, ScopeError, ScopeTable, TableStore};
 use pod_transport::{MethodSender, UnixSender};
+use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::probe::Reachability;
@@ -83,6 +85,11 @@ where
     probe: P,
     /// Relays in flight, so a shutting-down endpoint can wait for them.
     relays: TaskTracker,
+    /// One blocking scope-table operation at a time: the file store's
+    /// flock serializes them anyway, and queueing here instead keeps many
+    /// concurrent lanes from each holding a blocking thread (and a copy of
+    /// the table in its own allocator arena).
+    blocking: Arc<Semaphore>,
 }
 
 impl<R, S, L, P> Parent<R, S, L, UnixSender, P>
@@ -102,6 +109,7 @@ where
             upward: None,
             probe,
             relays: TaskTracker::new(),
+            blocking: Arc::new(Semaphore::new(1)),
         }
     }
 }
@@ -128,6 +136,7 @@ where
             upward: Some((sender, parent_socket.into())),
             probe: self.probe,
             relays: self.relays,
+            blocking: self.blocking,
         }
     }
 
@@ -318,6 +327,8 @@ where
         if !self.scopes.store().may_block() {
             return f(&self.scopes);
         }
+        // Never closed, so acquiring only waits.
+        let _turn = self.blocking.acquire().await;
         let scopes = self.scopes.clone();
         match tokio::task::spawn_blocking(move || f(&scopes)).await {
             Ok(value) => value,
