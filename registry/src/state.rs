@@ -1,11 +1,18 @@
 //! [`RegistryState`]: the registry's pure in-memory state machine, and the
 //! [`Mutation`]s it applies.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::ops::Bound;
 
 use pod_protocol::PodName;
 
-use crate::record::{incarnations_match, Record, Tombstone};
+#[cfg(doc)]
+use crate::record::incarnations_match;
+use crate::record::{Record, Tombstone};
 
 /// How many departures a registry remembers by default.
 pub const DEFAULT_DEPARTED_CAPACITY: usize = 4096;
@@ -129,11 +136,12 @@ impl Changed {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryState {
-    records: BTreeMap<PodName, BTreeMap<Option<String>, Record>>,
-    len: usize,
+    records: Records,
     departed: VecDeque<Tombstone>,
-    /// The departed set by name, for matching without a scan.
-    departed_index: HashMap<PodName, HashSet<Option<String>>>,
+    /// The departed set's exact `(pod_name, incarnation)` pairs.
+    departed_keys: HashSet<TombstoneKey>,
+    /// How many tombstones of the departed set each name has (never 0).
+    departed_names: HashMap<PodName, usize>,
     departed_capacity: usize,
 }
 
@@ -150,10 +158,10 @@ impl RegistryState {
     /// is not refused).
     pub fn new(departed_capacity: usize) -> Self {
         RegistryState {
-            records: BTreeMap::new(),
-            len: 0,
+            records: Records::default(),
             departed: VecDeque::new(),
-            departed_index: HashMap::new(),
+            departed_keys: HashSet::new(),
+            departed_names: HashMap::new(),
             departed_capacity,
         }
     }
@@ -220,23 +228,41 @@ impl RegistryState {
     /// Every record, sorted by `(pod_name, incarnation)` (a record without
     /// an incarnation first).
     pub fn records(&self) -> impl Iterator<Item = &Record> {
-        self.records.values().flat_map(BTreeMap::values)
+        self.records.0.iter().map(|entry| &entry.0)
     }
 
     /// The records named `name` (several when incarnations differ), sorted
     /// by incarnation.
     pub fn records_named<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Record> {
-        self.records
-            .get(name)
-            .into_iter()
-            .flat_map(BTreeMap::values)
+        let mut named = self.records.starting_at(name).peekable();
+        // The name as the set holds it, so the iterator does not borrow `name`.
+        let held = named
+            .peek()
+            .map(|entry| entry.0.pod_name.as_str())
+            .filter(|held| *held == name);
+        named
+            .take_while(move |entry| Some(entry.0.pod_name.as_str()) == held)
+            .map(|entry| &entry.0)
     }
 
     /// The first record named `name` whose incarnation matches
     /// `incarnation` (see [`incarnations_match`]; `None` matches any).
     pub fn get(&self, name: &str, incarnation: Option<&str>) -> Option<&Record> {
-        self.records_named(name)
-            .find(|record| incarnations_match(record.incarnation.as_deref(), incarnation))
+        match incarnation {
+            // Every record of the name matches; the first sorts first.
+            None => self.records_named(name).next(),
+            // A record without an incarnation matches and sorts first; else
+            // only the equal one matches. One search finds the first record
+            // of the name, usually the one wanted.
+            Some(_) => {
+                let first = self.records_named(name).next()?;
+                if first.incarnation.is_none() || first.incarnation.as_deref() == incarnation {
+                    Some(first)
+                } else {
+                    self.records.get(name, incarnation)
+                }
+            }
+        }
     }
 
     /// The departed set, oldest first.
@@ -247,21 +273,29 @@ impl RegistryState {
     /// Whether any tombstone of the departed set matches `(name,
     /// incarnation)`.
     pub fn is_departed(&self, name: &str, incarnation: Option<&str>) -> bool {
-        self.departed_index.get(name).is_some_and(|incarnations| {
-            incarnations
-                .iter()
-                .any(|departed| incarnations_match(departed.as_deref(), incarnation))
-        })
+        match incarnation {
+            // Matches every tombstone of the name.
+            None => self.departed_names.contains_key(name),
+            // Matches the tombstone without an incarnation and the equal
+            // one; a name with no tombstone (the usual case) needs no more.
+            Some(_) => {
+                self.departed_names.contains_key(name)
+                    && (self.departed_keys.contains(&(name, None) as &dyn Key)
+                        || self
+                            .departed_keys
+                            .contains(&(name, incarnation) as &dyn Key))
+            }
+        }
     }
 
     /// The number of records.
     pub fn len(&self) -> usize {
-        self.len
+        self.records.0.len()
     }
 
     /// Whether there are no records.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.records.0.is_empty()
     }
 
     /// The number of tombstones in the departed set.
@@ -300,39 +334,38 @@ impl RegistryState {
                 state.insert_record(record);
             }
         }
-        changed.records = state.len != records_loaded;
+        changed.records = state.len() != records_loaded;
         (state, changed)
     }
 
     /// Inserts `record` unless its `(pod_name, incarnation)` is present;
     /// returns whether it was inserted.
     fn insert_record(&mut self, record: Record) -> bool {
-        let by_incarnation = self.records.entry(record.pod_name.clone()).or_default();
-        if by_incarnation.contains_key(&record.incarnation) {
-            return false;
-        }
-        by_incarnation.insert(record.incarnation.clone(), record);
-        self.len += 1;
-        true
+        // `BTreeSet::insert` keeps the existing element when one is equal.
+        self.records.0.insert(Entry(record))
     }
 
+    /// Removes the records of `name` whose incarnation matches
+    /// `incarnation`, sorted by incarnation.
     fn remove_matching(&mut self, name: &str, incarnation: Option<&str>) -> Vec<Record> {
-        let Some(by_incarnation) = self.records.get_mut(name) else {
-            return Vec::new();
-        };
-        let keys: Vec<Option<String>> = by_incarnation
-            .keys()
-            .filter(|key| incarnations_match(key.as_deref(), incarnation))
-            .cloned()
-            .collect();
-        let removed: Vec<Record> = keys
-            .iter()
-            .filter_map(|key| by_incarnation.remove(key))
-            .collect();
-        if by_incarnation.is_empty() {
-            self.records.remove(name);
+        let mut removed = Vec::new();
+        match incarnation {
+            None => {
+                // Every record of the name, first to last.
+                // (The key is copied out so the set can be mutated.)
+                loop {
+                    let first = self.records_named(name).next();
+                    let Some(key) = first.map(|first| first.incarnation.clone()) else {
+                        break;
+                    };
+                    removed.extend(self.records.take(name, key.as_deref()));
+                }
+            }
+            Some(_) => {
+                removed.extend(self.records.take(name, None));
+                removed.extend(self.records.take(name, incarnation));
+            }
         }
-        self.len -= removed.len();
         removed
     }
 
@@ -341,19 +374,19 @@ impl RegistryState {
     /// of capacity 0).
     fn insert_tombstone(&mut self, tombstone: Tombstone) -> (bool, bool) {
         if self
-            .departed_index
-            .get(&tombstone.pod_name)
-            .is_some_and(|incarnations| incarnations.contains(&tombstone.incarnation))
+            .departed_keys
+            .contains(&tombstone_key(&tombstone) as &dyn Key)
         {
             return (false, false);
         }
         if self.departed_capacity == 0 {
             return (true, false);
         }
-        self.departed_index
+        *self
+            .departed_names
             .entry(tombstone.pod_name.clone())
-            .or_default()
-            .insert(tombstone.incarnation.clone());
+            .or_default() += 1;
+        self.departed_keys.insert(TombstoneKey(tombstone.clone()));
         self.departed.push_back(tombstone);
         while self.departed.len() > self.departed_capacity {
             if let Some(oldest) = self.departed.pop_front() {
@@ -364,11 +397,192 @@ impl RegistryState {
     }
 
     fn forget_tombstone(&mut self, tombstone: &Tombstone) {
-        if let Some(incarnations) = self.departed_index.get_mut(&tombstone.pod_name) {
-            incarnations.remove(&tombstone.incarnation);
-            if incarnations.is_empty() {
-                self.departed_index.remove(&tombstone.pod_name);
+        self.departed_keys
+            .remove(&tombstone_key(tombstone) as &dyn Key);
+        if let Some(count) = self.departed_names.get_mut(tombstone.pod_name.as_str()) {
+            *count -= 1;
+            if *count == 0 {
+                self.departed_names.remove(tombstone.pod_name.as_str());
             }
         }
+    }
+}
+
+/// A `(pod_name, incarnation)` key, borrowed: what the records and the
+/// departed set are looked up by without building an owned key.
+///
+/// Ordered by name, then incarnation (`None` first); hashed and compared
+/// as the pair. Every type that borrows as `dyn Key` orders, compares and
+/// hashes exactly as its `dyn Key` form, as [`Borrow`] requires.
+trait Key {
+    fn name(&self) -> &str;
+    fn incarnation(&self) -> Option<&str>;
+}
+
+impl Key for (&str, Option<&str>) {
+    fn name(&self) -> &str {
+        self.0
+    }
+
+    fn incarnation(&self) -> Option<&str> {
+        self.1
+    }
+}
+
+impl PartialEq for dyn Key + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name() && self.incarnation() == other.incarnation()
+    }
+}
+
+impl Eq for dyn Key + '_ {}
+
+impl PartialOrd for dyn Key + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn Key + '_ {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.name()
+            .cmp(other.name())
+            .then_with(|| self.incarnation().cmp(&other.incarnation()))
+    }
+}
+
+impl Hash for dyn Key + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name().hash(state);
+        self.incarnation().hash(state);
+    }
+}
+
+/// The borrowed key of a tombstone.
+fn tombstone_key(tombstone: &Tombstone) -> (&str, Option<&str>) {
+    (
+        tombstone.pod_name.as_str(),
+        tombstone.incarnation.as_deref(),
+    )
+}
+
+/// A record in the record set: ordered and compared by its key alone.
+#[derive(Debug, Clone)]
+struct Entry(Record);
+
+impl Key for Entry {
+    fn name(&self) -> &str {
+        self.0.pod_name.as_str()
+    }
+
+    fn incarnation(&self) -> Option<&str> {
+        self.0.incarnation.as_deref()
+    }
+}
+
+impl<'a> Borrow<dyn Key + 'a> for Entry {
+    fn borrow(&self) -> &(dyn Key + 'a) {
+        self
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        (self as &dyn Key) == (other as &dyn Key)
+    }
+}
+
+impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self as &dyn Key).cmp(other as &dyn Key)
+    }
+}
+
+/// The records, one flat set sorted by `(pod_name, incarnation)`: no
+/// per-name allocation, and the key is the record's own fields.
+///
+/// Two sets are equal when their records are, field by field (an
+/// [`Entry`] alone compares only its key).
+#[derive(Clone, Default)]
+struct Records(BTreeSet<Entry>);
+
+impl Records {
+    /// The records from the first one named `name` (or the first after
+    /// where it would be) to the end.
+    fn starting_at(&self, name: &str) -> std::collections::btree_set::Range<'_, Entry> {
+        let start: &dyn Key = &(name, None);
+        self.0
+            .range::<dyn Key, _>((Bound::Included(start), Bound::Unbounded))
+    }
+
+    fn get(&self, name: &str, incarnation: Option<&str>) -> Option<&Record> {
+        self.0
+            .get(&(name, incarnation) as &dyn Key)
+            .map(|entry| &entry.0)
+    }
+
+    fn take(&mut self, name: &str, incarnation: Option<&str>) -> Option<Record> {
+        self.0
+            .take(&(name, incarnation) as &dyn Key)
+            .map(|entry| entry.0)
+    }
+}
+
+impl PartialEq for Records {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|(a, b)| a.0 == b.0)
+    }
+}
+
+impl Eq for Records {}
+
+impl fmt::Debug for Records {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|entry| &entry.0))
+            .finish()
+    }
+}
+
+/// A tombstone in the departed set's index: compared and hashed by its
+/// key, as its `dyn Key` form.
+#[derive(Debug, Clone)]
+struct TombstoneKey(Tombstone);
+
+impl Key for TombstoneKey {
+    fn name(&self) -> &str {
+        self.0.pod_name.as_str()
+    }
+
+    fn incarnation(&self) -> Option<&str> {
+        self.0.incarnation.as_deref()
+    }
+}
+
+impl<'a> Borrow<dyn Key + 'a> for TombstoneKey {
+    fn borrow(&self) -> &(dyn Key + 'a) {
+        self
+    }
+}
+
+impl PartialEq for TombstoneKey {
+    fn eq(&self, other: &Self) -> bool {
+        (self as &dyn Key) == (other as &dyn Key)
+    }
+}
+
+impl Eq for TombstoneKey {}
+
+impl Hash for TombstoneKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self as &dyn Key).hash(state);
     }
 }

@@ -5,4 +5,5 @@ mod crash;
 mod file;
 mod memory;
 mod model;
+mod reference;
 mod state;
