@@ -369,7 +369,7 @@ where
     /// Applies, renders and delivers one event, in a `pod_event` span.
     async fn handle(&self, event: PodEvent, peer: PeerCred) {
         let span = tracing::info_span!("pod_event", pod = %event.subject(), kind = event.kind());
-        let effects = self.parent.apply(&event).instrument(span).await;
+        let effects = self.parent.apply_validated(&event).instrument(span).await;
         bump(&self.counters.failures, effects.failures as u64);
         let inferred = effects.presumed_dead.then(|| PodEvent::ShutDown {
             pod_name: event.subject().to_owned(),

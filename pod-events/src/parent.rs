@@ -175,12 +175,21 @@ where
     /// the scope table are logged and counted, never returned: the sender
     /// is fire-and-forget, and reconcile repairs what was missed.
     pub async fn apply(&self, event: &PodEvent) -> Effects {
-        let mut effects = Effects::default();
         if let Err(error) = event.validate() {
             tracing::warn!(%error, "ignored an invalid pod event");
-            effects.failures += 1;
-            return effects;
+            return Effects {
+                failures: 1,
+                ..Effects::default()
+            };
         }
+        self.apply_validated(event).await
+    }
+
+    /// [`apply`](Self::apply) for an event that already passed
+    /// [`PodEvent::validate`] (the endpoint validates on admission, to count
+    /// invalid events apart from failures).
+    pub(crate) async fn apply_validated(&self, event: &PodEvent) -> Effects {
+        let mut effects = Effects::default();
         match event {
             PodEvent::TurnEnded { .. } | PodEvent::Errored { .. } => {}
             PodEvent::ShutDown {
@@ -363,7 +372,7 @@ where
 
     /// Every registered pod with its liveness (the seed's `ListPods`).
     pub async fn list_pods(&self) -> Vec<PodStatus> {
-        let table = self.table_snapshot().await.unwrap_or_default();
+        let (table, _) = self.snapshot_or_empty().await;
         let mut out = Vec::new();
         for record in self.registry.list() {
             let alive = self.is_alive(&record, Some(&table)).await;
@@ -372,12 +381,22 @@ where
         out
     }
 
-    async fn table_snapshot(&self) -> Result<HashMap<String, Allocation>, ScopeError> {
-        let list = self.with_scopes(|scopes| scopes.list()).await?;
-        Ok(list
-            .into_iter()
-            .map(|a| (a.pod_name.to_string(), a))
-            .collect())
+    /// One read of the table, by name, for judging many records. When the
+    /// table is unreadable the snapshot is empty, so every record is judged
+    /// by its socket; the flag says so.
+    async fn snapshot_or_empty(&self) -> (HashMap<String, Allocation>, bool) {
+        match self.with_scopes(|scopes| scopes.list()).await {
+            Ok(list) => (
+                list.into_iter()
+                    .map(|a| (a.pod_name.to_string(), a))
+                    .collect(),
+                false,
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "scope table unreadable; probing pods' sockets instead");
+                (HashMap::new(), true)
+            }
+        }
     }
 
     /// The level-triggered fallback that repairs whatever events were lost
@@ -394,16 +413,10 @@ where
     /// After it, the registry holds exactly the live descendants.
     pub async fn reconcile(&self) -> Reconciliation {
         let mut report = Reconciliation::default();
-        let table = match self.table_snapshot().await {
-            Ok(table) => Some(table),
-            Err(error) => {
-                tracing::warn!(%error, "reconcile: scope table unreadable; probing sockets only");
-                report.failures += 1;
-                None
-            }
-        };
+        let (table, unreadable) = self.snapshot_or_empty().await;
+        report.failures += usize::from(unreadable);
         for record in self.registry.list() {
-            if self.is_alive(&record, table.as_ref()).await {
+            if self.is_alive(&record, Some(&table)).await {
                 continue;
             }
             let event = PodEvent::ShutDown {

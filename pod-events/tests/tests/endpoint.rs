@@ -271,6 +271,22 @@ async fn a_failing_registry_write_is_logged_not_propagated() {
     assert_eq!(effects.relayed.len(), 1);
 }
 
+/// A sender that delivers each method only after a delay, so relays are
+/// still in flight when the endpoint is told to stop.
+#[derive(Clone)]
+struct SlowSender(pod_transport::testing::MemorySender);
+
+impl MethodSender for SlowSender {
+    async fn send(
+        &self,
+        to: &std::path::Path,
+        method: &Method,
+    ) -> Result<(), pod_transport::SendError> {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.0.send(to, method).await
+    }
+}
+
 #[tokio::test]
 async fn stopping_an_endpoint_waits_for_relays_in_flight() {
     let net = MemoryNetwork::new();
@@ -283,7 +299,7 @@ async fn stopping_an_endpoint_waits_for_relays_in_flight() {
             scopes,
             FakeReachability::new(),
         )
-        .with_upward(net.sender(), "/s/root"),
+        .with_upward(SlowSender(net.sender()), "/s/root"),
     );
     let source = net.bind("/s/child");
     for i in 0..50 {
@@ -296,6 +312,7 @@ async fn stopping_an_endpoint_waits_for_relays_in_flight() {
     let sink = CollectingSink::new();
     let endpoint = spawn_endpoint(parent, source, sink.clone(), no_reconcile());
     until(|| sink.lines().len() == 50).await;
+    // Every relay is still sleeping in SlowSender here; stop must wait.
     endpoint.stop().await;
     let relayed = net
         .sent()

@@ -50,10 +50,7 @@ pub(crate) struct ListenArgs {
 pub(crate) fn run(args: ListenArgs, json: bool) -> Result<()> {
     let name = paths::pod_name(&args.name)?;
     let socket = paths::socket(args.socket, &name)?;
-    let parent_socket = args
-        .parent_socket
-        .map(|socket| paths::checked("--parent-socket", socket))
-        .transpose()?;
+    let parent_socket = paths::parent_socket(args.parent_socket)?;
     let state_dir = paths::state_dir(args.state_dir, &name)?;
     let scope_lock = paths::scope_lock(args.scope_lock)?;
     let interval =

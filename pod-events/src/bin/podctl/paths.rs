@@ -67,6 +67,12 @@ pub(crate) fn socket(flag: Option<String>, name: &PodName) -> Result<String> {
     checked("--socket", socket)
 }
 
+/// `--parent-socket`, validated when given.
+pub(crate) fn parent_socket(flag: Option<String>) -> Result<Option<String>> {
+    flag.map(|socket| checked("--parent-socket", socket))
+        .transpose()
+}
+
 /// `path`, if it is absolute and lexically normal (no `.` or `..`).
 pub(crate) fn checked(flag: &'static str, path: String) -> Result<String> {
     validate_path(flag, &path)?;

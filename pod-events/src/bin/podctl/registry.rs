@@ -107,10 +107,7 @@ pub(crate) fn reconcile(args: ReconcileArgs, json: bool) -> Result<()> {
         (None, None) => unreachable!("clap requires --state-dir or --name"),
     };
     let dir = paths::state_dir(args.state_dir, &name)?;
-    let parent_socket = args
-        .parent_socket
-        .map(|socket| paths::checked("--parent-socket", socket))
-        .transpose()?;
+    let parent_socket = paths::parent_socket(args.parent_socket)?;
     let table = scopes::open(paths::scope_lock(args.scope_lock)?);
     // A corrupt table is refused before anything changes (the endpoint
     // would only warn and probe sockets).
@@ -144,6 +141,7 @@ pub(crate) fn reconcile(args: ReconcileArgs, json: bool) -> Result<()> {
         (report, 0)
     });
     let (report, flush_failures) = report;
+    let failures = report.failures + flush_failures;
 
     if json {
         let crashed: Vec<_> = report.presumed_crashed.iter().map(|(e, _)| e).collect();
@@ -153,15 +151,12 @@ pub(crate) fn reconcile(args: ReconcileArgs, json: bool) -> Result<()> {
             "adopted": adopted,
             "reclaimed": report.reclaimed,
             "finished": report.finished,
-            "failures": report.failures + flush_failures,
+            "failures": failures,
         }))?;
     } else {
         let mut lines = String::new();
-        for (event, _) in &report.presumed_crashed {
-            lines.push_str(&render(event, Origin::Inferred));
-            lines.push('\n');
-        }
-        for (event, _) in &report.adopted {
+        let inferred = report.presumed_crashed.iter().map(|(e, _)| e);
+        for event in inferred.chain(report.adopted.iter().map(|(e, _)| e)) {
             lines.push_str(&render(event, Origin::Inferred));
             lines.push('\n');
         }
@@ -182,7 +177,6 @@ pub(crate) fn reconcile(args: ReconcileArgs, json: bool) -> Result<()> {
         }
         output::print(&lines)?;
     }
-    let failures = report.failures + flush_failures;
     if failures > 0 {
         bail!("reconcile met {failures} failures (see the warnings above); run it again once they are fixed");
     }
