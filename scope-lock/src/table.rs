@@ -306,12 +306,9 @@ impl Table {
         incarnation: String,
         is_live: impl FnMut(&Allocation) -> bool,
     ) -> Result<Allocation, ScopeError> {
-        spec.validate()?;
-        let mut probe = Probe::new(is_live);
-        let decision = self.decide_register(&spec, &mut probe);
-        self.remove_dead(&probe.dead);
-        decision?;
-        Ok(self.insert(spec, start_time, incarnation, None))
+        self.decide_reclaim_insert(spec, start_time, incarnation, None, is_live, |t, s, p| {
+            t.decide_register(s, p)
+        })
     }
 
     /// Delegates scope from the pod `from` to a new pod.
@@ -361,12 +358,31 @@ impl Table {
         incarnation: String,
         is_live: impl FnMut(&Allocation) -> bool,
     ) -> Result<Allocation, ScopeError> {
+        let parent = Some(from);
+        self.decide_reclaim_insert(spec, start_time, incarnation, parent, is_live, |t, s, p| {
+            t.decide_delegate(from, s, p)
+        })
+    }
+
+    /// The shared body of the `*_reclaiming` operations: validates `spec`,
+    /// runs `decide` with a fresh probe, reclaims what the probe found dead
+    /// (whatever the decision), then inserts the pod under
+    /// `delegated_from` if the decision allows it.
+    fn decide_reclaim_insert<F: FnMut(&Allocation) -> bool>(
+        &mut self,
+        spec: PodSpec,
+        start_time: u64,
+        incarnation: String,
+        delegated_from: Option<&PodName>,
+        is_live: F,
+        decide: impl FnOnce(&Self, &PodSpec, &mut Probe<F>) -> Result<(), ScopeError>,
+    ) -> Result<Allocation, ScopeError> {
         spec.validate()?;
         let mut probe = Probe::new(is_live);
-        let decision = self.decide_delegate(from, &spec, &mut probe);
+        let decision = decide(self, &spec, &mut probe);
         self.remove_dead(&probe.dead);
         decision?;
-        Ok(self.insert(spec, start_time, incarnation, Some(from.clone())))
+        Ok(self.insert(spec, start_time, incarnation, delegated_from.cloned()))
     }
 
     /// The checks of [`register`](Self::register), with every pod they
@@ -377,13 +393,7 @@ impl Table {
         spec: &PodSpec,
         probe: &mut Probe<F>,
     ) -> Result<(), ScopeError> {
-        if let Some(holder) = self.get(spec.pod_name.as_str()) {
-            if probe.is_live(holder) {
-                return Err(ScopeError::DuplicateName {
-                    name: spec.pod_name.clone(),
-                });
-            }
-        }
+        self.check_name_free(spec, probe)?;
         self.find_write_conflict(&spec.scope, &HashSet::new(), probe)
     }
 
@@ -400,19 +410,9 @@ impl Table {
         let Some(spawner) = self.get(from.as_str()).filter(|s| probe.is_live(s)) else {
             return Err(ScopeError::UnknownPod { name: from.clone() });
         };
-        if let Some(holder) = self.get(spec.pod_name.as_str()) {
-            if probe.is_live(holder) {
-                return Err(ScopeError::DuplicateName {
-                    name: spec.pod_name.clone(),
-                });
-            }
-        }
+        self.check_name_free(spec, probe)?;
         for rule in &spec.scope {
-            let covered = spawner
-                .scope_allow
-                .iter()
-                .any(|s| s.permission >= rule.permission && covers_valid(s, rule));
-            if !covered {
+            if !grants(&spawner.scope_allow, rule) {
                 return Err(ScopeError::NotSubset {
                     spawner: from.clone(),
                     rule: rule.clone(),
@@ -421,6 +421,21 @@ impl Table {
         }
         let lineage = self.lineage(from.as_str());
         self.find_write_conflict(&spec.scope, &lineage, probe)
+    }
+
+    /// Fails with [`ScopeError::DuplicateName`] if a live pod (passed
+    /// through `probe`) holds the requested name.
+    fn check_name_free<F: FnMut(&Allocation) -> bool>(
+        &self,
+        spec: &PodSpec,
+        probe: &mut Probe<F>,
+    ) -> Result<(), ScopeError> {
+        match self.get(spec.pod_name.as_str()) {
+            Some(holder) if probe.is_live(holder) => Err(ScopeError::DuplicateName {
+                name: spec.pod_name.clone(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Removes pod `name` if `incarnation` is `None` or equals the one held,
@@ -635,11 +650,7 @@ impl Table {
                 continue;
             };
             for rule in &a.scope_allow {
-                let covered = parent
-                    .scope_allow
-                    .iter()
-                    .any(|p| p.permission >= rule.permission && covers_valid(p, rule));
-                if !covered {
+                if !grants(&parent.scope_allow, rule) {
                     return Err(format!(
                         "(b) rule {} of pod `{}` is not covered by a rule of its parent `{}`",
                         DisplayRule(rule),
@@ -1056,6 +1067,13 @@ impl NameIndex {
         }
         found
     }
+}
+
+/// Whether one of `held` covers `rule` with at least its permission: what
+/// a delegation asks of the spawner, and (b) of the invariant.
+fn grants(held: &[ScopeRule], rule: &ScopeRule) -> bool {
+    held.iter()
+        .any(|h| h.permission >= rule.permission && covers_valid(h, rule))
 }
 
 /// (c), second half: following parent links from any pod ends at a

@@ -189,47 +189,32 @@ fn delegation_must_stay_inside_one_spawner_rule_of_at_least_that_permission() {
     )
     .unwrap();
     env.delegate("root", "c2", 3, &["w:/tmp/t/*"]).unwrap();
-    let not_subset = |r: Result<Allocation, ScopeError>| match r {
-        Err(ScopeError::NotSubset { spawner, rule }) => (spawner.to_string(), rule),
-        other => panic!("expected NotSubset, got {other:?}"),
-    };
-    assert_eq!(
-        not_subset(env.delegate("root", "x", 4, &["w:/usr/lib/**"])),
-        ("root".to_owned(), rule("w:/usr/lib/**"))
-    );
-    assert_eq!(
-        not_subset(env.delegate("root", "x", 4, &["w:/etc/**"])).1,
-        rule("w:/etc/**")
-    );
-    assert_eq!(
-        not_subset(env.delegate("root", "x", 4, &["w:/**"])).1,
-        rule("w:/**")
-    );
-    // A non-recursive rule covers only itself, not a recursive rule or one
-    // below its target.
-    assert_eq!(
-        not_subset(env.delegate("c2", "x", 4, &["w:/tmp/t/**"])).1,
-        rule("w:/tmp/t/**")
-    );
-    assert_eq!(
-        not_subset(env.delegate("c2", "x", 4, &["w:/tmp/t/u/*"])).1,
-        rule("w:/tmp/t/u/*")
-    );
-    assert_eq!(
-        not_subset(env.delegate("c1", "x", 4, &["r:/srv/b/c/*"])).1,
-        rule("r:/srv/b/c/*")
-    );
-    // Not a string prefix.
-    assert_eq!(
-        not_subset(env.delegate("c1", "x", 4, &["w:/srv/ab/**"])).1,
-        rule("w:/srv/ab/**")
-    );
-    // Spanning two spawner rules is not covered by one.
     env.register("two", 5, &["w:/m/a/**", "w:/m/*"]).unwrap();
-    assert_eq!(
-        not_subset(env.delegate("two", "x", 6, &["w:/m/**"])).1,
-        rule("w:/m/**")
-    );
+    // (spawner, the one requested rule): refused as not covered.
+    for (spawner, requested) in [
+        ("root", "w:/usr/lib/**"),
+        ("root", "w:/etc/**"),
+        ("root", "w:/**"),
+        // A non-recursive rule covers only itself, not a recursive rule or
+        // one below its target.
+        ("c2", "w:/tmp/t/**"),
+        ("c2", "w:/tmp/t/u/*"),
+        ("c1", "r:/srv/b/c/*"),
+        // Not a string prefix.
+        ("c1", "w:/srv/ab/**"),
+        // Spanning two spawner rules is not covered by one.
+        ("two", "w:/m/**"),
+    ] {
+        match env.delegate(spawner, "x", 6, &[requested]) {
+            Err(ScopeError::NotSubset {
+                spawner: s,
+                rule: r,
+            }) => {
+                assert_eq!((s.as_str(), r), (spawner, rule(requested)));
+            }
+            other => panic!("{spawner} {requested}: expected NotSubset, got {other:?}"),
+        }
+    }
     assert!(matches!(
         env.delegate("ghost", "x", 4, &["w:/srv/**"]),
         Err(ScopeError::UnknownPod { name }) if name.as_str() == "ghost"
