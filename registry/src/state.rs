@@ -466,45 +466,60 @@ fn tombstone_key(tombstone: &Tombstone) -> (&str, Option<&str>) {
     )
 }
 
+/// Implements [`Key`], `Borrow<dyn Key>`, equality, order and hashing for a
+/// newtype over a value with `pod_name` and `incarnation` fields, all as its
+/// `dyn Key` form.
+macro_rules! keyed_by_pod {
+    ($wrapper:ident) => {
+        impl Key for $wrapper {
+            fn name(&self) -> &str {
+                self.0.pod_name.as_str()
+            }
+
+            fn incarnation(&self) -> Option<&str> {
+                self.0.incarnation.as_deref()
+            }
+        }
+
+        impl<'a> Borrow<dyn Key + 'a> for $wrapper {
+            fn borrow(&self) -> &(dyn Key + 'a) {
+                self
+            }
+        }
+
+        impl PartialEq for $wrapper {
+            fn eq(&self, other: &Self) -> bool {
+                (self as &dyn Key) == (other as &dyn Key)
+            }
+        }
+
+        impl Eq for $wrapper {}
+
+        impl PartialOrd for $wrapper {
+            fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+
+        impl Ord for $wrapper {
+            fn cmp(&self, other: &Self) -> Ordering {
+                (self as &dyn Key).cmp(other as &dyn Key)
+            }
+        }
+
+        impl Hash for $wrapper {
+            fn hash<H: Hasher>(&self, state: &mut H) {
+                (self as &dyn Key).hash(state);
+            }
+        }
+    };
+}
+
 /// A record in the record set: ordered and compared by its key alone.
 #[derive(Debug, Clone)]
 struct Entry(Record);
 
-impl Key for Entry {
-    fn name(&self) -> &str {
-        self.0.pod_name.as_str()
-    }
-
-    fn incarnation(&self) -> Option<&str> {
-        self.0.incarnation.as_deref()
-    }
-}
-
-impl<'a> Borrow<dyn Key + 'a> for Entry {
-    fn borrow(&self) -> &(dyn Key + 'a) {
-        self
-    }
-}
-
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        (self as &dyn Key) == (other as &dyn Key)
-    }
-}
-
-impl Eq for Entry {}
-
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Entry {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (self as &dyn Key).cmp(other as &dyn Key)
-    }
-}
+keyed_by_pod!(Entry);
 
 /// The records, one flat set sorted by `(pod_name, incarnation)`: no
 /// per-name allocation, and the key is the record's own fields.
@@ -557,32 +572,4 @@ impl fmt::Debug for Records {
 #[derive(Debug, Clone)]
 struct TombstoneKey(Tombstone);
 
-impl Key for TombstoneKey {
-    fn name(&self) -> &str {
-        self.0.pod_name.as_str()
-    }
-
-    fn incarnation(&self) -> Option<&str> {
-        self.0.incarnation.as_deref()
-    }
-}
-
-impl<'a> Borrow<dyn Key + 'a> for TombstoneKey {
-    fn borrow(&self) -> &(dyn Key + 'a) {
-        self
-    }
-}
-
-impl PartialEq for TombstoneKey {
-    fn eq(&self, other: &Self) -> bool {
-        (self as &dyn Key) == (other as &dyn Key)
-    }
-}
-
-impl Eq for TombstoneKey {}
-
-impl Hash for TombstoneKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (self as &dyn Key).hash(state);
-    }
-}
+keyed_by_pod!(TombstoneKey);

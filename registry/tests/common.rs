@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::path::Path;
 
-use pod_registry::{PodName, Record, ScopeRule, Tombstone, DEPARTED_FILE, RECORDS_FILE};
+use pod_registry::{Mutation, PodName, Record, ScopeRule, Tombstone, DEPARTED_FILE, RECORDS_FILE};
 
 /// A validated pod name; panics on an invalid one (test input only).
 pub(crate) fn name(name: &str) -> PodName {
@@ -24,6 +24,22 @@ pub(crate) fn record(pod_name: &str, incarnation: Option<&str>) -> Record {
 /// A tombstone.
 pub(crate) fn tombstone(pod_name: &str, incarnation: Option<&str>) -> Tombstone {
     Tombstone {
+        pod_name: name(pod_name),
+        incarnation: incarnation.map(str::to_owned),
+    }
+}
+
+/// [`Mutation::Remove`] of `(pod_name, incarnation)`.
+pub(crate) fn removal(pod_name: &str, incarnation: Option<&str>) -> Mutation {
+    Mutation::Remove {
+        pod_name: name(pod_name),
+        incarnation: incarnation.map(str::to_owned),
+    }
+}
+
+/// [`Mutation::Depart`] of `(pod_name, incarnation)`.
+pub(crate) fn departure(pod_name: &str, incarnation: Option<&str>) -> Mutation {
+    Mutation::Depart {
         pod_name: name(pod_name),
         incarnation: incarnation.map(str::to_owned),
     }

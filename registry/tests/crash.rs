@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use pod_registry::{FileRegistry, Mutation, Record, Registry, RegistryOptions, RegistryState};
 
-use crate::common::{departed_on_disk, name, record, records_on_disk};
+use crate::common::{departed_on_disk, departure, record, records_on_disk, removal};
 
 /// The child role: set to the state directory.
 const CHILD_DIR: &str = "POD_REGISTRY_CRASH_DIR";
@@ -57,14 +57,8 @@ fn task_ops(seed: u64, run: usize, task: usize) -> Vec<Mutation> {
             let inc = [None, Some("1"), Some("2")][rng.below(3)];
             match rng.below(10) {
                 0..=4 => Mutation::Add(record(&pod, inc)),
-                5..=6 => Mutation::Remove {
-                    pod_name: name(&pod),
-                    incarnation: inc.map(str::to_owned),
-                },
-                _ => Mutation::Depart {
-                    pod_name: name(&pod),
-                    incarnation: inc.map(str::to_owned),
-                },
+                5..=6 => removal(&pod, inc),
+                _ => departure(&pod, inc),
             }
         })
         .collect()

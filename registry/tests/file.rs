@@ -399,21 +399,10 @@ fn every_waiter_of_a_failed_write_gets_the_error() {
             .all(|r| matches!(r, Err(RegistryError::Io { .. }))),
         "{results:?}"
     );
-    assert_eq!(registry.len_on_disk(), 0);
+    assert_eq!(records_on_disk(dir.path()), []);
     faults.fail_next_file_writes(0);
     runtime.block_on(registry.flush()).unwrap();
     assert_eq!(records_on_disk(dir.path()).len(), 50);
-}
-
-/// Test-only view of what is on disk.
-trait OnDisk {
-    fn len_on_disk(&self) -> usize;
-}
-
-impl OnDisk for FileRegistry {
-    fn len_on_disk(&self) -> usize {
-        records_on_disk(self.state_dir()).len()
-    }
 }
 
 #[test]

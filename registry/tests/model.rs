@@ -12,7 +12,9 @@ use pod_registry::{
 };
 use proptest::prelude::*;
 
-use crate::common::{block_on, departed_on_disk, name, record, records_on_disk};
+use crate::common::{
+    block_on, departed_on_disk, departure, name, record, records_on_disk, removal,
+};
 
 const CAPACITY: usize = 4;
 
@@ -212,14 +214,8 @@ fn mutation(op: &Op) -> Mutation {
             inc,
             other_socket,
         } => Mutation::Add(op_record(pod, inc, other_socket)),
-        Op::Remove { pod, inc } => Mutation::Remove {
-            pod_name: name(pod),
-            incarnation: inc.map(str::to_owned),
-        },
-        Op::Depart { pod, inc } => Mutation::Depart {
-            pod_name: name(pod),
-            incarnation: inc.map(str::to_owned),
-        },
+        Op::Remove { pod, inc } => removal(pod, inc),
+        Op::Depart { pod, inc } => departure(pod, inc),
         Op::Reopen | Op::Faults { .. } => unreachable!("not a mutation"),
     }
 }

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use pod_registry::{incarnations_match, Mutation, Outcome, Record, RegistryState, Tombstone};
 use proptest::prelude::*;
 
-use crate::common::{name, record};
+use crate::common::{departure, record, removal};
 
 /// The semantics, stated as plainly as possible: a sorted vector of
 /// records and a FIFO vector of tombstones, both scanned.
@@ -115,14 +115,8 @@ fn mutation() -> impl Strategy<Value = Mutation> {
             }
             Mutation::Add(r)
         }
-        1 => Mutation::Remove {
-            pod_name: name(pod),
-            incarnation: inc.map(str::to_owned),
-        },
-        _ => Mutation::Depart {
-            pod_name: name(pod),
-            incarnation: inc.map(str::to_owned),
-        },
+        1 => removal(pod, inc),
+        _ => departure(pod, inc),
     })
 }
 

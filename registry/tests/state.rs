@@ -4,24 +4,18 @@
 use pod_registry::{Mutation, Outcome, RegistryState};
 use proptest::prelude::*;
 
-use crate::common::{name, record, tombstone};
+use crate::common::{departure, record, removal, tombstone};
 
 fn add(state: &mut RegistryState, pod: &str, inc: Option<&str>) -> Outcome {
     state.apply(&Mutation::Add(record(pod, inc)))
 }
 
 fn remove(state: &mut RegistryState, pod: &str, inc: Option<&str>) -> Outcome {
-    state.apply(&Mutation::Remove {
-        pod_name: name(pod),
-        incarnation: inc.map(str::to_owned),
-    })
+    state.apply(&removal(pod, inc))
 }
 
 fn depart(state: &mut RegistryState, pod: &str, inc: Option<&str>) -> Outcome {
-    state.apply(&Mutation::Depart {
-        pod_name: name(pod),
-        incarnation: inc.map(str::to_owned),
-    })
+    state.apply(&departure(pod, inc))
 }
 
 fn removed(records: &[(&str, Option<&str>)], first_departure: bool) -> Outcome {
@@ -206,10 +200,7 @@ fn event() -> impl Strategy<Value = Mutation> {
         if is_add {
             Mutation::Add(record(pod, inc))
         } else {
-            Mutation::Depart {
-                pod_name: name(pod),
-                incarnation: inc.map(str::to_owned),
-            }
+            departure(pod, inc)
         }
     })
 }
