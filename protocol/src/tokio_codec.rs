@@ -3,7 +3,7 @@
 use bytes::{BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::codec::{decode, encode_into, find_frame, DecodeError, FrameTooLong};
+use crate::codec::{decode, encode, find_frame, DecodeError, FrameTooLong};
 use crate::{Method, DEFAULT_MAX_FRAME_LEN};
 
 /// A fatal error of a framed stream: the stream ends after it.
@@ -96,9 +96,7 @@ impl Encoder<&Method> for MethodCodec {
     type Error = FrameError;
 
     fn encode(&mut self, method: &Method, dst: &mut BytesMut) -> Result<(), FrameError> {
-        let mut frame = Vec::with_capacity(128);
-        encode_into(method, &mut frame);
-        dst.put_slice(&frame);
+        dst.put_slice(&encode(method));
         Ok(())
     }
 }

@@ -276,9 +276,42 @@ fn event_validation_checks_every_name_and_path() {
 }
 
 #[test]
-fn decode_error_names_cover_every_variant() {
-    assert_eq!(EVENT_KINDS.len(), 4);
-    assert_eq!(METHOD_NAMES.len(), 8);
+fn the_name_lists_match_the_wire_names() {
+    let event = |kind: &str| {
+        let line = format!(
+            r#"{{"method":"pod_event","params":{{"kind":"{kind}","parent_pod":"c","sub_pod":"g","sub_socket":"/s","scope":[],"pod_name":"p","message":"m"}}}}"#
+        );
+        match decode(line.as_bytes()).unwrap_or_else(|e| panic!("{kind}: {e}")) {
+            Method::PodEvent(event) => event.kind(),
+            other => panic!("{kind}: decoded {other:?}"),
+        }
+    };
+    assert_eq!(
+        EVENT_KINDS.iter().map(|k| event(k)).collect::<Vec<_>>(),
+        EVENT_KINDS
+    );
+    let methods = [
+        Method::PodEvent(PodEvent::ShutDown {
+            pod_name: "p".into(),
+            incarnation: None,
+        }),
+        Method::Notify {
+            message: "m".into(),
+        },
+        Method::Shutdown,
+        Method::Run(None),
+        Method::Resume(None),
+        Method::Cancel,
+        Method::Pause,
+        Method::GetHistory(None),
+    ];
+    let names: Vec<&str> = methods.iter().map(Method::name).collect();
+    assert_eq!(names, METHOD_NAMES);
+    for method in methods {
+        let line = String::from_utf8(encode(&method)).unwrap();
+        let tag = format!("{{\"method\":\"{}\"", method.name());
+        assert!(line.starts_with(&tag), "{line}");
+    }
 }
 
 fn arb_text() -> BoxedStrategy<String> {

@@ -6,7 +6,7 @@
 //! Run it in release mode: `cargo run --release -p pod-transport --example
 //! throughput [EVENTS]` (default 20000 events per measurement).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,7 +83,7 @@ async fn measure_ours(
 }
 
 async fn measure_raw(
-    path: &PathBuf,
+    path: &Path,
     events: usize,
     senders: usize,
 ) -> Result<Duration, Box<dyn std::error::Error>> {
@@ -106,7 +106,7 @@ async fn measure_raw(
     let start = Instant::now();
     let tasks: Vec<_> = shares(events, senders)
         .map(|share| {
-            let path = path.clone();
+            let path = path.to_owned();
             let frame = frame.clone();
             tokio::spawn(async move {
                 for _ in 0..share {

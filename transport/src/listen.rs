@@ -441,34 +441,14 @@ enum Existing {
 
 /// Creates the parent directory if missing and removes a stale socket.
 async fn prepare_path(path: &Path) -> Result<(), ListenError> {
-    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-        let dir = dir.to_owned();
-        let create = dir.clone();
-        blocking(move || {
-            if create.exists() {
-                return Ok(());
-            }
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&create)
-        })
-        .await
-        .map_err(|source| ListenError::CreateDir { path: dir, source })?;
-    }
     let io_err = |source| ListenError::Io {
         path: path.to_owned(),
         source,
     };
     let owned = path.to_owned();
-    let existing = blocking(move || match std::fs::symlink_metadata(&owned) {
-        Ok(meta) if meta.file_type().is_socket() => Ok(Existing::Socket),
-        Ok(_) => Ok(Existing::Other),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Existing::Nothing),
-        Err(err) => Err(err),
-    })
-    .await
-    .map_err(io_err)?;
+    let existing = tokio::task::spawn_blocking(move || inspect_path(&owned))
+        .await
+        .unwrap_or_else(|err| Err(io_err(io::Error::other(err))))?;
     match existing {
         Existing::Nothing => Ok(()),
         Existing::Other => Err(ListenError::NotASocket {
@@ -498,6 +478,32 @@ async fn prepare_path(path: &Path) -> Result<(), ListenError> {
                 Err(err) => Err(io_err(err)),
             }
         }
+    }
+}
+
+/// Creates the parent directory of `path` with mode `0700` if it is missing,
+/// then says what is at `path`. Blocking.
+fn inspect_path(path: &Path) -> Result<Existing, ListenError> {
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| ListenError::CreateDir {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => Ok(Existing::Socket),
+        Ok(_) => Ok(Existing::Other),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Existing::Nothing),
+        Err(source) => Err(ListenError::Io {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -715,8 +721,7 @@ async fn drain_next(frames: &mut FramedRead<UnixStream, MethodCodec>, idle: Dura
     }
     // The reactor may not have reported data the kernel already holds, so
     // ask the kernel: a peek sees unread bytes, or end of stream.
-    let pending = frames.read_buffer().len() + usize::from(has_unread(frames.get_ref()));
-    if pending == 0 {
+    if frames.read_buffer().is_empty() && !has_unread(frames.get_ref()) {
         return Next::Drained;
     }
     match timeout(idle, frames.next()).await {

@@ -189,12 +189,7 @@ impl UnixSender {
                 return Err(classify_connect_error(to, err));
             }
             let elapsed = start.elapsed();
-            let Some(left) = self.config.backlog_deadline.checked_sub(elapsed) else {
-                return Err(SendError::BacklogFull {
-                    path: to.to_owned(),
-                    after: elapsed,
-                });
-            };
+            let left = self.config.backlog_deadline.saturating_sub(elapsed);
             if left.is_zero() {
                 return Err(SendError::BacklogFull {
                     path: to.to_owned(),

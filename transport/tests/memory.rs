@@ -10,20 +10,29 @@ use crate::{every_method, notify, recv_method};
 
 const PARENT: &str = "/run/pods/parent/sock";
 
+fn parent() -> &'static Path {
+    Path::new(PARENT)
+}
+
+/// Sends a note to [`PARENT`] from a fresh sender on `net`.
+async fn send_note(net: &MemoryNetwork, message: &str) -> Result<(), SendError> {
+    net.sender().send(parent(), &notify(message)).await
+}
+
 #[tokio::test]
 async fn round_trip_of_every_method_in_order() {
     let net = MemoryNetwork::new();
     let mut source = net.bind(PARENT);
     let sender = net.sender();
     for method in every_method() {
-        sender.send(Path::new(PARENT), &method).await.unwrap();
+        sender.send(parent(), &method).await.unwrap();
     }
     for method in every_method() {
         assert_eq!(recv_method(&mut source).await, method);
     }
     let sent = net.sent();
     assert_eq!(sent.len(), every_method().len());
-    assert!(sent.iter().all(|(to, _)| to == Path::new(PARENT)));
+    assert!(sent.iter().all(|(to, _)| to == parent()));
     assert_eq!(
         sent.into_iter().map(|(_, m)| m).collect::<Vec<_>>(),
         every_method()
@@ -46,18 +55,11 @@ async fn unbound_path_is_socket_missing() {
 async fn unreachable_path_is_refused_until_unset() {
     let net = MemoryNetwork::new();
     let mut source = net.bind(PARENT);
-    let sender = net.sender();
-    net.set_unreachable(Path::new(PARENT), true);
-    let err = sender
-        .send(Path::new(PARENT), &notify("lost"))
-        .await
-        .unwrap_err();
+    net.set_unreachable(parent(), true);
+    let err = send_note(&net, "lost").await.unwrap_err();
     assert!(matches!(err, SendError::Refused { .. }), "{err}");
-    net.set_unreachable(Path::new(PARENT), false);
-    sender
-        .send(Path::new(PARENT), &notify("kept"))
-        .await
-        .unwrap();
+    net.set_unreachable(parent(), false);
+    send_note(&net, "kept").await.unwrap();
     assert_eq!(recv_method(&mut source).await, notify("kept"));
     assert_eq!(net.sent().len(), 1);
 }
@@ -66,10 +68,10 @@ async fn unreachable_path_is_refused_until_unset() {
 async fn dropping_the_source_unbinds() {
     let net = MemoryNetwork::new();
     let source = net.bind(PARENT);
-    assert!(net.is_bound(Path::new(PARENT)));
+    assert!(net.is_bound(parent()));
     drop(source);
-    assert!(!net.is_bound(Path::new(PARENT)));
-    let err = net.sender().send(Path::new(PARENT), &notify("x")).await;
+    assert!(!net.is_bound(parent()));
+    let err = send_note(&net, "x").await;
     assert!(matches!(err, Err(SendError::SocketMissing { .. })));
 }
 
@@ -77,20 +79,14 @@ async fn dropping_the_source_unbinds() {
 async fn rebinding_replaces_and_ends_the_old_source() {
     let net = MemoryNetwork::new();
     let mut old = net.bind(PARENT);
-    net.sender()
-        .send(Path::new(PARENT), &notify("to old"))
-        .await
-        .unwrap();
+    send_note(&net, "to old").await.unwrap();
     let mut new = net.bind(PARENT);
-    net.sender()
-        .send(Path::new(PARENT), &notify("to new"))
-        .await
-        .unwrap();
+    send_note(&net, "to new").await.unwrap();
     assert_eq!(recv_method(&mut old).await, notify("to old"));
     assert!(old.recv().await.is_none(), "the replaced source ends");
     drop(old);
     assert!(
-        net.is_bound(Path::new(PARENT)),
+        net.is_bound(parent()),
         "dropping the old source keeps the new binding"
     );
     assert_eq!(recv_method(&mut new).await, notify("to new"));
@@ -100,11 +96,8 @@ async fn rebinding_replaces_and_ends_the_old_source() {
 async fn unbind_ends_the_source_after_its_items() {
     let net = MemoryNetwork::new();
     let mut source = net.bind(PARENT);
-    net.sender()
-        .send(Path::new(PARENT), &notify("last"))
-        .await
-        .unwrap();
-    net.unbind(Path::new(PARENT));
+    send_note(&net, "last").await.unwrap();
+    net.unbind(parent());
     assert_eq!(recv_method(&mut source).await, notify("last"));
     assert!(source.recv().await.is_none());
 }
@@ -131,7 +124,7 @@ async fn an_arc_sender_is_a_sender() {
     let mut source = net.bind(PARENT);
     let shared = Arc::new(net.sender());
     let clone = Arc::clone(&shared);
-    tokio::spawn(async move { clone.send(Path::new(PARENT), &notify("via arc")).await })
+    tokio::spawn(async move { clone.send(parent(), &notify("via arc")).await })
         .await
         .unwrap()
         .unwrap();
