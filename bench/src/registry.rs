@@ -26,7 +26,7 @@ use pod_transport::{PeerCred, UnixSender};
 
 use crate::counter::{Counter, CountingSink};
 use crate::mix::{pod, socket};
-use crate::report::median;
+use crate::report::{median, ms};
 use crate::Plan;
 
 /// Records in the registry, and `ShutDown`s in the burst.
@@ -196,8 +196,4 @@ pub(crate) fn measure(plan: &Plan, dir: &Path) -> Result<Figures> {
         small_in_flight: burst(small),
         full_write_millis: median(full.into_iter().map(ms).collect()),
     })
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }

@@ -261,6 +261,11 @@ pub(crate) fn write(dir: &Path, rows: &[Row]) -> Result<()> {
     Ok(())
 }
 
+/// `d` in milliseconds.
+pub(crate) fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 /// The median of `samples` (the upper one of an even count).
 pub(crate) fn median(mut samples: Vec<f64>) -> f64 {
     assert!(!samples.is_empty(), "median of no samples");

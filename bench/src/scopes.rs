@@ -21,7 +21,7 @@ use pod_scope_lock::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::report::median;
+use crate::report::{median, ms};
 use crate::Plan;
 
 /// Table sizes measured.
@@ -171,8 +171,4 @@ pub(crate) fn measure(plan: &Plan, dir: &Path) -> Result<Vec<Figures>> {
         });
     }
     Ok(out)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }

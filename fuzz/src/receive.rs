@@ -329,15 +329,7 @@ impl EventSpec {
                 scope: scope
                     .0
                     .into_iter()
-                    .map(|rule| ScopeRule {
-                        target: rule.target.0,
-                        permission: if rule.write {
-                            Permission::Write
-                        } else {
-                            Permission::Read
-                        },
-                        recursive: rule.recursive,
-                    })
+                    .map(|rule| scope_rule(rule.target.0, rule.write, rule.recursive))
                     .collect(),
                 sub_incarnation: sub_inc.0,
                 spawner_socket: spawner_socket.map(|p| p.0),
@@ -599,15 +591,7 @@ fn tree() -> &'static Table {
                 socket: socket.to_owned(),
                 scope_allow: rules
                     .iter()
-                    .map(|&(target, write, recursive)| ScopeRule {
-                        target: target.to_owned(),
-                        permission: if write {
-                            Permission::Write
-                        } else {
-                            Permission::Read
-                        },
-                        recursive,
-                    })
+                    .map(|&(target, write, recursive)| scope_rule(target.into(), write, recursive))
                     .collect(),
                 delegated_from: from.map(pod_name),
                 incarnation: incarnation_of(name),
@@ -618,6 +602,19 @@ fn tree() -> &'static Table {
         }
         table
     })
+}
+
+fn scope_rule(target: String, write: bool, recursive: bool) -> ScopeRule {
+    let permission = if write {
+        Permission::Write
+    } else {
+        Permission::Read
+    };
+    ScopeRule {
+        target,
+        permission,
+        recursive,
+    }
 }
 
 fn pod_name(name: &str) -> PodName {

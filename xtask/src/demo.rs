@@ -161,41 +161,13 @@ impl Demo {
 
         self.begin("the root registers its scope and listens");
         let root = self.spawn("root", None, ROOT_RECONCILE_MS)?;
-        self.podctl_shown(&[
-            "scope",
-            "register",
-            "--scope-lock",
-            &self.lock(),
-            "--name",
-            "root",
-            "--pid",
-            &root.to_string(),
-            "--socket",
-            &self.socket("root"),
-            "--write",
-            &repo,
-        ])?;
+        self.allocate(None, "root", root, &repo)?;
 
         self.begin("the root spawns `child` and delegates write scope on repo/src to it");
         // The child reconciles only when told: its registry changes only
         // through the events of this story.
         let child = self.spawn("child", Some("root"), "0")?;
-        self.podctl_shown(&[
-            "scope",
-            "delegate",
-            "--scope-lock",
-            &self.lock(),
-            "--from",
-            "root",
-            "--name",
-            "child",
-            "--pid",
-            &child.to_string(),
-            "--socket",
-            &self.socket("child"),
-            "--write",
-            &src,
-        ])?;
+        self.allocate(Some("root"), "child", child, &src)?;
         println!("   (the root learns of its child from the scope table at its next reconcile)");
         self.expect("root", "that it spawned `child`", |l| {
             l.contains("spawned `child`")
@@ -203,22 +175,7 @@ impl Demo {
 
         self.begin("`child` spawns `gc`, sub-delegates repo/src/parser, and reports it");
         let gc = self.spawn("gc", Some("child"), "0")?;
-        self.podctl_shown(&[
-            "scope",
-            "delegate",
-            "--scope-lock",
-            &self.lock(),
-            "--from",
-            "child",
-            "--name",
-            "gc",
-            "--pid",
-            &gc.to_string(),
-            "--socket",
-            &self.socket("gc"),
-            "--write",
-            &parser,
-        ])?;
+        self.allocate(Some("child"), "gc", gc, &parser)?;
         let gc_incarnation = self.incarnation("gc")?;
         let event = json!({
             "kind": "scope_sub_delegated",
@@ -417,6 +374,22 @@ impl Demo {
             println!("     {line}");
         }
         Ok(())
+    }
+
+    /// `podctl scope register` (no `from`) or `scope delegate --from`:
+    /// write scope on `write` for pod `name`, process `pid`, at its socket
+    /// in the demo directory; shown.
+    fn allocate(&self, from: Option<&str>, name: &str, pid: u32, write: &str) -> Result<()> {
+        let (lock, pid, socket) = (self.lock(), pid.to_string(), self.socket(name));
+        let mut args = vec!["scope"];
+        match from {
+            Some(from) => args.extend(["delegate", "--scope-lock", &lock, "--from", from]),
+            None => args.extend(["register", "--scope-lock", &lock]),
+        }
+        args.extend([
+            "--name", name, "--pid", &pid, "--socket", &socket, "--write", write,
+        ]);
+        self.podctl_shown(&args)
     }
 
     /// Runs podctl to completion; its stdout, or why it failed.

@@ -91,35 +91,25 @@ impl Env {
     }
 
     fn register_pid(&self, name: &str, pid: u32, write: &str) -> Value {
-        let pid = pid.to_string();
-        let socket = self.socket(name);
-        let args = [
-            "scope",
-            "register",
-            "--scope-lock",
-            &self.lock(),
-            "--name",
-            name,
-            "--pid",
-            &pid,
-            "--socket",
-            &socket,
-            "--write",
-            write,
-        ];
-        self.json(&args)
+        self.allocate(None, name, pid, write)
     }
 
     fn delegate(&self, from: &str, name: &str, pid: u32, write: &str) -> Value {
-        let pid = pid.to_string();
-        let socket = self.socket(name);
-        let args = [
-            "scope",
-            "delegate",
+        self.allocate(Some(from), name, pid, write)
+    }
+
+    /// `scope register` (no `from`) or `scope delegate --from`, with the
+    /// pod's socket in this directory; it must succeed.
+    fn allocate(&self, from: Option<&str>, name: &str, pid: u32, write: &str) -> Value {
+        let (pid, socket, lock) = (pid.to_string(), self.socket(name), self.lock());
+        let mut args = vec!["scope"];
+        match from {
+            Some(from) => args.extend(["delegate", "--from", from]),
+            None => args.push("register"),
+        }
+        args.extend([
             "--scope-lock",
-            &self.lock(),
-            "--from",
-            from,
+            &lock,
             "--name",
             name,
             "--pid",
@@ -128,13 +118,21 @@ impl Env {
             &socket,
             "--write",
             write,
-        ];
+        ]);
         self.json(&args)
     }
 
     fn allocations(&self) -> Vec<Value> {
         let table = self.json(&["scopes", "--scope-lock", &self.lock()]);
         table["allocations"].as_array().unwrap().clone()
+    }
+
+    /// The names of the pods holding an allocation.
+    fn pod_names(&self) -> Vec<Value> {
+        self.allocations()
+            .iter()
+            .map(|a| a["pod_name"].clone())
+            .collect()
     }
 
     fn send(&self, to: &str, event: Value) {
@@ -511,12 +509,7 @@ fn a_write_conflict_names_the_competitor() {
         1,
         "write conflict: /srv/repo/src (write, recursive) overlaps the scope of pod `alpha`",
     );
-    let names: Vec<Value> = env
-        .allocations()
-        .iter()
-        .map(|a| a["pod_name"].clone())
-        .collect();
-    assert_eq!(names, [json!("alpha")]);
+    assert_eq!(env.pod_names(), [json!("alpha")]);
 }
 
 #[test]
@@ -744,12 +737,7 @@ fn reconcile_adopts_live_descendants_and_reports_dead_pods() {
     let registry = env.json(&["registry", "--state-dir", &env.path("root")]);
     assert_eq!(registry["pods"], json!([]));
     assert_eq!(registry["departed"][0]["pod_name"], "w1");
-    let names: Vec<Value> = env
-        .allocations()
-        .iter()
-        .map(|a| a["pod_name"].clone())
-        .collect();
-    assert_eq!(names, [json!("root")]);
+    assert_eq!(env.pod_names(), [json!("root")]);
 }
 
 #[test]
