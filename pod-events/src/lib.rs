@@ -22,6 +22,7 @@
 //! [`TableStore`]: pod_scope_lock::TableStore
 //! [`Liveness`]: pod_scope_lock::Liveness
 
+mod batch;
 mod endpoint;
 mod parent;
 mod probe;

@@ -11,6 +11,7 @@ use pod_transport::{MethodSender, UnixSender};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+use crate::batch::{BatchError, TableBatcher};
 use crate::probe::Reachability;
 use crate::send::send_or_log;
 
@@ -90,6 +91,9 @@ where
     /// concurrent lanes from each holding a blocking thread (and a copy of
     /// the table in its own allocator arena).
     blocking: Arc<Semaphore>,
+    /// The event path's table operations, group-committed: the releases
+    /// and lookups of events in flight together share one transaction.
+    batcher: TableBatcher<S, L>,
 }
 
 impl<R, S, L, P> Parent<R, S, L, UnixSender, P>
@@ -102,14 +106,16 @@ where
     /// A top-level parent named `name` (no upward link; see
     /// [`with_upward`](Parent::with_upward)).
     pub fn new(name: PodName, registry: R, scopes: ScopeTable<S, L>, probe: P) -> Self {
+        let blocking = Arc::new(Semaphore::new(1));
         Parent {
             name,
             registry,
+            batcher: TableBatcher::new(scopes.clone(), blocking.clone()),
             scopes,
             upward: None,
             probe,
             relays: TaskTracker::new(),
-            blocking: Arc::new(Semaphore::new(1)),
+            blocking,
         }
     }
 }
@@ -137,6 +143,7 @@ where
             probe: self.probe,
             relays: self.relays,
             blocking: self.blocking,
+            batcher: self.batcher,
         }
     }
 
@@ -304,16 +311,16 @@ where
                 true
             }
         };
-        let released = {
-            let name = name.clone();
-            let inc = inc.clone();
-            self.with_scopes(move |scopes| scopes.release(&name, inc.as_deref()))
-                .await
-        };
-        match released {
-            Ok(allocation) => effects.released = Some(allocation),
-            Err(ScopeError::UnknownPod { .. } | ScopeError::IncarnationMismatch { .. }) => {}
+        match self.batcher.release(name.clone(), inc.clone()).await {
+            Ok(Ok(allocation)) => effects.released = Some(allocation),
+            Ok(Err(ScopeError::UnknownPod { .. } | ScopeError::IncarnationMismatch { .. })) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, pod = %name, "could not release a departed pod's scope");
+                effects.failures += 1;
+            }
             Err(error) => {
+                // Reconcile finishes the release later (the tombstone is
+                // recorded above).
                 tracing::warn!(%error, pod = %name, "could not release a departed pod's scope");
                 effects.failures += 1;
             }
@@ -350,12 +357,9 @@ where
     /// socket probe. An allocation of another incarnation means this one
     /// is gone. `table` is a snapshot to use instead of a fresh lookup.
     async fn is_alive(&self, record: &Record, table: Option<&HashMap<String, Allocation>>) -> bool {
-        let allocation = match table {
+        let allocation: Result<_, BatchError> = match table {
             Some(table) => Ok(table.get(record.pod_name.as_str()).cloned()),
-            None => {
-                let name = record.pod_name.clone();
-                self.with_scopes(move |scopes| scopes.find(&name)).await
-            }
+            None => self.batcher.find(record.pod_name.clone()).await,
         };
         match allocation {
             Ok(Some(allocation)) => {
