@@ -289,6 +289,13 @@ where
             let Some(event) = self.admit(peer, item) else {
                 continue;
             };
+            if !has_side_effects(&event) && !self.lanes.is_running(event.subject()) {
+                // Nothing to apply and nothing of its pod's ahead of it:
+                // render it here, without a task or a slot in flight (and
+                // whatever the scope table is doing).
+                self.handle(event, peer).await;
+                continue;
+            }
             // The semaphore is never closed, so acquiring only waits.
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
                 break;
@@ -425,6 +432,11 @@ impl Lanes {
         }
     }
 
+    /// Whether a lane runs for `key`.
+    fn is_running(&self, key: &str) -> bool {
+        self.lock().contains_key(key)
+    }
+
     /// The next job of lane `key`, or `None` after closing the lane.
     fn next(&self, key: &str) -> Option<Job> {
         let mut waiting = self.lock();
@@ -434,6 +446,12 @@ impl Lanes {
         }
         next
     }
+}
+
+/// Whether applying `event` touches the registry or the scope table (the
+/// semantics table: only `ShutDown` and `ScopeSubDelegated` do).
+fn has_side_effects(event: &PodEvent) -> bool {
+    !matches!(event, PodEvent::TurnEnded { .. } | PodEvent::Errored { .. })
 }
 
 fn deliver_inferred(sink: &impl NotificationSink, event: PodEvent) {

@@ -130,33 +130,53 @@ async fn serve(
     Ok(())
 }
 
-/// Prints each notification as one line (or one JSON object), flushed
-/// at once so a reader sees it as it happens.
+/// Prints each notification as one line (or one JSON object). Lines are
+/// written in batches: everything queued is written with one write, and
+/// flushed as soon as the queue is empty, so a reader sees each line as it
+/// happens and a burst costs a few writes, not one per line.
 fn print_lines(mut lines: mpsc::UnboundedReceiver<Notification>, json: bool) {
-    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
     let mut broken = false;
-    while let Some(note) = lines.blocking_recv() {
-        if broken {
-            continue; // keep draining: the endpoint must never block on us
+    while let Some(first) = lines.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(note) = next.take().or_else(|| lines.try_recv().ok()) {
+            // Once stdout is closed keep draining: the endpoint must never
+            // block on us.
+            if !broken {
+                broken = write_line(&mut out, note, json);
+            }
         }
-        let text = if json {
-            json!({
-                "line": note.line,
-                "origin": match note.origin {
-                    Origin::Reported => "reported",
-                    Origin::Inferred => "inferred",
-                },
-                "event": note.event,
-                "peer_pid": note.peer.and_then(|peer| peer.pid),
-            })
-            .to_string()
-        } else {
-            note.line
-        };
-        let mut out = stdout.lock();
-        if let Err(error) = writeln!(out, "{text}").and_then(|()| out.flush()) {
-            tracing::warn!(%error, "stdout is closed; events are still applied but no longer printed");
+        if !broken && out.flush().is_err() {
             broken = true;
         }
+        if broken {
+            tracing::warn!("stdout is closed; events are still applied but no longer printed");
+            drain(&mut lines);
+            return;
+        }
     }
+}
+
+/// Receives and drops everything until the endpoint drops its sink.
+fn drain(lines: &mut mpsc::UnboundedReceiver<Notification>) {
+    while lines.blocking_recv().is_some() {}
+}
+
+/// Writes one notification; true when stdout is gone.
+fn write_line(out: &mut impl Write, note: Notification, json: bool) -> bool {
+    let text = if json {
+        json!({
+            "line": note.line,
+            "origin": match note.origin {
+                Origin::Reported => "reported",
+                Origin::Inferred => "inferred",
+            },
+            "event": note.event,
+            "peer_pid": note.peer.and_then(|peer| peer.pid),
+        })
+        .to_string()
+    } else {
+        note.line
+    };
+    writeln!(out, "{text}").is_err()
 }
