@@ -25,6 +25,7 @@
 //! crate's tests check [`apply_ops`] against one transaction per operation
 //! for arbitrary operations split into arbitrary batches.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pod_protocol::PodName;
@@ -105,6 +106,9 @@ pub(crate) struct TableBatcher<S: TableStore, L: Liveness> {
     /// Held by whoever runs a blocking table operation (a batch here, a
     /// reconcile pass in the parent), one at a time.
     blocking: Arc<Semaphore>,
+    /// Batches with a release run so far (whatever their outcome): a
+    /// snapshot of the table read before the last of them may be stale.
+    writes: Arc<AtomicU64>,
 }
 
 impl<S: TableStore, L: Liveness> std::fmt::Debug for TableBatcher<S, L> {
@@ -122,7 +126,18 @@ impl<S: TableStore, L: Liveness> TableBatcher<S, L> {
             scopes,
             queue: Arc::default(),
             blocking,
+            writes: Arc::default(),
         }
+    }
+
+    /// How many batches that could change the table have run.
+    pub(crate) fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Acquire)
+    }
+
+    /// Counts a change to the table made outside the batches.
+    pub(crate) fn count_write(&self) {
+        self.writes.fetch_add(1, Ordering::AcqRel);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -159,7 +174,12 @@ impl<S: TableStore, L: Liveness> TableBatcher<S, L> {
         if !self.scopes.store().may_block() {
             // In memory a transaction costs a lock and no I/O: batching
             // would only add a task hop.
-            return self.run_now(op);
+            let writes = op.writes();
+            let answer = self.run_now(op);
+            if writes {
+                self.count_write();
+            }
+            return answer;
         }
         // The driver answers every operation it takes, even when the batch
         // fails; a dropped reply means the store panicked.
@@ -180,6 +200,7 @@ impl<S: TableStore, L: Liveness> TableBatcher<S, L> {
                 self.scopes.clone(),
                 self.queue.clone(),
                 self.blocking.clone(),
+                self.writes.clone(),
             ));
         }
         answer
@@ -206,6 +227,7 @@ async fn drive<S: TableStore, L: Liveness>(
     scopes: ScopeTable<S, L>,
     queue: Arc<Mutex<Queue>>,
     blocking: Arc<Semaphore>,
+    writes: Arc<AtomicU64>,
 ) {
     loop {
         let batch = {
@@ -217,11 +239,15 @@ async fn drive<S: TableStore, L: Liveness>(
             std::mem::take(&mut queue.waiting)
         };
         let (ops, replies): (Vec<TableOp>, Vec<Reply>) = batch.into_iter().unzip();
+        let changes = ops.iter().any(TableOp::writes);
         // Never closed, so acquiring only waits.
         let turn = blocking.acquire().await;
         let scopes = scopes.clone();
         let outcome = tokio::task::spawn_blocking(move || run_batch(&scopes, &ops)).await;
         drop(turn);
+        if changes {
+            writes.fetch_add(1, Ordering::AcqRel);
+        }
         match outcome {
             Ok(Ok(answers)) => {
                 for (reply, answer) in replies.into_iter().zip(answers) {

@@ -13,6 +13,9 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::identity::{
+    quick_verdict, Context, ProcTree, ProcessTree, SenderPolicy, Snapshot, Snapshots, Verdict,
+};
 use crate::parent::{Parent, Reconciliation};
 use crate::probe::Reachability;
 use crate::render::{render, Origin};
@@ -97,6 +100,18 @@ pub struct EndpointConfig {
     /// Run reconcile at start and then every this often; `None` disables
     /// both. Default 30 s.
     pub reconcile_interval: Option<Duration>,
+    /// What to do with claims the scope table cannot check (see
+    /// [`SenderPolicy`]; default [`SenderPolicy::Legacy`]). Claims about
+    /// pods that hold an allocation are checked under every policy.
+    pub sender_policy: SenderPolicy,
+    /// How old a snapshot of the scope table may be for a `TurnEnded` or
+    /// `Errored` to be checked against it without a fresh read (default
+    /// 1 s). `ShutDown` and `ScopeSubDelegated` are always checked against
+    /// a table read after they arrived.
+    pub snapshot_max_age: Duration,
+    /// Whose child a process is, to find the pod a helper process speaks
+    /// for (default [`ProcTree`], `/proc`).
+    pub process_tree: Arc<dyn ProcessTree>,
 }
 
 impl Default for EndpointConfig {
@@ -104,6 +119,9 @@ impl Default for EndpointConfig {
         EndpointConfig {
             max_in_flight: 4096,
             reconcile_interval: Some(Duration::from_secs(30)),
+            sender_policy: SenderPolicy::default(),
+            snapshot_max_age: Duration::from_secs(1),
+            process_tree: Arc::new(ProcTree),
         }
     }
 }
@@ -118,6 +136,18 @@ impl EndpointConfig {
     /// Sets [`max_in_flight`](Self::max_in_flight) (at least 1).
     pub fn max_in_flight(mut self, events: usize) -> Self {
         self.max_in_flight = events.max(1);
+        self
+    }
+
+    /// Sets [`sender_policy`](Self::sender_policy).
+    pub fn sender_policy(mut self, policy: SenderPolicy) -> Self {
+        self.sender_policy = policy;
+        self
+    }
+
+    /// Sets [`process_tree`](Self::process_tree).
+    pub fn process_tree(mut self, tree: impl ProcessTree) -> Self {
+        self.process_tree = Arc::new(tree);
         self
     }
 }
@@ -140,6 +170,12 @@ pub struct EndpointStats {
     pub reconciles: u64,
     /// Lower-layer failures met while applying or reconciling.
     pub failures: u64,
+    /// Events refused because their sender may not make their claim
+    /// (logged with the pid and the reason; never applied or rendered).
+    pub rejected_senders: u64,
+    /// Events admitted by [`SenderPolicy::Legacy`] without a check the
+    /// scope table could make.
+    pub unverified: u64,
 }
 
 #[derive(Debug, Default)]
@@ -151,6 +187,8 @@ struct Counters {
     unsupported: AtomicU64,
     reconciles: AtomicU64,
     failures: AtomicU64,
+    rejected_senders: AtomicU64,
+    unverified: AtomicU64,
 }
 
 impl Counters {
@@ -164,6 +202,8 @@ impl Counters {
             unsupported: get(&self.unsupported),
             reconciles: get(&self.reconciles),
             failures: get(&self.failures),
+            rejected_senders: get(&self.rejected_senders),
+            unverified: get(&self.unverified),
         }
     }
 }
@@ -237,8 +277,10 @@ where
         sink,
         counters: counters.clone(),
         lanes: Lanes::default(),
+        snapshots: Snapshots::default(),
+        config,
     });
-    let task = tokio::spawn(shared.run(source, config, stopped));
+    let task = tokio::spawn(shared.run(source, stopped));
     EndpointHandle {
         counters,
         stop,
@@ -256,6 +298,8 @@ where
     sink: N,
     counters: Arc<Counters>,
     lanes: Lanes,
+    snapshots: Snapshots,
+    config: EndpointConfig,
 }
 
 impl<R, S, L, U, P, N> Shared<R, S, L, U, P, N>
@@ -270,12 +314,12 @@ where
     async fn run(
         self: Arc<Self>,
         mut source: impl MethodSource,
-        config: EndpointConfig,
         mut stopped: watch::Receiver<bool>,
     ) {
-        let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+        let in_flight = Arc::new(Semaphore::new(self.config.max_in_flight.max(1)));
         let lanes = TaskTracker::new();
-        let reconciler = config
+        let reconciler = self
+            .config
             .reconcile_interval
             .map(|interval| tokio::spawn(self.clone().reconcile_every(interval, stopped.clone())));
         loop {
@@ -290,12 +334,18 @@ where
                 continue;
             };
             if !has_side_effects(&event) && !self.lanes.is_running(event.subject()) {
-                // Nothing to apply and nothing of its pod's ahead of it:
-                // render it here, without a task or a slot in flight (and
-                // whatever the scope table is doing).
-                self.handle(event, peer).await;
-                continue;
+                if let Some(verdict) = self.quick_check(&event, peer) {
+                    // Nothing to apply, nothing of its pod's ahead of it,
+                    // and its sender checked against a recent snapshot:
+                    // render it here, without a task or a slot in flight
+                    // (and whatever the scope table is doing).
+                    if self.admit_sender(&event, peer, verdict) {
+                        self.handle(event, peer).await;
+                    }
+                    continue;
+                }
             }
+            let ticket = self.snapshots.ticket();
             // The semaphore is never closed, so acquiring only waits.
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
                 break;
@@ -303,6 +353,7 @@ where
             let job = Job {
                 event,
                 peer,
+                ticket,
                 _permit: permit,
             };
             if let Some((key, job)) = self.lanes.enqueue(job) {
@@ -362,10 +413,105 @@ where
         }
     }
 
+    /// The verdict on `event` from the latest snapshot, when it is recent
+    /// and enough to decide.
+    fn quick_check(&self, event: &PodEvent, peer: PeerCred) -> Option<Verdict> {
+        let snapshot = self.snapshots.current();
+        if !snapshot.is_recent(self.parent.table_writes(), self.config.snapshot_max_age) {
+            return None;
+        }
+        quick_verdict(event, peer_pid(peer), &snapshot, self.config.sender_policy)
+    }
+
+    /// Checks the sender of `event`, received when load `ticket` was the
+    /// next to start: against a recent snapshot when that decides, else
+    /// against one read after the event arrived.
+    async fn check_sender(
+        self: &Arc<Self>,
+        event: &PodEvent,
+        peer: PeerCred,
+        ticket: u64,
+    ) -> Verdict {
+        if let Some(verdict) = self.quick_check(event, peer) {
+            return verdict;
+        }
+        let snapshot = self.snapshot_from(ticket).await;
+        let parent = &self.parent;
+        let is_live = |a: &pod_scope_lock::Allocation| parent.scopes().is_live(a);
+        let is_registered = |name: &str| {
+            parent
+                .registry()
+                .read(|state| state.records_named(name).next().is_some())
+        };
+        let context = Context {
+            policy: self.config.sender_policy,
+            tree: self.config.process_tree.as_ref(),
+            is_live: &is_live,
+            is_registered: &is_registered,
+        };
+        context.judge(event, peer_pid(peer), &snapshot)
+    }
+
+    /// Counts the verdict; logs a rejection. Whether to go on with the
+    /// event.
+    fn admit_sender(&self, event: &PodEvent, peer: PeerCred, verdict: Verdict) -> bool {
+        match verdict {
+            Verdict::Verified => true,
+            Verdict::Unverified => {
+                bump(&self.counters.unverified, 1);
+                true
+            }
+            Verdict::Rejected(reason) => {
+                bump(&self.counters.rejected_senders, 1);
+                tracing::warn!(
+                    pid = ?peer.pid,
+                    uid = peer.uid,
+                    kind = event.kind(),
+                    pod = event.subject(),
+                    %reason,
+                    "refused an event its sender may not send"
+                );
+                false
+            }
+        }
+    }
+
+    /// A snapshot whose load started after load `ticket - 1`: starts a
+    /// load when none runs, and waits.
+    async fn snapshot_from(self: &Arc<Self>, ticket: u64) -> Arc<Snapshot> {
+        let mut updates = self.snapshots.subscribe();
+        loop {
+            let latest = updates.borrow_and_update().clone();
+            if latest.seq() >= ticket {
+                return latest;
+            }
+            if let Some(seq) = self.snapshots.want(ticket) {
+                tokio::spawn(self.clone().load_snapshots(seq));
+            }
+            if updates.changed().await.is_err() {
+                return self.snapshots.current();
+            }
+        }
+    }
+
+    /// Runs load `seq`, and the loads events wait for after it.
+    async fn load_snapshots(self: Arc<Self>, mut seq: u64) {
+        loop {
+            let snapshot = self.parent.table_snapshot(seq).await;
+            match self.snapshots.publish(snapshot) {
+                Some(next) => seq = next,
+                None => return,
+            }
+        }
+    }
+
     /// Applies one pod's events in arrival order until its queue is empty.
     async fn lane(self: Arc<Self>, key: String, mut job: Job) {
         loop {
-            self.handle(job.event, job.peer).await;
+            let verdict = self.check_sender(&job.event, job.peer, job.ticket).await;
+            if self.admit_sender(&job.event, job.peer, verdict) {
+                self.handle(job.event, job.peer).await;
+            }
             match self.lanes.next(&key) {
                 Some(next) => job = next,
                 None => return,
@@ -401,6 +547,8 @@ where
 struct Job {
     event: PodEvent,
     peer: PeerCred,
+    /// The snapshot load the sender check may rest on, at the latest.
+    ticket: u64,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -446,6 +594,10 @@ impl Lanes {
         }
         next
     }
+}
+
+fn peer_pid(peer: PeerCred) -> Option<u32> {
+    peer.pid.and_then(|pid| u32::try_from(pid).ok())
 }
 
 /// Whether applying `event` touches the registry or the scope table (the

@@ -24,6 +24,7 @@
 
 mod batch;
 mod endpoint;
+mod identity;
 mod parent;
 mod probe;
 mod render;
@@ -33,6 +34,7 @@ pub use endpoint::{
     spawn_endpoint, CollectingSink, EndpointConfig, EndpointHandle, EndpointStats, Notification,
     NotificationSink,
 };
+pub use identity::{FakeProcessTree, ProcTree, ProcessTree, SenderPolicy};
 pub use parent::{Effects, Parent, PodStatus, Reconciliation};
 pub use probe::{FakeReachability, Reachability, SocketProbe};
 pub use render::{render, render_event, Origin, MAX_LINE_LEN};

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::batch::{BatchError, TableBatcher};
+use crate::identity::Snapshot;
 use crate::probe::Reachability;
 use crate::send::send_or_log;
 
@@ -352,6 +353,26 @@ where
         }
     }
 
+    /// How many times this parent has changed (or tried to change) the
+    /// scope table: a snapshot read before the last of them may be stale.
+    pub(crate) fn table_writes(&self) -> u64 {
+        self.batcher.writes()
+    }
+
+    /// Reads the whole table as load number `seq` of the endpoint's
+    /// snapshots; an unreadable table is a snapshot without a table.
+    pub(crate) async fn table_snapshot(&self, seq: u64) -> Snapshot {
+        let started = std::time::Instant::now();
+        let writes = self.table_writes();
+        match self.with_scopes(|scopes| scopes.store().load()).await {
+            Ok(table) => Snapshot::new(Some(table), seq, started, writes),
+            Err(error) => {
+                tracing::warn!(%error, "scope table unreadable; senders cannot be verified");
+                Snapshot::new(None, seq, started, writes)
+            }
+        }
+    }
+
     /// Whether the pod of `record` is alive: per its allocation (pid and
     /// start time) when the table holds one under its name, else per a
     /// socket probe. An allocation of another incarnation means this one
@@ -464,6 +485,7 @@ where
                 })
             })
             .await;
+        self.batcher.count_write();
         let descendants = match outcome {
             Ok((reclaimed, finished, descendants)) => {
                 report.reclaimed = reclaimed;

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pod_events::{
-    spawn_endpoint, CollectingSink, EndpointConfig, FakeReachability, Origin, Parent,
+    spawn_endpoint, CollectingSink, EndpointConfig, FakeProcessTree, FakeReachability, Origin,
+    Parent, SenderPolicy,
 };
 use pod_protocol::{DecodeError, Method, PodEvent, PodName, ScopeRule};
 use pod_registry::testing::MemoryRegistry;
@@ -118,6 +119,13 @@ async fn a_sub_delegation_is_relayed_upward_and_a_shutdown_releases_scope() {
     let gc = scopes
         .delegate(&child.pod_name, spec("gc", 3, "/w/child/gc"))
         .unwrap();
+    liveness.spawn(4);
+    let ggc = scopes
+        .delegate(&gc.pod_name, spec("ggc", 4, "/w/child/gc/x"))
+        .unwrap();
+    // This test process plays a helper of gc's process.
+    let tree = FakeProcessTree::new();
+    tree.set_parent(std::process::id(), 3);
 
     // The child's endpoint relays to the root's address.
     let mut root_inbox = net.bind("/s/root");
@@ -132,13 +140,18 @@ async fn a_sub_delegation_is_relayed_upward_and_a_shutdown_releases_scope() {
         .with_upward(net.sender(), "/s/root"),
     );
     let sink = CollectingSink::new();
-    let endpoint = spawn_endpoint(parent, net.bind("/s/child"), sink.clone(), no_reconcile());
+    let endpoint = spawn_endpoint(
+        parent,
+        net.bind("/s/child"),
+        sink.clone(),
+        no_reconcile().process_tree(tree),
+    );
     let sub = PodEvent::ScopeSubDelegated {
         parent_pod: "gc".into(),
         sub_pod: "ggc".into(),
         sub_socket: "/s/ggc".into(),
         scope: vec![ScopeRule::write("/w/child/gc/x")],
-        sub_incarnation: Some("i-ggc".into()),
+        sub_incarnation: ggc.incarnation.clone(),
         spawner_socket: Some("/s/gc".into()),
     };
     let sender = net.sender();
@@ -320,4 +333,215 @@ async fn stopping_an_endpoint_waits_for_relays_in_flight() {
         .filter(|(to, _)| to.as_path() == std::path::Path::new("/s/root"))
         .count();
     assert_eq!(relayed, 50);
+}
+
+/// A table of root (pid 1) -> child (pid 2) -> gc (pid 3), every process
+/// alive, and an endpoint of `child` fed `events` from the given pids.
+struct Forged {
+    sink: CollectingSink,
+    registry: MemoryRegistry,
+    scopes: ScopeTable<MemoryStore, FakeLiveness>,
+    stats: pod_events::EndpointStats,
+    relayed: Vec<Method>,
+}
+
+async fn child_endpoint_fed(
+    policy: SenderPolicy,
+    events: impl FnOnce(&ScopeTable<MemoryStore, FakeLiveness>) -> Vec<(u32, PodEvent)>,
+) -> Forged {
+    let net = MemoryNetwork::new();
+    let liveness = FakeLiveness::new();
+    let scopes = ScopeTable::new(MemoryStore::new(), liveness.clone());
+    for pid in [1, 2, 3, 66] {
+        liveness.spawn(pid);
+    }
+    let root = scopes.register(spec("root", 1, "/w")).unwrap();
+    let child = scopes
+        .delegate(&root.pod_name, spec("child", 2, "/w/c"))
+        .unwrap();
+    scopes
+        .delegate(&child.pod_name, spec("gc", 3, "/w/c/gc"))
+        .unwrap();
+    // Process 30 is a helper of gc's process; 66 speaks for nobody.
+    let tree = FakeProcessTree::new();
+    tree.set_parent(30, 3);
+    let mut root_inbox = net.bind("/s/root");
+    let registry = MemoryRegistry::new();
+    let parent = Arc::new(
+        Parent::new(
+            pod("child"),
+            registry.clone(),
+            scopes.clone(),
+            FakeReachability::new(),
+        )
+        .with_upward(net.sender(), "/s/root"),
+    );
+    let source = net.bind("/s/child");
+    let events = events(&scopes);
+    let n = events.len() as u64;
+    for (pid, event) in events {
+        let peer = PeerCred {
+            pid: Some(pid as i32),
+            ..PeerCred::current()
+        };
+        source.inject(peer, Ok(Method::PodEvent(event)));
+    }
+    let sink = CollectingSink::new();
+    let config = no_reconcile().sender_policy(policy).process_tree(tree);
+    let endpoint = spawn_endpoint(parent, source, sink.clone(), config);
+    until(|| {
+        let stats = endpoint.stats();
+        stats.applied + stats.rejected_senders == n
+    })
+    .await;
+    let stats = endpoint.stop().await;
+    let mut relayed = Vec::new();
+    use pod_transport::MethodSource;
+    while let Ok(Some(received)) =
+        tokio::time::timeout(Duration::from_millis(50), root_inbox.recv()).await
+    {
+        relayed.push(received.item.unwrap());
+    }
+    Forged {
+        sink,
+        registry,
+        scopes,
+        stats,
+        relayed,
+    }
+}
+
+fn shut_down(name: &str) -> PodEvent {
+    PodEvent::ShutDown {
+        pod_name: name.into(),
+        incarnation: None,
+    }
+}
+
+#[tokio::test]
+async fn a_shutdown_for_a_live_pod_from_another_process_is_refused() {
+    let forged = child_endpoint_fed(SenderPolicy::Legacy, |_| vec![(66, shut_down("gc"))]).await;
+    assert_eq!(forged.stats.rejected_senders, 1);
+    assert!(forged.sink.lines().is_empty());
+    assert!(forged.relayed.is_empty());
+    assert!(forged.scopes.find(&pod("gc")).unwrap().is_some());
+    assert!(!forged.registry.is_departed("gc", None));
+}
+
+#[tokio::test]
+async fn a_pod_its_helpers_and_the_pods_above_it_may_report_its_shutdown() {
+    for pid in [3, 30, 2] {
+        let forged =
+            child_endpoint_fed(SenderPolicy::Strict, |_| vec![(pid, shut_down("gc"))]).await;
+        assert_eq!(forged.stats.rejected_senders, 0, "from {pid}");
+        assert!(
+            forged.scopes.find(&pod("gc")).unwrap().is_none(),
+            "from {pid}"
+        );
+        assert_eq!(
+            forged.relayed,
+            [Method::PodEvent(shut_down("gc"))],
+            "from {pid}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_sub_delegation_the_table_does_not_hold_is_refused_whatever_the_policy() {
+    for policy in [SenderPolicy::Legacy, SenderPolicy::Strict] {
+        let forged = child_endpoint_fed(policy, |scopes| {
+            let gc = scopes.find(&pod("gc")).unwrap().unwrap();
+            let announce = |sub: &str, target: &str, incarnation: Option<String>| {
+                PodEvent::ScopeSubDelegated {
+                    parent_pod: "gc".into(),
+                    sub_pod: sub.into(),
+                    sub_socket: format!("/s/{sub}"),
+                    scope: vec![ScopeRule::write(target)],
+                    sub_incarnation: incarnation,
+                    spawner_socket: None,
+                }
+            };
+            vec![
+                // Nothing was delegated to `evil`.
+                (30, announce("evil", "/", None)),
+                // gc holds other rules than the ones claimed.
+                (2, announce("gc", "/", gc.incarnation.clone())),
+                // Another incarnation of gc.
+                (2, announce("gc", "/w/c/gc", Some("f".repeat(32)))),
+                // The right rules, from a process that speaks for nobody
+                // above gc (66) and from gc itself (gc cannot announce
+                // itself: `child` delegated to it).
+                (66, announce("gc", "/w/c/gc", gc.incarnation.clone())),
+                (3, announce("gc", "/w/c/gc", gc.incarnation.clone())),
+            ]
+        })
+        .await;
+        assert_eq!(forged.stats.rejected_senders, 5, "{policy:?}");
+        assert!(forged.registry.list().is_empty(), "{policy:?}");
+        assert!(forged.sink.lines().is_empty(), "{policy:?}");
+        assert!(forged.relayed.is_empty(), "{policy:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_spawner_and_its_supervisors_may_announce_a_delegation() {
+    let forged = child_endpoint_fed(SenderPolicy::Strict, |scopes| {
+        let gc = scopes.find(&pod("gc")).unwrap().unwrap();
+        vec![(
+            2,
+            PodEvent::ScopeSubDelegated {
+                parent_pod: "child".into(),
+                sub_pod: "gc".into(),
+                sub_socket: "/s/gc".into(),
+                scope: vec![ScopeRule::write("/w/c/gc")],
+                sub_incarnation: gc.incarnation.clone(),
+                spawner_socket: Some("/s/child".into()),
+            },
+        )]
+    })
+    .await;
+    assert_eq!(forged.stats.rejected_senders, 0);
+    assert_eq!(forged.registry.list().len(), 1);
+    assert_eq!(forged.relayed.len(), 1);
+}
+
+#[tokio::test]
+async fn claims_the_table_cannot_check_follow_the_policy() {
+    let unknown = || {
+        vec![
+            (
+                66,
+                PodEvent::TurnEnded {
+                    pod_name: "w1".into(),
+                    incarnation: None,
+                },
+            ),
+            (66, shut_down("w2")),
+        ]
+    };
+    let strict = child_endpoint_fed(SenderPolicy::Strict, |_| unknown()).await;
+    assert_eq!(
+        (strict.stats.rejected_senders, strict.stats.unverified),
+        (2, 0)
+    );
+    assert!(strict.sink.lines().is_empty());
+    let legacy = child_endpoint_fed(SenderPolicy::Legacy, |_| unknown()).await;
+    assert_eq!(
+        (legacy.stats.rejected_senders, legacy.stats.unverified),
+        (0, 2)
+    );
+    assert_eq!(legacy.sink.lines().len(), 2);
+    // A turn of a pod that holds an allocation is checked under both.
+    let turn = PodEvent::TurnEnded {
+        pod_name: "gc".into(),
+        incarnation: None,
+    };
+    let forged = child_endpoint_fed(SenderPolicy::Legacy, |_| {
+        vec![(66, turn.clone()), (30, turn.clone())]
+    })
+    .await;
+    assert_eq!(
+        (forged.stats.rejected_senders, forged.stats.applied),
+        (1, 1)
+    );
 }
