@@ -84,7 +84,7 @@ pub use pod_protocol::{Permission, PodName, ScopeRule};
 
 pub use error::ScopeError;
 pub use liveness::{Liveness, ProcLiveness};
-pub use store::{FileStore, TableStore};
+pub use store::{FileStore, FileStoreStats, TableStore};
 pub use table::{Allocation, EffectiveScope, Exclusion, PodSpec, Table};
 
 /// The README's example, compiled and run as a doctest.

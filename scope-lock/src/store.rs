@@ -6,6 +6,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::ScopeError;
@@ -111,6 +112,35 @@ pub struct FileStore {
     path: PathBuf,
     lock_path: PathBuf,
     temp_path: PathBuf,
+    counters: Arc<Counters>,
+}
+
+/// What a [`FileStore`] (and every clone of it) has done so far; see
+/// [`FileStore::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FileStoreStats {
+    /// Full loads of the data file: read, parsed and checked against the
+    /// invariant.
+    pub loads: u64,
+    /// Loads answered from the store's cache of the last table it parsed
+    /// or wrote, because the file's bytes were unchanged (no parse, no
+    /// check).
+    pub cached_loads: u64,
+    /// Table writes made durable.
+    pub durable_writes: u64,
+}
+
+/// The counters behind [`FileStoreStats`], shared by clones.
+#[derive(Debug, Default)]
+struct Counters {
+    loads: AtomicU64,
+    cached_loads: AtomicU64,
+    durable_writes: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -128,6 +158,19 @@ impl FileStore {
             lock_path: with_suffix(&path, ".lck"),
             temp_path: with_suffix(&path, ".tmp"),
             path,
+            counters: Arc::default(),
+        }
+    }
+
+    /// What this store and its clones have done so far: loads parsed,
+    /// loads answered from the cache, durable writes. (Relaxed counters:
+    /// exact once the operations counted have returned.)
+    pub fn stats(&self) -> FileStoreStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        FileStoreStats {
+            loads: get(&self.counters.loads),
+            cached_loads: get(&self.counters.cached_loads),
+            durable_writes: get(&self.counters.durable_writes),
         }
     }
 
@@ -176,6 +219,7 @@ impl FileStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Table::default()),
             Err(e) => return Err(ScopeError::io(&self.path, e)),
         };
+        bump(&self.counters.loads);
         format::decode(&bytes).map_err(|e| match e {
             DecodeError::Syntax {
                 line,
@@ -218,7 +262,9 @@ impl FileStore {
         let dir = self.dir();
         File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| ScopeError::io(dir, e))
+            .map_err(|e| ScopeError::io(dir, e))?;
+        bump(&self.counters.durable_writes);
+        Ok(())
     }
 }
 

@@ -6,7 +6,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use pod_scope_lock::{
-    default_table_path, FileStore, Liveness, ProcLiveness, ScopeError, ScopeTable, TableStore,
+    default_table_path, FileStore, FileStoreStats, Liveness, ProcLiveness, ScopeError, ScopeTable,
+    TableStore,
 };
 
 use crate::{name, spec};
@@ -282,4 +283,21 @@ fn the_default_path_is_absolute() {
     let path = default_table_path();
     assert!(path.is_absolute());
     assert!(path.ends_with("scope.lock"));
+}
+
+#[test]
+fn stats_count_loads_and_durable_writes_across_clones() {
+    let temp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(temp.path().join("scope.lock"));
+    let table = ScopeTable::with_proc_liveness(store.clone());
+    assert_eq!(store.stats(), FileStoreStats::default());
+    table.register(spec("w", me(), &["w:/a/**"])).unwrap();
+    // The file did not exist: nothing to load, one write.
+    assert_eq!(store.stats().durable_writes, 1);
+    assert_eq!(store.stats().loads, 0);
+    table.list().unwrap();
+    assert!(table.register(spec("v", me(), &["w:/a/**"])).is_err());
+    let stats = store.clone().stats();
+    assert_eq!(stats.loads + stats.cached_loads, 2);
+    assert_eq!(stats.durable_writes, 1, "a refusal writes nothing");
 }
