@@ -67,6 +67,10 @@
 
 mod error;
 mod file;
+mod fsio;
+mod limits;
+mod load;
+mod lock;
 mod record;
 mod state;
 pub mod testing;
@@ -76,6 +80,9 @@ use std::sync::Arc;
 
 pub use error::RegistryError;
 pub use file::{FaultInjector, FileRegistry, RegistryOptions, DEPARTED_FILE, RECORDS_FILE};
+pub use limits::RegistryLimits;
+pub use load::{InvalidRecord, RegistrySnapshot};
+pub use lock::LOCK_FILE;
 pub use pod_protocol::{PodName, ScopeRule};
 pub use record::{incarnations_match, Record, Tombstone};
 pub use state::{Mutation, Outcome, RegistryState, DEFAULT_DEPARTED_CAPACITY};

@@ -1,0 +1,188 @@
+//! [`RegistryLimits`]: caps on records, record size and file size, and the
+//! admission check both registries run before applying an add.
+//!
+//! The caps bound what one parent's registry can cost (memory, write time,
+//! read time) whatever its children send. The file cap is the same at read
+//! and at write: a file this crate wrote is never too large for it to read
+//! back under the same limits.
+
+use std::io;
+
+use crate::{Mutation, Outcome, Record, RegistryError, RegistryState};
+
+/// Caps of a registry: how many records, how large one record, how large a
+/// registry file. See [`crate::RegistryOptions::limits`] and
+/// [`crate::testing::MemoryRegistry::with_limits`].
+///
+/// A [`Mutation::Add`] over a cap is refused with a typed error
+/// ([`RegistryError::Full`], [`RegistryError::RecordTooLarge`],
+/// [`RegistryError::FileFull`]) and changes nothing; removals and
+/// departures are never refused. A file over
+/// [`RegistryLimits::max_file_bytes`] is refused at load
+/// ([`RegistryError::TooLarge`]) before it is read.
+///
+/// ```
+/// use pod_registry::RegistryLimits;
+/// let limits = RegistryLimits::new().max_records(10).max_record_bytes(4096);
+/// assert_eq!(limits.records(), 10);
+/// assert_eq!(limits.file_bytes(), RegistryLimits::DEFAULT_MAX_FILE_BYTES);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistryLimits {
+    max_records: usize,
+    max_record_bytes: u64,
+    max_file_bytes: u64,
+}
+
+impl Default for RegistryLimits {
+    fn default() -> Self {
+        RegistryLimits {
+            max_records: Self::DEFAULT_MAX_RECORDS,
+            max_record_bytes: Self::DEFAULT_MAX_RECORD_BYTES,
+            max_file_bytes: Self::DEFAULT_MAX_FILE_BYTES,
+        }
+    }
+}
+
+impl RegistryLimits {
+    /// Default cap on records: 100,000 (ten times the largest registry the
+    /// benchmarks use).
+    pub const DEFAULT_MAX_RECORDS: usize = 100_000;
+    /// Default cap on one record's encoded JSON: 64 KiB, the default frame
+    /// cap, so any record an event can carry fits.
+    pub const DEFAULT_MAX_RECORD_BYTES: u64 = 64 * 1024;
+    /// Default cap on a registry file: 64 MiB (10,000 typical records take
+    /// about 2 MiB).
+    pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+    /// The defaults.
+    pub fn new() -> Self {
+        RegistryLimits::default()
+    }
+
+    /// The most records the registry holds; an add beyond is refused with
+    /// [`RegistryError::Full`].
+    pub fn max_records(mut self, max_records: usize) -> Self {
+        self.max_records = max_records;
+        self
+    }
+
+    /// The largest record, as encoded JSON bytes; a larger add is refused
+    /// with [`RegistryError::RecordTooLarge`].
+    pub fn max_record_bytes(mut self, max_record_bytes: u64) -> Self {
+        self.max_record_bytes = max_record_bytes;
+        self
+    }
+
+    /// The largest registry file, in bytes: a larger file is not read
+    /// ([`RegistryError::TooLarge`]), and an add that would make the
+    /// records file larger is refused ([`RegistryError::FileFull`]).
+    pub fn max_file_bytes(mut self, max_file_bytes: u64) -> Self {
+        self.max_file_bytes = max_file_bytes;
+        self
+    }
+
+    /// The cap on records.
+    pub fn records(&self) -> usize {
+        self.max_records
+    }
+
+    /// The cap on one record's encoded size.
+    pub fn record_bytes(&self) -> u64 {
+        self.max_record_bytes
+    }
+
+    /// The cap on a file's size.
+    pub fn file_bytes(&self) -> u64 {
+        self.max_file_bytes
+    }
+
+    /// Checks `mutation` against the caps before it is applied to `state`,
+    /// whose records file encodes to `file_bytes` bytes. Returns the
+    /// encoded size of an added record, for [`file_bytes_after`].
+    pub(crate) fn admit(
+        &self,
+        state: &RegistryState,
+        mutation: &Mutation,
+        file_bytes: u64,
+    ) -> Result<Option<u64>, RegistryError> {
+        let Mutation::Add(record) = mutation else {
+            return Ok(None);
+        };
+        let bytes = encoded_len(record);
+        let pod_name = || record.pod_name.clone();
+        if bytes > self.max_record_bytes {
+            return Err(RegistryError::RecordTooLarge {
+                pod_name: pod_name(),
+                bytes,
+                limit: self.max_record_bytes,
+            });
+        }
+        // Only an add that would insert can overflow; a duplicate or a
+        // refused add changes nothing and is answered as usual.
+        let inserts = !state.is_departed(record.pod_name.as_str(), record.incarnation.as_deref())
+            && !state
+                .records_named(record.pod_name.as_str())
+                .any(|held| held.incarnation == record.incarnation);
+        if inserts {
+            if state.len() >= self.max_records {
+                return Err(RegistryError::Full {
+                    pod_name: pod_name(),
+                    limit: self.max_records,
+                });
+            }
+            let after = file_bytes + bytes + LINE_OVERHEAD;
+            if after > self.max_file_bytes {
+                return Err(RegistryError::FileFull {
+                    pod_name: pod_name(),
+                    bytes: after,
+                    limit: self.max_file_bytes,
+                });
+            }
+        }
+        Ok(Some(bytes))
+    }
+}
+
+/// What one element adds to the records file besides its own text: the
+/// `,\n` (or the first element's `\n` plus the closing `\n`).
+const LINE_OVERHEAD: u64 = 2;
+/// The records file with no element: `[]\n`.
+pub(crate) const EMPTY_FILE_BYTES: u64 = 3;
+
+/// The size of the records file holding elements of these encoded sizes,
+/// as [`crate::file`] writes it.
+pub(crate) fn file_bytes_of(element_sizes: impl Iterator<Item = u64>) -> u64 {
+    EMPTY_FILE_BYTES + element_sizes.map(|size| size + LINE_OVERHEAD).sum::<u64>()
+}
+
+/// The records file's size after `outcome`, given its size before and the
+/// size of the added record (from [`RegistryLimits::admit`]).
+pub(crate) fn file_bytes_after(before: u64, added: Option<u64>, outcome: &Outcome) -> u64 {
+    match outcome {
+        Outcome::Added => before + added.unwrap_or(0) + LINE_OVERHEAD,
+        Outcome::Removed { records, .. } => records.iter().fold(before, |bytes, record| {
+            bytes.saturating_sub(encoded_len(record) + LINE_OVERHEAD)
+        }),
+        _ => before,
+    }
+}
+
+/// The length of `record`'s compact JSON, without building it.
+pub(crate) fn encoded_len(record: &Record) -> u64 {
+    struct Count(u64);
+    impl io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // A record (strings, a list of rules) always serializes; were it ever
+    // to fail, the size so far still bounds what would be written.
+    let _ = serde_json::to_writer(&mut count, record);
+    count.0
+}
