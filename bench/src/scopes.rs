@@ -27,11 +27,11 @@ use crate::Plan;
 /// Table sizes measured.
 pub(crate) const SIZES: [usize; 4] = [10, 100, 1_000, 10_000];
 
-/// The plain baseline's view of the file.
+/// The plain baselines' view of the table file.
 #[derive(Serialize, Deserialize)]
-struct TableFile {
-    version: u64,
-    allocations: Vec<Allocation>,
+pub(crate) struct TableFile {
+    pub(crate) version: u64,
+    pub(crate) allocations: Vec<Allocation>,
 }
 
 /// Medians, in milliseconds, at one table size.
