@@ -1,6 +1,7 @@
 //! Model-based test: random add / remove / depart / reopen sequences, with
 //! injected write failures, against a simple `BTreeMap` model of memory and
-//! of each file on disk.
+//! of each file on disk; the records file starts with invalid elements
+//! (issue 16), which must survive everything byte for byte.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
@@ -13,10 +14,29 @@ use pod_registry::{
 use proptest::prelude::*;
 
 use crate::common::{
-    block_on, departed_on_disk, departure, name, record, records_on_disk, removal,
+    block_on, departed_on_disk, departure, elements_on_disk, expected_elements, name, record,
+    removal,
 };
 
 const CAPACITY: usize = 4;
+
+/// Elements another tool may have written that this crate refuses: kept
+/// verbatim, odd spacing and all.
+const INVALID: &[&str] = &[
+    r#"{"pod_name":"worker 1","socket_path":"/run/pods/w1.sock","scope_delegated":[],"callback_address":""}"#,
+    "{\n    \"pod_name\": \"a\",\n    \"socket_path\": \"relative\",\n    \"scope_delegated\": [],\n    \"callback_address\": \"\"\n  }",
+    "7",
+    r#"{ "pod_name" : "b" , "n": 1.50e0 }"#,
+    r#"["c", null]"#,
+];
+
+/// The records file another tool left: `invalid`, one per line.
+fn write_initial(dir: &Path, invalid: &[&str]) {
+    if !invalid.is_empty() {
+        let text = format!("[\n{}\n]\n", invalid.join(",\n"));
+        std::fs::write(dir.join(pod_registry::RECORDS_FILE), text).unwrap();
+    }
+}
 
 type Key = (String, Option<String>);
 
@@ -227,23 +247,32 @@ fn open(dir: &Path, faults: &FaultInjector) -> FileRegistry {
     FileRegistry::open_with(dir, options).unwrap()
 }
 
-fn check_memory(registry: &FileRegistry, model: &Model) -> Result<(), TestCaseError> {
+fn check_memory(
+    registry: &FileRegistry,
+    model: &Model,
+    invalid: &[&str],
+) -> Result<(), TestCaseError> {
     let expected: Vec<Record> = model.records.values().cloned().collect();
     prop_assert_eq!(registry.list(), expected);
+    let kept: Vec<&str> = registry.invalid_records().iter().map(|r| r.raw()).collect();
+    prop_assert_eq!(kept, invalid);
     let departed: Vec<Tombstone> = registry.read(|s| s.departed().cloned().collect());
     prop_assert_eq!(departed, tombstones(&model.departed));
     Ok(())
 }
 
-fn check_disk(dir: &Path, model: &Model) -> Result<(), TestCaseError> {
-    let expected: Vec<Record> = model.disk_records.values().cloned().collect();
-    prop_assert_eq!(records_on_disk(dir), expected);
+fn check_disk(dir: &Path, model: &Model, invalid: &[&str]) -> Result<(), TestCaseError> {
+    prop_assert_eq!(
+        elements_on_disk(dir),
+        expected_elements(model.disk_records.values(), invalid)
+    );
     prop_assert_eq!(departed_on_disk(dir), tombstones(&model.disk_departed));
     Ok(())
 }
 
-fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+fn run(invalid: &[&str], ops: &[Op]) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
+    write_initial(dir.path(), invalid);
     let faults = FaultInjector::new();
     let mut registry = open(dir.path(), &faults);
     let mut model = Model::default();
@@ -251,7 +280,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         match op {
             Op::Reopen => {
                 drop(registry);
-                check_disk(dir.path(), &model)?;
+                check_disk(dir.path(), &model, invalid)?;
                 registry = open(dir.path(), &faults);
                 model.reopen();
             }
@@ -279,13 +308,13 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     }
                     Err(other) => prop_assert!(false, "{op:?}: {other:?}"),
                 }
-                check_disk(dir.path(), &model)?;
+                check_disk(dir.path(), &model, invalid)?;
             }
         }
-        check_memory(&registry, &model)?;
+        check_memory(&registry, &model, invalid)?;
     }
     drop(registry);
-    check_disk(dir.path(), &model)?;
+    check_disk(dir.path(), &model, invalid)?;
     // A final clean reopen sees the model's files.
     let registry = FileRegistry::open_with(
         dir.path(),
@@ -293,7 +322,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     )
     .unwrap();
     model.reopen();
-    check_memory(&registry, &model)
+    check_memory(&registry, &model, invalid)
 }
 
 proptest! {
@@ -301,9 +330,14 @@ proptest! {
 
     /// Every outcome equals the model's, memory equals the model after
     /// every step, and each file on disk equals the model's file after
-    /// every write, failed or not, and after every reopen.
+    /// every write, failed or not, and after every reopen; the invalid
+    /// elements the records file started with are in it, byte for byte
+    /// and in order, after the valid records, at every step.
     #[test]
-    fn file_registry_matches_the_model(ops in prop::collection::vec(op(), 1..40)) {
-        run(&ops)?;
+    fn file_registry_matches_the_model(
+        invalid in prop::collection::vec(prop::sample::select(INVALID.to_vec()), 0..4),
+        ops in prop::collection::vec(op(), 1..40),
+    ) {
+        run(&invalid, &ops)?;
     }
 }

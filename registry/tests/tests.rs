@@ -3,6 +3,7 @@
 mod common;
 mod crash;
 mod file;
+mod invalid;
 mod memory;
 mod model;
 mod reference;
