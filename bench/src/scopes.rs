@@ -67,10 +67,10 @@ pub(crate) fn build_table(n: usize, pid: u32, start_time: u64) -> Table {
                 socket: format!("/run/pods/{pod}.sock"),
                 pod_name: name(&pod),
                 pid,
-                start_time,
+                start_time: Some(start_time),
                 scope_allow: vec![ScopeRule::write(target), ScopeRule::read("/usr")],
                 delegated_from: parent,
-                incarnation: "0123456789abcdef0123456789abcdef".into(),
+                incarnation: Some("0123456789abcdef0123456789abcdef".into()),
             }
         })
         .collect()

@@ -157,7 +157,7 @@ fn exercise_rules(table: &Table) {
     let pods: Vec<Allocation> = table.allocations().take(EXERCISED).cloned().collect();
     for a in &pods {
         let mut t = table.clone();
-        let released = t.release(&a.pod_name, Some(&a.incarnation));
+        let released = t.release(&a.pod_name, a.incarnation.as_deref());
         assert_eq!(released.as_ref().ok(), Some(a), "release of {}", a.pod_name);
         check(&t, &format!("releasing `{}`", a.pod_name));
 

@@ -265,11 +265,13 @@ impl<S: TableStore, L: Liveness> ScopeTable<S, L> {
     }
 
     /// Whether the allocation's process is alive with the recorded start
-    /// time.
+    /// time (a legacy allocation records none: whether its pid is alive).
     pub fn is_live(&self, allocation: &Allocation) -> bool {
-        self.inner
-            .liveness
-            .is_same_process(allocation.pid, allocation.start_time)
+        let liveness = &self.inner.liveness;
+        match allocation.start_time {
+            Some(start_time) => liveness.is_same_process(allocation.pid, start_time),
+            None => liveness.is_alive(allocation.pid),
+        }
     }
 
     fn start_time(&self, pid: u32) -> Result<u64, ScopeError> {

@@ -8,7 +8,7 @@ use rustix::process::{test_kill_process, Pid};
 /// Whether a recorded process is still the one that holds an allocation.
 ///
 /// Required method: [`start_time`](Self::start_time). Provided:
-/// [`is_same_process`](Self::is_same_process). Implementations:
+/// [`is_same_process`](Self::is_same_process), [`is_alive`](Self::is_alive). Implementations:
 /// [`ProcLiveness`] (reads `/proc`), [`FakeLiveness`] (for tests, with
 /// injected deaths and pid reuse).
 ///
@@ -24,6 +24,12 @@ pub trait Liveness: Send + Sync + 'static {
     fn is_same_process(&self, pid: u32, start_time: u64) -> bool {
         self.start_time(pid) == Some(start_time)
     }
+
+    /// Whether some live process has pid `pid`, whatever its start time:
+    /// the liveness of a legacy allocation, which records none.
+    fn is_alive(&self, pid: u32) -> bool {
+        self.start_time(pid).is_some()
+    }
 }
 
 impl<T: Liveness> Liveness for Arc<T> {
@@ -33,6 +39,10 @@ impl<T: Liveness> Liveness for Arc<T> {
 
     fn is_same_process(&self, pid: u32, start_time: u64) -> bool {
         (**self).is_same_process(pid, start_time)
+    }
+
+    fn is_alive(&self, pid: u32) -> bool {
+        (**self).is_alive(pid)
     }
 }
 
@@ -115,6 +125,18 @@ impl Liveness for ProcLiveness {
         }
         match read_stat(pid) {
             Ok(Some(stat)) => stat.running && stat.start_time == start_time,
+            Ok(None) | Err(_) => exists(pid),
+        }
+    }
+
+    /// As [`is_same_process`](Liveness::is_same_process) without the start
+    /// time: a running process by the stat line, else `kill(pid, 0)`.
+    fn is_alive(&self, pid: u32) -> bool {
+        if !is_plausible(pid) {
+            return false;
+        }
+        match read_stat(pid) {
+            Ok(Some(stat)) => stat.running,
             Ok(None) | Err(_) => exists(pid),
         }
     }

@@ -19,8 +19,16 @@ use undo::Undo;
 pub(crate) use undo::{Journal, Orphan};
 
 /// One pod's allocation. The serde names are the on-disk format; every
-/// field is required and no other is accepted, so a misspelt key in a
-/// hand-edited table is an error, never a silently top-level pod.
+/// field but `start_time` and `incarnation` is required and no other is
+/// accepted, so a misspelt key in a hand-edited table is an error, never a
+/// silently top-level pod.
+///
+/// An allocation without `start_time` and `incarnation` is a *legacy*
+/// allocation, as existing Pods write them: its liveness is its pid alone
+/// (no pid-reuse guard), and it matches a request with any incarnation, as
+/// events without one do on the wire. Written back, absent fields stay
+/// absent, so existing Pods keep reading what they wrote. Every allocation
+/// this crate makes has both.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Allocation {
@@ -30,8 +38,10 @@ pub struct Allocation {
     pub pid: u32,
     /// Start time of `pid` (clock ticks since boot, field 22 of
     /// `/proc/<pid>/stat`): tells the pod's process from a later process
-    /// that reuses the pid.
-    pub start_time: u64,
+    /// that reuses the pid. `None` (absent) in a legacy allocation: the pid
+    /// alone says whether it lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<u64>,
     /// The pod's control socket.
     pub socket: String,
     /// The rules the pod holds.
@@ -40,8 +50,10 @@ pub struct Allocation {
     #[serde(deserialize_with = "Option::deserialize")]
     pub delegated_from: Option<PodName>,
     /// Random id minted when the allocation was made; tells this pod from an
-    /// earlier or later pod of the same name.
-    pub incarnation: String,
+    /// earlier or later pod of the same name. `None` (absent) in a legacy
+    /// allocation, which matches any incarnation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<String>,
 }
 
 impl Allocation {
@@ -50,6 +62,22 @@ impl Allocation {
         self.scope_allow
             .iter()
             .filter(|r| r.permission == Permission::Write)
+    }
+
+    /// Whether this is a legacy allocation (written by an existing Pod):
+    /// no start time and no incarnation.
+    pub fn is_legacy(&self) -> bool {
+        self.start_time.is_none() && self.incarnation.is_none()
+    }
+
+    /// Whether a request about `incarnation` is about this pod: equal, or
+    /// either side has none (events of existing Pods carry none, legacy
+    /// allocations hold none).
+    pub fn matches_incarnation(&self, incarnation: Option<&str>) -> bool {
+        match (self.incarnation.as_deref(), incarnation) {
+            (Some(held), Some(requested)) => held == requested,
+            _ => true,
+        }
     }
 }
 
@@ -453,11 +481,11 @@ impl Table {
             return Err(ScopeError::UnknownPod { name: name.clone() });
         };
         let held = &self.allocations[index];
-        if let Some(requested) = incarnation {
-            if requested != held.incarnation {
+        if let (Some(requested), Some(held)) = (incarnation, &held.incarnation) {
+            if requested != held {
                 return Err(ScopeError::IncarnationMismatch {
                     name: name.clone(),
-                    held: held.incarnation.clone(),
+                    held: held.clone(),
                     requested: requested.to_owned(),
                 });
             }
@@ -564,11 +592,11 @@ impl Table {
         let allocation = Allocation {
             pod_name: spec.pod_name,
             pid: spec.pid,
-            start_time,
+            start_time: Some(start_time),
             socket: spec.socket,
             scope_allow: spec.scope,
             delegated_from,
-            incarnation,
+            incarnation: Some(incarnation),
         };
         let undo = match self.position(allocation.pod_name.as_str()) {
             // Callers refuse a taken name first; replace, as a map would.
@@ -604,11 +632,11 @@ mod tests {
         Allocation {
             pod_name: PodName::new(name).unwrap(),
             pid: 1,
-            start_time: 1,
+            start_time: Some(1),
             socket: "/run/p.sock".into(),
             scope_allow: vec![ScopeRule::read("/")],
             delegated_from: None,
-            incarnation: String::new(),
+            incarnation: None,
         }
     }
 

@@ -10,6 +10,8 @@ use pod_scope_lock::{
     TableStore,
 };
 
+use pod_scope_lock::testing::FakeLiveness;
+
 use crate::{name, spec};
 
 fn mode(path: &Path) -> u32 {
@@ -62,8 +64,8 @@ fn the_format_is_versioned_json_with_one_allocation_per_line() {
     let root_json = &json["allocations"][1];
     assert_eq!(root_json["pod_name"], "root");
     assert_eq!(root_json["delegated_from"], serde_json::Value::Null);
-    assert_eq!(root_json["incarnation"], root.incarnation.as_str());
-    assert_eq!(root_json["start_time"], root.start_time);
+    assert_eq!(root_json["incarnation"], root.incarnation.unwrap().as_str());
+    assert_eq!(root_json["start_time"], root.start_time.unwrap());
     assert_eq!(
         root_json["scope_allow"],
         serde_json::json!([{"target": "/srv", "permission": "write", "recursive": true}])
@@ -300,4 +302,68 @@ fn stats_count_loads_and_durable_writes_across_clones() {
     let stats = store.clone().stats();
     assert_eq!(stats.loads + stats.cached_loads, 2);
     assert_eq!(stats.durable_writes, 1, "a refusal writes nothing");
+}
+
+/// The table of existing Pods, as their code writes it: pretty-printed, no
+/// `version`, allocations without `start_time` and `incarnation`.
+const LEGACY_FIXTURE: &str = include_str!("fixtures/legacy-scope.lock");
+
+#[test]
+fn a_table_written_by_existing_pods_is_read_and_stays_legacy_when_written_back() {
+    let temp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(temp.path().join("scope.lock"));
+    fs::write(store.path(), LEGACY_FIXTURE).unwrap();
+    let liveness = FakeLiveness::new();
+    liveness.spawn(4241);
+    liveness.spawn(4242);
+    liveness.spawn(7);
+    let table = ScopeTable::new(store.clone(), liveness.clone());
+
+    let listed = table.list().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|a| a.is_legacy()));
+    assert_eq!(
+        table
+            .owner_of("/srv/repo/docs/a.md")
+            .unwrap()
+            .unwrap()
+            .pod_name,
+        name("docs")
+    );
+    // Their pods' scope is respected, and ours can be delegated from theirs.
+    assert!(matches!(
+        table.register(spec("ours", 7, &["w:/srv/repo/docs/x/**"])),
+        Err(ScopeError::WriteConflict { ref competitor, .. }) if competitor.as_str() == "docs"
+    ));
+    let ours = table
+        .delegate(&name("root"), spec("ours", 7, &["w:/srv/repo/src/**"]))
+        .unwrap();
+    assert!(!ours.is_legacy());
+
+    // Written back: theirs stay legacy (the fields stay absent), ours keep
+    // theirs.
+    let text = fs::read_to_string(store.path()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["version"], 1);
+    for a in json["allocations"].as_array().unwrap() {
+        let ours = a["pod_name"] == "ours";
+        assert_eq!(a.get("start_time").is_some(), ours, "{a}");
+        assert_eq!(a.get("incarnation").is_some(), ours, "{a}");
+    }
+    assert_eq!(table.find(&name("docs")).unwrap(), listed.first().cloned());
+
+    // Liveness by pid alone: a reused pid keeps a legacy allocation (there
+    // is no start time to tell), a dead one frees it.
+    liveness.reuse(4242);
+    assert!(table.reclaim_stale().unwrap().is_empty());
+    liveness.kill(4242);
+    let reclaimed = table.reclaim_stale().unwrap();
+    assert_eq!(reclaimed.len(), 1);
+    assert_eq!(reclaimed[0].pod_name, name("docs"));
+
+    // A legacy allocation matches any incarnation, as on the wire.
+    table.release(&name("root"), Some("0123abcd")).unwrap();
+    let left = table.list().unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].delegated_from, None, "reparented to root's parent");
 }

@@ -344,20 +344,20 @@ fn release_checks_the_incarnation() {
     let env = env();
     let first = env.register("w", 1, &["w:/a/**"]).unwrap();
     env.table
-        .release(&name("w"), Some(&first.incarnation))
+        .release(&name("w"), first.incarnation.as_deref())
         .unwrap();
     let second = env.register("w", 2, &["w:/a/**"]).unwrap();
     assert_ne!(first.incarnation, second.incarnation);
     let writes = env.store.writes();
-    match env.table.release(&name("w"), Some(&first.incarnation)) {
+    match env.table.release(&name("w"), first.incarnation.as_deref()) {
         Err(ScopeError::IncarnationMismatch {
             name,
             held,
             requested,
         }) => {
             assert_eq!(name.as_str(), "w");
-            assert_eq!(held, second.incarnation);
-            assert_eq!(requested, first.incarnation);
+            assert_eq!(Some(held), second.incarnation.clone());
+            assert_eq!(Some(requested), first.incarnation);
         }
         other => panic!("expected a mismatch, got {other:?}"),
     }
@@ -378,9 +378,10 @@ fn incarnations_are_128_bit_hex_and_distinct() {
         let a = env
             .register(&format!("p{i}"), 1, &[&format!("w:/x/{i}/**")])
             .unwrap();
-        assert_eq!(a.incarnation.len(), 32);
-        assert!(a.incarnation.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert!(seen.insert(a.incarnation));
+        let incarnation = a.incarnation.unwrap();
+        assert_eq!(incarnation.len(), 32);
+        assert!(incarnation.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(seen.insert(incarnation));
     }
 }
 
@@ -553,11 +554,11 @@ fn allocation(pod: &str, parent: Option<&str>, rules: &[&str]) -> Allocation {
     Allocation {
         pod_name: name(pod),
         pid: 1,
-        start_time: 1,
+        start_time: Some(1),
         socket: format!("/run/{pod}.sock"),
         scope_allow: rules.iter().map(|r| rule(r)).collect(),
         delegated_from: parent.map(name),
-        incarnation: "00".into(),
+        incarnation: Some("00".into()),
     }
 }
 

@@ -265,11 +265,11 @@ mod tests {
         Allocation {
             pod_name: PodName::new(name).unwrap(),
             pid: 1,
-            start_time: 1,
+            start_time: Some(1),
             socket: "/run/p.sock".into(),
             scope_allow: vec![ScopeRule::read("/")],
             delegated_from: None,
-            incarnation: String::new(),
+            incarnation: None,
         }
     }
 
