@@ -17,6 +17,11 @@
 //!
 //! The senders are the same code, writing the same pre-encoded bytes, in
 //! both cases.
+//!
+//! Two more variants of ours, without goals, say where the time goes: a
+//! printer that writes every line already waiting in one `write` (what
+//! podctl could do without delaying any line), and a sink that only
+//! counts (the listener and the endpoint alone).
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -33,7 +38,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
-use crate::counter::Counter;
+use crate::counter::{Counter, CountingSink};
 use crate::mix::pod;
 use crate::report::median;
 use crate::Plan;
@@ -55,9 +60,34 @@ fn streams(events: usize, connections: usize) -> Vec<Arc<Vec<u8>>> {
         .collect()
 }
 
-/// Events per second, (ours, baseline), medians over the plan's runs
-/// after a warm-up run.
-pub(crate) fn measure(plan: &Plan, dir: &Path) -> Result<(f64, f64)> {
+/// Where the endpoint's rendered lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// podctl's way: one `write` to the pipe per line.
+    PipePerLine,
+    /// One `write` of every line waiting when the printer gets to run.
+    PipeBatched,
+    /// No pipe: the sink counts (what listener and endpoint cost alone).
+    Counted,
+}
+
+const OUTPUTS: [Output; 3] = [Output::PipePerLine, Output::PipeBatched, Output::Counted];
+
+/// Events per second, medians over the plan's runs after a warm-up run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Figures {
+    /// Ours, podctl's printer: one write per line.
+    pub(crate) per_line: f64,
+    /// Ours, a printer that writes the lines waiting in one write.
+    pub(crate) batched: f64,
+    /// Ours, a sink that only counts.
+    pub(crate) counted: f64,
+    /// The bare reader and decoder.
+    pub(crate) raw: f64,
+}
+
+/// Measures item 7 in `dir`.
+pub(crate) fn measure(plan: &Plan, dir: &Path) -> Result<Figures> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -66,24 +96,30 @@ pub(crate) fn measure(plan: &Plan, dir: &Path) -> Result<(f64, f64)> {
         .iter()
         .map(|s| s.iter().filter(|&&b| b == b'\n').count())
         .sum();
-    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    let rate = |d: Duration| total as f64 / d.as_secs_f64();
+    let mut ours: [Vec<f64>; 3] = Default::default();
+    let mut raw = Vec::new();
     for run in 0..=plan.e2e_runs {
-        let o = runtime.block_on(ours_run(
-            &dir.join(format!("e2e-ours-{run}")),
-            &streams,
-            total,
-        ))?;
-        let r = runtime.block_on(raw_run(
-            &dir.join(format!("e2e-raw-{run}.sock")),
-            &streams,
-            total,
-        ))?;
+        for (samples, output) in ours.iter_mut().zip(OUTPUTS) {
+            let dir = dir.join(format!("e2e-{output:?}-{run}"));
+            let o = runtime.block_on(ours_run(&dir, &streams, total, output))?;
+            if run > 0 {
+                samples.push(rate(o));
+            }
+        }
+        let path = dir.join(format!("e2e-raw-{run}.sock"));
+        let r = runtime.block_on(raw_run(&path, &streams, total))?;
         if run > 0 {
-            ours.push(total as f64 / o.as_secs_f64());
-            raw.push(total as f64 / r.as_secs_f64());
+            raw.push(rate(r));
         }
     }
-    Ok((median(ours), median(raw)))
+    let [per_line, batched, counted] = ours.map(median);
+    Ok(Figures {
+        per_line,
+        batched,
+        counted,
+        raw: median(raw),
+    })
 }
 
 /// One connection per stream, all writing at once; returns when every
@@ -106,7 +142,12 @@ async fn send_all(path: &Path, streams: &[Arc<Vec<u8>>]) -> Result<()> {
     Ok(())
 }
 
-async fn ours_run(dir: &Path, streams: &[Arc<Vec<u8>>], total: usize) -> Result<Duration> {
+async fn ours_run(
+    dir: &Path,
+    streams: &[Arc<Vec<u8>>],
+    total: usize,
+    output: Output,
+) -> Result<Duration> {
     let state = dir.join("state");
     std::fs::create_dir_all(&state)?;
     let registry = FileRegistry::open(&state)?;
@@ -120,15 +161,25 @@ async fn ours_run(dir: &Path, streams: &[Arc<Vec<u8>>], total: usize) -> Result<
     let path = dir.join("root.sock");
     let listener = Listener::bind(&path, ListenConfig::default()).await?;
 
-    let (reader, writer) = std::io::pipe().context("creating the output pipe")?;
     let counter = Counter::new(total);
-    let drain = {
-        let counter = Arc::clone(&counter);
-        std::thread::spawn(move || drain_pipe(reader, &counter))
+    let config = EndpointConfig::default();
+    let (endpoint, threads) = if output == Output::Counted {
+        let sink = CountingSink(Arc::clone(&counter));
+        (spawn_endpoint(parent, listener, sink, config), None)
+    } else {
+        let (reader, writer) = std::io::pipe().context("creating the output pipe")?;
+        let drain = {
+            let counter = Arc::clone(&counter);
+            std::thread::spawn(move || drain_pipe(reader, &counter))
+        };
+        let (sink, lines) = mpsc::unbounded_channel::<Notification>();
+        let batch = output == Output::PipeBatched;
+        let printer = std::thread::spawn(move || print_lines(lines, writer, batch));
+        (
+            spawn_endpoint(parent, listener, sink, config),
+            Some((printer, drain)),
+        )
     };
-    let (sink, lines) = mpsc::unbounded_channel::<Notification>();
-    let printer = std::thread::spawn(move || print_lines(lines, writer));
-    let endpoint = spawn_endpoint(parent, listener, sink, EndpointConfig::default());
 
     let started = Instant::now();
     send_all(&path, streams).await?;
@@ -141,27 +192,41 @@ async fn ours_run(dir: &Path, streams: &[Arc<Vec<u8>>], total: usize) -> Result<
     );
     // The endpoint dropped the sink: the printer ends, closing the pipe,
     // and the drain reads to its end.
-    printer
-        .join()
-        .map_err(|_| anyhow::anyhow!("the printer thread panicked"))??;
-    drain
-        .join()
-        .map_err(|_| anyhow::anyhow!("the drain thread panicked"))??;
+    if let Some((printer, drain)) = threads {
+        printer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the printer thread panicked"))??;
+        drain
+            .join()
+            .map_err(|_| anyhow::anyhow!("the drain thread panicked"))??;
+    }
     std::fs::remove_dir_all(dir)?;
     Ok(elapsed)
 }
 
 /// podctl listen's output thread, writing to a pipe instead of stdout:
-/// each line in one `write`, as soon as it arrives.
+/// each line in one `write`, as soon as it arrives. With `batch`, the
+/// lines already waiting join it in the same `write` (each line still
+/// leaves as soon as the printer is free).
 fn print_lines(
     mut lines: mpsc::UnboundedReceiver<Notification>,
     mut out: std::io::PipeWriter,
+    batch: bool,
 ) -> Result<()> {
-    let mut buf = Vec::with_capacity(256);
-    while let Some(note) = lines.blocking_recv() {
-        buf.clear();
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let push = |buf: &mut Vec<u8>, note: Notification| {
         buf.extend_from_slice(note.line.as_bytes());
         buf.push(b'\n');
+    };
+    while let Some(note) = lines.blocking_recv() {
+        buf.clear();
+        push(&mut buf, note);
+        while batch && buf.len() < 60 * 1024 {
+            match lines.try_recv() {
+                Ok(note) => push(&mut buf, note),
+                Err(_) => break,
+            }
+        }
         out.write_all(&buf).context("writing to the pipe")?;
     }
     Ok(())

@@ -111,11 +111,11 @@ fn table(shape: Shape, pid: u32, start_time: u64) -> Result<Table> {
     let allocation = |name: &str, target: String, from: Option<&str>, incarnation| Allocation {
         pod_name: pod(name),
         pid,
-        start_time,
+        start_time: Some(start_time),
         socket: socket(name),
         scope_allow: vec![ScopeRule::write(target)],
         delegated_from: from.map(pod),
-        incarnation,
+        incarnation: Some(incarnation),
     };
     let mut all = vec![allocation("root", "/srv/work".into(), None, "f".repeat(32))];
     for k in 0..shape.spawners {
@@ -419,9 +419,7 @@ fn one_run(
 }
 
 /// Measures item 4 in `dir` (use the filesystem you care about: fsync
-/// costs differ). The warm-up run uses a tenth of the pods (at least 10),
-/// since a full-size run takes minutes while every event costs a table
-/// transaction.
+/// costs differ).
 pub(crate) fn measure(plan: &Plan, dir: &Path) -> Result<Measured> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -434,17 +432,6 @@ pub(crate) fn measure(plan: &Plan, dir: &Path) -> Result<Measured> {
         spawners: plan.system_spawners.max(1),
         pods: plan.system_pods,
     };
-    let warm = Shape {
-        pods: (shape.pods / 10).max(10),
-        ..shape
-    };
-    one_run(
-        &runtime,
-        &dir.join("warm"),
-        warm,
-        &table(warm, pid, start_time)?,
-    )?;
-
     let table = table(shape, pid, start_time)?;
     let file = TableFile {
         version: 1,
@@ -454,14 +441,20 @@ pub(crate) fn measure(plan: &Plan, dir: &Path) -> Result<Measured> {
     fs::create_dir_all(&raw_dir)?;
     let (mut writes, mut loads) = (Vec::new(), Vec::new());
     let mut samples: [Vec<Sample>; 4] = Default::default();
-    for run in 0..plan.system_runs.max(1) {
+    // Run 0 is the warm-up.
+    for run in 0..=plan.system_runs {
+        let (mut w, mut l) = (Vec::new(), Vec::new());
         for _ in 0..3 {
-            writes.push(ms(raw_write(&raw_dir, &file)?));
-            loads.push(ms(raw_load(&raw_dir)?));
+            w.push(ms(raw_write(&raw_dir, &file)?));
+            l.push(ms(raw_load(&raw_dir)?));
         }
-        let run = one_run(&runtime, &dir.join(format!("run-{run}")), shape, &table)?;
-        for (all, one) in samples.iter_mut().zip(run) {
-            all.push(one);
+        let sample = one_run(&runtime, &dir.join(format!("run-{run}")), shape, &table)?;
+        if run > 0 {
+            writes.extend(w);
+            loads.extend(l);
+            for (all, one) in samples.iter_mut().zip(sample) {
+                all.push(one);
+            }
         }
     }
     Ok(Measured {
