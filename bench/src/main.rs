@@ -518,3 +518,70 @@ fn machine() -> String {
             .join(" ")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args> {
+        parse_args(args.iter().map(|a| a.to_string()))
+    }
+
+    #[test]
+    fn only_selects_items_by_name_and_refuses_unknown_ones() {
+        let args = parse(&["--only", "4-mem, 7", "--out", "/tmp/x"]).unwrap();
+        assert_eq!(args.only.into_iter().collect::<Vec<_>>(), ["4-mem", "7"]);
+        let all = parse(&["--quick", "--out", "/tmp/x"]).unwrap();
+        assert_eq!(all.only.len(), ITEMS.len());
+        assert_eq!(all.plan.system_pods, Plan::quick().system_pods);
+        let error = parse(&["--only", "8"]).err().unwrap().to_string();
+        assert!(error.contains("4-mem"), "{error}");
+    }
+
+    /// A plan small enough for a test: the items' own checks (every event
+    /// applied, the final registry and table as expected) still run.
+    fn tiny() -> Plan {
+        Plan {
+            system_runs: 1,
+            system_spawners: 3,
+            system_pods: 30,
+            e2e_runs: 1,
+            e2e_events: 500,
+            e2e_connections: 3,
+            ..Plan::quick()
+        }
+    }
+
+    #[test]
+    fn item_4_counts_each_files_writes_and_the_tables_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let measured = system::measure(&tiny(), dir.path()).unwrap();
+        assert_eq!(measured.shape.allocations(), 34);
+        let rows = system_rows(&measured);
+        assert_eq!(rows.len(), 14);
+        for f in [measured.shutdowns_apply, measured.shutdowns_endpoint] {
+            // 30 departures: at least one write of each file, never more
+            // than one per event.
+            assert!((1.0..=30.0).contains(&f.registry_writes), "{f:?}");
+            assert!((1.0..=30.0).contains(&f.table_writes), "{f:?}");
+        }
+        for f in [
+            measured.registrations_apply,
+            measured.registrations_endpoint,
+        ] {
+            assert!(f.table_loads + f.table_cached_loads >= 1.0, "{f:?}");
+            assert_eq!(f.table_writes, 0.0, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn item_7_delivers_every_line_each_way() {
+        let dir = tempfile::tempdir().unwrap();
+        // `measure` fails unless every line came out of the pipe (and was
+        // decoded by the baseline) within the counter's deadline.
+        let f = endtoend::measure(&tiny(), dir.path()).unwrap();
+        for rate in [f.per_line, f.batched, f.counted, f.raw] {
+            assert!(rate.is_finite() && rate > 0.0, "{f:?}");
+        }
+    }
+}
