@@ -70,6 +70,7 @@
 
 pub mod coverage;
 mod error;
+mod file_store;
 mod format;
 mod liveness;
 mod store;
@@ -83,8 +84,9 @@ use std::sync::Arc;
 pub use pod_protocol::{Permission, PodName, ScopeRule};
 
 pub use error::ScopeError;
+pub use file_store::{FileStore, FileStoreStats};
 pub use liveness::{Liveness, ProcLiveness};
-pub use store::{FileStore, FileStoreStats, TableStore};
+pub use store::TableStore;
 pub use table::{Allocation, EffectiveScope, Exclusion, PodSpec, Table};
 
 /// The README's example, compiled and run as a doctest.

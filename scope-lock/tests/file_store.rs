@@ -29,16 +29,28 @@ fn a_missing_file_is_an_empty_table_and_writes_create_private_files() {
     let store = FileStore::new(dir.join("scope.lock"));
     assert!(store.load().unwrap().is_empty());
     assert!(!dir.exists(), "a read creates nothing");
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(store.load().unwrap().is_empty());
+    assert_eq!(
+        fs::read_dir(&dir).unwrap().count(),
+        0,
+        "nor in its directory"
+    );
+    fs::remove_dir(&dir).unwrap();
     let table = ScopeTable::with_proc_liveness(store.clone());
     table.register(spec("w1", me(), &["w:/srv/a/**"])).unwrap();
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(store.path()), 0o600);
-    assert_eq!(mode(store.lock_path()), 0o600);
-    assert_eq!(store.lock_path(), dir.join("scope.lock.lck"));
-    assert!(
-        !dir.join("scope.lock.tmp").exists(),
-        "the temp file was renamed"
-    );
+    // The data file is its own lock (as existing Pods lock it): no lock
+    // file, and the journal is gone once the write is durable.
+    assert_eq!(store.lock_path(), store.path());
+    assert_eq!(store.journal_path(), dir.join("scope.lock.journal"));
+    let names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["scope.lock"]);
     assert_eq!(table.list().unwrap().len(), 1);
 }
 
@@ -97,7 +109,7 @@ fn refused_untouched(content: &str, check: impl Fn(&ScopeError)) {
     }
     assert_eq!(fs::read_to_string(store.path()).unwrap(), content);
     assert_eq!(fs::metadata(store.path()).unwrap().ino(), inode);
-    assert!(!temp.path().join("scope.lock.tmp").exists());
+    assert!(!store.journal_path().exists());
 }
 
 #[test]
@@ -105,7 +117,7 @@ fn a_corrupt_file_is_reported_with_its_position_and_never_overwritten() {
     let cases = [
         ("{\"version\":1,\"allocations\":[\n{\"pod_name\":\"a\",\"pid\":", 2),
         ("garbage", 1),
-        ("", 1),
+        (" ", 1),
         ("{\"version\":1,\"allocations\":[\n{}\n]}", 2),
         // A misspelt or missing key is an error, never a top-level pod.
         ("{\"version\":1,\"allocations\":[\n{\"pod_name\":\"a\",\"pid\":1,\"start_time\":1,\"socket\":\"/s\",\"scope_allow\":[],\"delegated_frm\":\"b\",\"incarnation\":\"x\"}\n]}", 2),
@@ -188,19 +200,36 @@ fn a_newer_format_version_is_refused() {
 }
 
 #[test]
-fn refusals_and_reads_do_not_rewrite_the_file() {
+fn refusals_and_reads_do_not_rewrite_the_file_and_writes_keep_its_inode() {
     let temp = tempfile::tempdir().unwrap();
     let store = FileStore::new(temp.path().join("scope.lock"));
     let table = ScopeTable::with_proc_liveness(store.clone());
     table.register(spec("w", me(), &["w:/a/**"])).unwrap();
     let inode = fs::metadata(store.path()).unwrap().ino();
+    let content = fs::read(store.path()).unwrap();
+    let writes = store.stats().durable_writes;
     assert!(table.register(spec("v", me(), &["w:/a/b/**"])).is_err());
     assert!(table.release(&name("v"), None).is_err());
     assert!(table.reclaim_stale().unwrap().is_empty());
     table.list().unwrap();
-    assert_eq!(fs::metadata(store.path()).unwrap().ino(), inode);
+    assert_eq!(fs::read(store.path()).unwrap(), content);
+    assert_eq!(store.stats().durable_writes, writes);
     table.release(&name("w"), None).unwrap();
-    assert_ne!(fs::metadata(store.path()).unwrap().ino(), inode);
+    assert_ne!(fs::read(store.path()).unwrap(), content);
+    // Rewritten in place, never renamed over: a process waiting for the
+    // lock holds it on the same inode.
+    assert_eq!(fs::metadata(store.path()).unwrap().ino(), inode);
+}
+
+#[test]
+fn an_empty_file_is_an_empty_table() {
+    let temp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(temp.path().join("scope.lock"));
+    fs::write(store.path(), "").unwrap();
+    assert!(store.load().unwrap().is_empty());
+    let table = ScopeTable::with_proc_liveness(store.clone());
+    table.register(spec("w", me(), &["w:/a/**"])).unwrap();
+    assert_eq!(table.list().unwrap().len(), 1);
 }
 
 #[test]
@@ -366,4 +395,45 @@ fn a_table_written_by_existing_pods_is_read_and_stays_legacy_when_written_back()
     let left = table.list().unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].delegated_from, None, "reparented to root's parent");
+}
+
+#[test]
+fn loads_reuse_the_cached_table_only_while_the_bytes_are_unchanged() {
+    let temp = tempfile::tempdir().unwrap();
+    let path = temp.path().join("scope.lock");
+    let store = FileStore::new(&path);
+    let table = ScopeTable::with_proc_liveness(store.clone());
+    table.register(spec("w", me(), &["w:/a/**"])).unwrap();
+    // After our own write the cache holds what we wrote: no parse.
+    let before = store.stats();
+    assert_eq!(table.find(&name("w")).unwrap().unwrap().pid, me());
+    table.list().unwrap();
+    let after = store.stats();
+    assert_eq!(after.loads, before.loads);
+    assert_eq!(after.cached_loads, before.cached_loads + 2);
+
+    // Another store (another process, as far as this one knows) writes:
+    // the bytes differ, so the next load parses and sees its change.
+    let other = ScopeTable::with_proc_liveness(FileStore::new(&path));
+    other.register(spec("v", me(), &["w:/b/**"])).unwrap();
+    assert!(table.find(&name("v")).unwrap().is_some());
+    assert_eq!(store.stats().loads, after.loads + 1);
+
+    // A change that keeps the length and the mtime's granularity out of
+    // the picture: one digit of a pid, written by hand.
+    let text = fs::read_to_string(&path).unwrap();
+    let pid = format!("\"pid\":{}", me());
+    let changed_pid = if me() % 10 == 9 { me() - 1 } else { me() + 1 };
+    let edited = text.replacen(&pid, &format!("\"pid\":{changed_pid}"), 1);
+    assert_eq!(edited.len(), text.len());
+    fs::write(&path, &edited).unwrap();
+    let pids: Vec<u32> = table.list().unwrap().iter().map(|a| a.pid).collect();
+    assert!(pids.contains(&changed_pid), "{pids:?}");
+
+    // Without the cache every load parses.
+    let uncached = FileStore::new(&path).with_cache(false);
+    uncached.load().unwrap();
+    uncached.load().unwrap();
+    assert_eq!(uncached.stats().loads, 2);
+    assert_eq!(uncached.stats().cached_loads, 0);
 }

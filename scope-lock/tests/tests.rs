@@ -3,6 +3,7 @@
 //! environment (see `multiprocess`).
 
 mod coverage;
+mod file_safety;
 mod file_store;
 mod model;
 mod multiprocess;
