@@ -3,11 +3,12 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use pod_registry::{
-    FileRegistry, Mutation, PodName, Registry, RegistryError, RegistryState, DEPARTED_FILE,
-    RECORDS_FILE,
+    FileRegistry, Mutation, PodName, Record, Registry, RegistryError, RegistrySnapshot,
+    RegistryState, DEPARTED_FILE, LOCK_FILE, RECORDS_FILE,
 };
 use pod_scope_lock::{Allocation, FileStore, PodSpec, ScopeError, ScopeRule, Table, TableStore};
 
@@ -74,10 +75,12 @@ fn entries(dir: &Path) -> BTreeSet<String> {
 /// delegate keep the invariant, and which survives a write and a reload.
 ///
 /// For the registry: either [`RegistryError::Corrupt`] naming the file,
-/// with both files unchanged and no file created; or a state in which no
-/// record is matched by a tombstone and the departed set is within its
-/// capacity, with both files unchanged by open and close, and which
-/// survives a durable write and a reopen.
+/// with both files unchanged and no data file created (the owner's lock
+/// file aside); or a state in which no record is matched by a tombstone
+/// and the departed set is within its capacity, with both files unchanged
+/// by open and close, which the read-only snapshot sees too, and which
+/// survives durable writes of both files and a reopen, every invalid
+/// record (an element that is not a valid record) kept byte for byte.
 pub fn files(data: &[u8]) {
     scope_table_file(data);
     registry_files(data, RECORDS_FILE);
@@ -204,6 +207,9 @@ fn exercise_rules(table: &Table) {
 
 fn registry_files(data: &[u8], file: &str) {
     let dir = fresh_dir("registry");
+    // The registry refuses a state directory others can write, whatever
+    // the umask made of this one.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).expect("chmod the registry dir");
     let records_path = dir.join(RECORDS_FILE);
     let departed_path = dir.join(DEPARTED_FILE);
     for path in [&records_path, &departed_path] {
@@ -211,14 +217,23 @@ fn registry_files(data: &[u8], file: &str) {
         fs::write(path, bytes).expect("write a registry file");
     }
     let before = (read(&records_path), read(&departed_path));
-    let names_before = entries(&dir);
+    // The owner's lock file is created by open and is not data.
+    let data_entries = || {
+        let mut names = entries(&dir);
+        names.remove(LOCK_FILE);
+        names
+    };
+    let names_before = data_entries();
     let unchanged = |when: &str| {
         assert!(
             (read(&records_path), read(&departed_path)) == before,
             "{file}: {when} changed the registry files"
         );
-        assert_eq!(entries(&dir), names_before, "{file}: {when} created files");
+        assert_eq!(data_entries(), names_before, "{file}: {when} created files");
     };
+    // The read-only path agrees with the owner, and writes nothing.
+    let snapshot = RegistrySnapshot::load(&dir);
+    unchanged("a snapshot");
 
     let registry = match FileRegistry::open(&dir) {
         Ok(registry) => registry,
@@ -228,6 +243,10 @@ fn registry_files(data: &[u8], file: &str) {
                 dir.join(file),
                 "the error names another file: {message}"
             );
+            assert!(
+                matches!(snapshot, Err(RegistryError::Corrupt { .. })),
+                "{file}: open refused it, the snapshot said {snapshot:?}"
+            );
             unchanged("a failed open");
             return;
         }
@@ -235,21 +254,46 @@ fn registry_files(data: &[u8], file: &str) {
     };
     let state = registry.read(RegistryState::clone);
     check_registry_state(&state);
+    let invalid: Vec<String> = registry
+        .invalid_records()
+        .iter()
+        .map(|r| r.raw().to_owned())
+        .collect();
+    let snapshot = snapshot.expect("a snapshot of a registry that opens");
+    assert_eq!(
+        snapshot.state(),
+        &state,
+        "{file}: snapshot and owner disagree"
+    );
+    assert_eq!(snapshot.invalid_records(), registry.invalid_records());
     drop(registry);
     unchanged("opening and closing");
 
-    // A durable write, then a reopen: the state must come back as it was.
+    // Durable writes of both files, then a reopen: the state must come
+    // back as it was, and every invalid record byte for byte.
     let registry = FileRegistry::open(&dir).expect("reopening a registry that opened");
-    let mutation = Mutation::Depart {
-        pod_name: PodName::new("fuzz-probe").expect("a valid name"),
-        incarnation: Some("fuzz".to_owned()),
-    };
+    let probe = PodName::new("fuzz-probe").expect("a valid name");
+    let mutations = [
+        Mutation::Depart {
+            pod_name: probe.clone(),
+            incarnation: Some("fuzz".to_owned()),
+        },
+        Mutation::Add(Record {
+            pod_name: probe,
+            socket_path: "/run/pods/fuzz-probe.sock".to_owned(),
+            scope_delegated: vec![],
+            callback_address: String::new(),
+            incarnation: Some("fuzz-2".to_owned()),
+        }),
+    ];
     let mut expected = state;
-    let outcome = expected.apply(&mutation);
-    assert_eq!(
-        block_on(registry.apply(mutation)).expect("a durable write"),
-        outcome
-    );
+    for mutation in mutations {
+        let outcome = expected.apply(&mutation);
+        assert_eq!(
+            block_on(registry.apply(mutation)).expect("a durable write"),
+            outcome
+        );
+    }
     drop(registry);
     let reopened = FileRegistry::open(&dir).expect("reopening after a write");
     let state = reopened.read(RegistryState::clone);
@@ -257,6 +301,15 @@ fn registry_files(data: &[u8], file: &str) {
         state, expected,
         "{file}: the written registry reloads differently"
     );
+    let kept: Vec<&str> = reopened.invalid_records().iter().map(|r| r.raw()).collect();
+    assert_eq!(
+        kept, invalid,
+        "{file}: invalid records changed across a write"
+    );
+    let written = String::from_utf8(read(&records_path)).expect("a records file we wrote is UTF-8");
+    for raw in &invalid {
+        assert!(written.contains(raw.as_str()), "{file}: dropped {raw}");
+    }
 }
 
 fn check_registry_state(state: &RegistryState) {
