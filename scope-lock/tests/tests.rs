@@ -5,6 +5,7 @@
 mod coverage;
 mod file_safety;
 mod file_store;
+mod legacy_race;
 mod model;
 mod multiprocess;
 mod table;
