@@ -67,9 +67,10 @@ fn entries(dir: &Path) -> BTreeSet<String> {
 /// empty departed set beside it), then as `departed_pods.json` (with no
 /// records beside it), and opens each through the real implementation.
 ///
-/// Checks, for the scope table: loading with and without the lock agree;
-/// either a typed error (corrupt, invalid, unsupported version) that
-/// leaves the file byte for byte as it was and writes no temporary file,
+/// Checks, for the scope table: loading under the shared and the exclusive
+/// lock agree; either a typed error (corrupt, invalid, unsupported version)
+/// that leaves the file byte for byte as it was and creates no file (no
+/// journal),
 /// or a table that satisfies its invariant, whose file a read-only
 /// transaction leaves untouched, on which release, reclaim, register and
 /// delegate keep the invariant, and which survives a write and a reload.
@@ -104,9 +105,10 @@ fn scope_table_file(data: &[u8]) {
     let loaded = store.load();
     let locked = store.transact(|table| Ok(table.clone()));
     assert_eq!(read(&path), data, "opening scope.lock changed it");
-    assert!(
-        !dir.join("scope.lock.tmp").exists(),
-        "opening scope.lock wrote a temporary file"
+    assert_eq!(
+        entries(&dir),
+        BTreeSet::from(["scope.lock".to_owned()]),
+        "opening scope.lock created a file (a journal, a lock file)"
     );
     let table = match (loaded, locked) {
         (Ok(loaded), Ok(locked)) => {
