@@ -6,7 +6,7 @@
 //! and at write: a file this crate wrote is never too large for it to read
 //! back under the same limits.
 
-use std::io;
+use pod_protocol::Permission;
 
 use crate::{Mutation, Outcome, Record, RegistryError, RegistryState};
 
@@ -168,21 +168,102 @@ pub(crate) fn file_bytes_after(before: u64, added: Option<u64>, outcome: &Outcom
     }
 }
 
-/// The length of `record`'s compact JSON, without building it.
+/// The length of `record`'s compact JSON (what `serde_json::to_vec`
+/// gives), computed from its fields without encoding it: the caps are
+/// checked on every add and removal, on the receive path, where a full
+/// encoding would cost several times more. The unit test below pins it to
+/// serde_json's output for arbitrary text, so a change of the record's
+/// (or the scope rule's) serialized form fails that test rather than
+/// skewing the file cap.
 pub(crate) fn encoded_len(record: &Record) -> u64 {
-    struct Count(u64);
-    impl io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0 += buf.len() as u64;
-            Ok(buf.len())
+    let mut len = r#"{"pod_name":"#.len() as u64
+        + string_len(record.pod_name.as_str())
+        + r#","socket_path":"#.len() as u64
+        + string_len(&record.socket_path)
+        + r#","scope_delegated":["#.len() as u64
+        + r#"],"callback_address":"#.len() as u64
+        + string_len(&record.callback_address)
+        + "}".len() as u64;
+    for (i, rule) in record.scope_delegated.iter().enumerate() {
+        let permission = match rule.permission {
+            Permission::Read => "read",
+            Permission::Write => "write",
+        };
+        let recursive = if rule.recursive { "true" } else { "false" };
+        len += u64::from(i > 0)
+            + r#"{"target":"#.len() as u64
+            + string_len(&rule.target)
+            + r#","permission":""#.len() as u64
+            + permission.len() as u64
+            + r#"","recursive":"#.len() as u64
+            + recursive.len() as u64
+            + "}".len() as u64;
+    }
+    if let Some(incarnation) = &record.incarnation {
+        len += r#","incarnation":"#.len() as u64 + string_len(incarnation);
+    }
+    len
+}
+
+/// The length of `text` as a JSON string the way serde_json writes it:
+/// quoted; `"` and `\` and the short control escapes (`\b \t \n \f \r`)
+/// take two bytes, other control characters six (`\u00XX`), every other
+/// byte one (non-ASCII text is written as UTF-8).
+fn string_len(text: &str) -> u64 {
+    let escapes: u64 = text
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | 0x08 | b'\t' | b'\n' | 0x0c | b'\r' => 1,
+            0x00..=0x1f => 5,
+            _ => 0,
+        })
+        .sum();
+    2 + text.len() as u64 + escapes
+}
+
+#[cfg(test)]
+mod tests {
+    use pod_protocol::{PodName, ScopeRule};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn rule() -> impl Strategy<Value = ScopeRule> {
+        (any::<String>(), any::<bool>(), any::<bool>()).prop_map(|(target, write, recursive)| {
+            let mut rule = if write {
+                ScopeRule::write(target)
+            } else {
+                ScopeRule::read(target)
+            };
+            rule.recursive = recursive;
+            rule
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn encoded_len_is_the_length_serde_json_writes(
+            name in "[A-Za-z0-9][A-Za-z0-9._-]{0,40}",
+            socket_path in any::<String>(),
+            callback_address in any::<String>(),
+            incarnation in proptest::option::of(any::<String>()),
+            scope_delegated in prop::collection::vec(rule(), 0..4),
+        ) {
+            let record = Record {
+                pod_name: PodName::new(name).unwrap(),
+                socket_path,
+                scope_delegated,
+                callback_address,
+                incarnation,
+            };
+            let encoded = serde_json::to_vec(&record).unwrap();
+            prop_assert_eq!(encoded_len(&record), encoded.len() as u64);
         }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
+
+        #[test]
+        fn string_len_counts_every_escape(text in "[\\x00-\\x7f\"\\\\\u{80}-\u{10ffff}]{0,20}") {
+            let encoded = serde_json::to_string(&text).unwrap();
+            prop_assert_eq!(string_len(&text), encoded.len() as u64);
         }
     }
-    let mut count = Count(0);
-    // A record (strings, a list of rules) always serializes; were it ever
-    // to fail, the size so far still bounds what would be written.
-    let _ = serde_json::to_writer(&mut count, record);
-    count.0
 }
