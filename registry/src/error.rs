@@ -12,8 +12,10 @@ use pod_protocol::PodName;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegistryError {
-    /// A registry file exists but is not what this crate writes. The file
-    /// was left untouched.
+    /// A registry file exists but is not JSON, or not a JSON array (of
+    /// tombstones, for the departed file). The file was left untouched.
+    /// (An element of the records file that is not a valid record is not
+    /// this error: see [`crate::InvalidRecord`].)
     #[error(
         "{path}: cannot parse registry file at line {line}, column {column}: {message}; \
          the file was left untouched: repair or move it away, then open again"

@@ -75,7 +75,8 @@ struct Shared {
     limits: RegistryLimits,
     /// Never changes after open: invalid records are never acted on.
     invalid: Vec<InvalidRecord>,
-    /// Held for the registry's life; declared after nothing that needs it.
+    /// The owner lock, held for the registry's life: dropped with the last
+    /// `Arc<Shared>`, after the committer thread's last write.
     _lock: OwnerLock,
     durable_writes: AtomicU64,
     refused: AtomicU64,
