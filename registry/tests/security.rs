@@ -145,6 +145,29 @@ fn a_fifo_is_refused_without_blocking() {
 }
 
 #[test]
+fn a_device_is_refused() {
+    let (_root, dir) = state_dir();
+    let path = dir.join(RECORDS_FILE);
+    // The null device (1, 3); creating one needs privilege, so an
+    // unprivileged run has nothing to check here.
+    let made = rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &path,
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from(0o600),
+        rustix::fs::makedev(1, 3),
+    );
+    if made.is_err() {
+        return;
+    }
+    let error = FileRegistry::open(&dir).unwrap_err();
+    assert!(
+        matches!(&error, RegistryError::NotRegularFile { kind: "a character device", path: at } if at == &path),
+        "{error:?}"
+    );
+}
+
+#[test]
 fn a_directory_in_place_of_a_file_is_refused() {
     let (_root, dir) = state_dir();
     fs::create_dir(dir.join(RECORDS_FILE)).unwrap();
@@ -213,6 +236,24 @@ fn a_state_directory_others_can_write_is_refused_naming_it_and_its_mode() {
         assert!(shown.contains(&format!("{bad:04o}")), "{shown}");
         // Nothing was created in it.
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+    }
+    // Owned by another user, even private: refused, naming the owner.
+    // Changing a directory's owner needs privilege; unprivileged runs
+    // skip this case.
+    let (_root, dir) = state_dir();
+    let other = rustix::process::Uid::from_raw(rustix::process::getuid().as_raw() + 4242);
+    if rustix::fs::chown(&dir, Some(other), None).is_ok() {
+        let error = FileRegistry::open(&dir).unwrap_err();
+        assert!(
+            matches!(&error, RegistryError::InsecureDir { owner, mode: 0o700, .. } if *owner == other.as_raw()),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("uid {}", other.as_raw())),
+            "{error}"
+        );
     }
     // Readable by others is fine (only writable is not); a missing
     // directory is created 0700.
