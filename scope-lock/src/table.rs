@@ -1,6 +1,7 @@
 //! The allocation table and its pure rules: register, delegate, release,
 //! reclaim, lookups and the invariant. No I/O happens here.
 
+mod blame;
 mod invariant;
 mod reclaim;
 mod undo;
@@ -559,7 +560,8 @@ impl Table {
     /// Fails with the first (rule order, then pod name order) requested
     /// write rule that overlaps a write rule of a live pod outside
     /// `allowed`. Each pod outside `allowed` with an overlapping write rule
-    /// is probed in that order until the first live one.
+    /// is probed in that order until the first live one; the error names
+    /// the deepest owner below it ([`Table::deepest_owner`]).
     fn find_write_conflict<F: FnMut(&Allocation) -> bool>(
         &self,
         scope: &[ScopeRule],
@@ -573,7 +575,7 @@ impl Table {
                     && probe.is_live(a)
                 {
                     return Err(ScopeError::WriteConflict {
-                        competitor: a.pod_name.clone(),
+                        competitor: self.deepest_owner(a, rule, probe).pod_name.clone(),
                         rule: rule.clone(),
                     });
                 }

@@ -211,13 +211,92 @@ impl Model {
                     .any(|held| sets.overlap(held, rule))
                 {
                     if is_live(procs, pod) {
-                        return Some(Outcome::Conflict(n.clone(), rule.clone()));
+                        let owner = self.deepest(sets, procs, n, rule, dead);
+                        return Some(Outcome::Conflict(owner, rule.clone()));
                     }
                     dead.insert(n.clone());
                 }
             }
         }
         None
+    }
+
+    /// Whom the conflict names: from the first live pod found, step down
+    /// to the first child by name (live pods whose nearest live ancestor
+    /// it is) holding, for every write rule of it that overlaps `rule`, a
+    /// write rule covering that rule or all of `rule`; probing (and
+    /// marking dead) in the order the real table does: each candidate's
+    /// pods between it and the owner, then the candidate.
+    fn deepest(
+        &self,
+        sets: &mut Sets,
+        procs: &BTreeMap<u32, u64>,
+        first: &str,
+        rule: &ScopeRule,
+        dead: &mut BTreeSet<String>,
+    ) -> String {
+        let writes = |p: &ModelPod| {
+            p.rules
+                .iter()
+                .filter(|r| is_write(r))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let mut owner = first.to_owned();
+        'descend: loop {
+            let held = writes(&self.pods[&owner]);
+            for (c, pod) in &self.pods {
+                let theirs = writes(pod);
+                if !theirs.iter().any(|w| sets.overlap(w, rule)) {
+                    continue;
+                }
+                let mut takes_over = true;
+                for h in &held {
+                    if sets.overlap(h, rule)
+                        && !theirs
+                            .iter()
+                            .any(|w| sets.cover(w, h) || sets.cover(w, rule))
+                    {
+                        takes_over = false;
+                    }
+                }
+                if !takes_over {
+                    continue;
+                }
+                let mut between = Vec::new();
+                let mut parent = pod.parent.clone();
+                let descends = loop {
+                    match parent {
+                        None => break false,
+                        Some(p) if p == owner => break true,
+                        Some(p) => {
+                            parent = self.pods[&p].parent.clone();
+                            between.push(p);
+                        }
+                    }
+                };
+                if !descends {
+                    continue;
+                }
+                let mut live_between = false;
+                for b in &between {
+                    if is_live(procs, &self.pods[b]) {
+                        live_between = true;
+                        break;
+                    }
+                    dead.insert(b.clone());
+                }
+                if live_between {
+                    continue;
+                }
+                if is_live(procs, pod) {
+                    owner = c.clone();
+                    continue 'descend;
+                }
+                dead.insert(c.clone());
+            }
+            return owner;
+        }
     }
 
     fn lineage(&self, name: &str) -> BTreeSet<String> {

@@ -238,13 +238,13 @@ fn delegation_may_overlap_the_lineage_but_not_other_children_or_their_subtrees()
     env.delegate("root", "c1", 2, &["w:/a/b/**"]).unwrap();
     env.delegate("c1", "g1", 3, &["w:/a/b/**"]).unwrap();
     env.delegate("g1", "gg1", 4, &["w:/a/b/c/*"]).unwrap();
-    // Siblings and their subtrees are off limits; the conflict names a pod
-    // that holds the scope.
+    // Siblings and their subtrees are off limits; the conflict names the
+    // pod that writes there itself: c1 handed all of /a/b to g1.
     assert_eq!(
         competitor(env.delegate("root", "c2", 5, &["w:/a/b/c/**"])),
-        "c1"
+        "g1"
     );
-    assert_eq!(competitor(env.delegate("root", "c2", 5, &["w:/a/*"])), "c1");
+    assert_eq!(competitor(env.delegate("root", "c2", 5, &["w:/a/*"])), "g1");
     assert_eq!(
         competitor(env.delegate("c1", "g2", 5, &["w:/a/b/c/d/**"])),
         "g1"
@@ -655,4 +655,148 @@ fn errors_say_what_to_do() {
     );
     let dead = env.register("d", 77, &["w:/d/**"]).unwrap_err().to_string();
     assert!(dead.contains("process 77 is not running"), "{dead}");
+}
+
+/// One blame case: the tree (name, parent, rules; pids 1.. in order), the
+/// request (`from` is `None` for a register), the pods dead at request
+/// time, and the competitor the conflict must name.
+struct Blame {
+    tree: &'static [(&'static str, Option<&'static str>, &'static [&'static str])],
+    from: Option<&'static str>,
+    request: &'static str,
+    dead: &'static [&'static str],
+    blamed: &'static str,
+}
+
+#[test]
+fn a_write_conflict_names_the_pod_whose_effective_scope_overlaps() {
+    const NESTED: &[(&str, Option<&str>, &[&str])] = &[
+        ("root", None, &["w:/srv/**"]),
+        ("c1", Some("root"), &["w:/srv/p1/sub/**"]),
+        ("c5", Some("c1"), &["w:/srv/p1/sub/deeper/**"]),
+        ("g", Some("c5"), &["w:/srv/p1/sub/deeper/x/y/**"]),
+    ];
+    const WHOLE: &[(&str, Option<&str>, &[&str])] =
+        &[("a", None, &["w:/x/**"]), ("b", Some("a"), &["w:/x/**"])];
+    let cases = [
+        // The issue's example: c1 delegated /srv/p1/sub/deeper to c5.
+        Blame {
+            tree: NESTED,
+            from: None,
+            request: "w:/srv/p1/sub/deeper/x/**",
+            dead: &[],
+            blamed: "c5",
+        },
+        // Deeper still, inside g's rule.
+        Blame {
+            tree: NESTED,
+            from: None,
+            request: "w:/srv/p1/sub/deeper/x/y/z/**",
+            dead: &[],
+            blamed: "g",
+        },
+        // Inside c1 but outside what it delegated: c1 writes there itself.
+        Blame {
+            tree: NESTED,
+            from: None,
+            request: "w:/srv/p1/sub/other/**",
+            dead: &[],
+            blamed: "c1",
+        },
+        // Straddling c1's own scope and c5's: c1's effective scope overlaps.
+        Blame {
+            tree: NESTED,
+            from: None,
+            request: "w:/srv/p1/sub/**",
+            dead: &[],
+            blamed: "c1",
+        },
+        // Above everything: root and c1 both write there themselves (c5 and
+        // g too); the scan meets c1 first (by name), and c5 does not take
+        // all of c1's part.
+        Blame {
+            tree: NESTED,
+            from: None,
+            request: "w:/**",
+            dead: &[],
+            blamed: "c1",
+        },
+        // Delegating from root: c1 is outside root's lineage, c5 below it.
+        Blame {
+            tree: NESTED,
+            from: Some("root"),
+            request: "w:/srv/p1/sub/deeper/q/**",
+            dead: &[],
+            blamed: "c5",
+        },
+        // A dead c5 is reclaimed: its scope returns to c1, whom it names;
+        // g, c5's child, is reparented to c1 and still owns its part.
+        Blame {
+            tree: NESTED,
+            from: None,
+            request: "w:/srv/p1/sub/deeper/q/**",
+            dead: &["c5"],
+            blamed: "c1",
+        },
+        Blame {
+            tree: NESTED,
+            from: None,
+            request: "w:/srv/p1/sub/deeper/x/y/**",
+            dead: &["c5"],
+            blamed: "g",
+        },
+        // Everything a holds is delegated whole to b: a writes nowhere.
+        Blame {
+            tree: WHOLE,
+            from: None,
+            request: "w:/x/y/**",
+            dead: &[],
+            blamed: "b",
+        },
+        Blame {
+            tree: WHOLE,
+            from: None,
+            request: "w:/**",
+            dead: &[],
+            blamed: "b",
+        },
+        // A non-recursive request inside b's rule.
+        Blame {
+            tree: WHOLE,
+            from: None,
+            request: "w:/x/*",
+            dead: &[],
+            blamed: "b",
+        },
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let env = env();
+        for (pid, (pod, parent, rules)) in (1..).zip(case.tree) {
+            match parent {
+                None => env.register(pod, pid, rules).unwrap(),
+                Some(parent) => env.delegate(parent, pod, pid, rules).unwrap(),
+            };
+        }
+        for dead in case.dead {
+            let pid = 1 + case.tree.iter().position(|(p, _, _)| p == dead).unwrap() as u32;
+            env.live.kill(pid);
+        }
+        let result = match case.from {
+            None => env.register("new", 20, &[case.request]),
+            Some(from) => env.delegate(from, "new", 20, &[case.request]),
+        };
+        assert_eq!(
+            competitor(result),
+            case.blamed,
+            "case {i}: {}",
+            case.request
+        );
+        let held: Vec<String> = env.tree().into_iter().map(|(n, _)| n).collect();
+        for dead in case.dead {
+            assert!(
+                !held.contains(&dead.to_string()),
+                "case {i}: {dead} was reclaimed"
+            );
+        }
+    }
 }
