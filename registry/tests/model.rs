@@ -1,7 +1,8 @@
 //! Model-based test: random add / remove / depart / reopen sequences, with
 //! injected write failures, against a simple `BTreeMap` model of memory and
 //! of each file on disk; the records file starts with invalid elements
-//! (issue 16), which must survive everything byte for byte.
+//! (issue 16), which must survive everything byte for byte; a small cap on
+//! records refuses adds beyond it without changing anything (issue 13).
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
@@ -9,7 +10,7 @@ use std::path::Path;
 
 use pod_registry::{
     FaultInjector, FileRegistry, Mutation, Outcome, Record, Registry, RegistryError,
-    RegistryOptions, Tombstone,
+    RegistryLimits, RegistryOptions, Tombstone,
 };
 use proptest::prelude::*;
 
@@ -19,6 +20,9 @@ use crate::common::{
 };
 
 const CAPACITY: usize = 4;
+/// The cap on records: 9 keys are possible (3 names × 3 incarnations), so
+/// generated adds reach it often.
+const MAX_RECORDS: usize = 5;
 
 /// Elements another tool may have written that this crate refuses: kept
 /// verbatim, odd spacing and all.
@@ -118,8 +122,21 @@ impl Model {
         keys.iter().filter_map(|k| self.records.remove(k)).collect()
     }
 
-    /// Applies `op`; the outcome and which parts changed.
-    fn apply(&mut self, op: &Op) -> (Outcome, bool, bool) {
+    /// Applies `op`; the outcome and which parts changed, or `None` when
+    /// the add is refused by the cap on records (nothing changes, nothing
+    /// is written).
+    fn apply(&mut self, op: &Op) -> Option<(Outcome, bool, bool)> {
+        if let Op::Add { pod, inc, .. } = *op {
+            let key = (pod.to_owned(), inc.map(str::to_owned));
+            let inserts = !self.is_departed(&key) && !self.records.contains_key(&key);
+            if inserts && self.records.len() >= MAX_RECORDS {
+                return None;
+            }
+        }
+        Some(self.apply_admitted(op))
+    }
+
+    fn apply_admitted(&mut self, op: &Op) -> (Outcome, bool, bool) {
         match *op {
             Op::Add {
                 pod,
@@ -240,10 +257,14 @@ fn mutation(op: &Op) -> Mutation {
     }
 }
 
-fn open(dir: &Path, faults: &FaultInjector) -> FileRegistry {
-    let options = RegistryOptions::new()
+fn options() -> RegistryOptions {
+    RegistryOptions::new()
         .departed_capacity(CAPACITY)
-        .fault_injector(faults.clone());
+        .limits(RegistryLimits::new().max_records(MAX_RECORDS))
+}
+
+fn open(dir: &Path, faults: &FaultInjector) -> FileRegistry {
+    let options = options().fault_injector(faults.clone());
     FileRegistry::open_with(dir, options).unwrap()
 }
 
@@ -289,7 +310,22 @@ fn run(invalid: &[&str], ops: &[Op]) -> Result<(), TestCaseError> {
                 (model.pass, model.fail) = (*pass, *fail);
             }
             _ => {
-                let (expected, records, departed) = model.apply(op);
+                let Some((expected, records, departed)) = model.apply(op) else {
+                    let refused = block_on(registry.apply(mutation(op)));
+                    prop_assert!(
+                        matches!(
+                            refused,
+                            Err(RegistryError::Full {
+                                limit: MAX_RECORDS,
+                                ..
+                            })
+                        ),
+                        "{op:?}: expected Full, got {refused:?}"
+                    );
+                    check_disk(dir.path(), &model, invalid)?;
+                    check_memory(&registry, &model, invalid)?;
+                    continue;
+                };
                 model.dirty_records |= records;
                 model.dirty_departed |= departed;
                 let writes = model.dirty_records || model.dirty_departed;
@@ -316,11 +352,7 @@ fn run(invalid: &[&str], ops: &[Op]) -> Result<(), TestCaseError> {
     drop(registry);
     check_disk(dir.path(), &model, invalid)?;
     // A final clean reopen sees the model's files.
-    let registry = FileRegistry::open_with(
-        dir.path(),
-        RegistryOptions::new().departed_capacity(CAPACITY),
-    )
-    .unwrap();
+    let registry = FileRegistry::open_with(dir.path(), options()).unwrap();
     model.reopen();
     check_memory(&registry, &model, invalid)
 }
