@@ -16,7 +16,9 @@ use crate::{Mutation, Outcome, Record, RegistryError, RegistryState};
 ///
 /// A [`Mutation::Add`] over a cap is refused with a typed error
 /// ([`RegistryError::Full`], [`RegistryError::RecordTooLarge`],
-/// [`RegistryError::FileFull`]) and changes nothing; removals and
+/// [`RegistryError::FileFull`]) and changes nothing; it returns at once,
+/// neither waiting for nor causing a write (so it does not retry a failed
+/// one either: use [`crate::FileRegistry::flush`]). Removals and
 /// departures are never refused. A file over
 /// [`RegistryLimits::max_file_bytes`] is refused at load
 /// ([`RegistryError::TooLarge`]) before it is read.

@@ -28,7 +28,7 @@
 //!
 //! /// Code under test depends on the seams only.
 //! async fn report<S: MethodSender>(sender: &S, parent: &std::path::Path) {
-//!     let done = Method::Notify { message: "done".into() };
+//!     let done = Method::notify("done");
 //!     if let Err(err) = sender.send(parent, &done).await {
 //!         eprintln!("warning: {err}"); // fire-and-forget
 //!     }
@@ -40,7 +40,7 @@
 //! let mut parent = net.bind("/run/pods/parent.sock");
 //! report(&net.sender(), "/run/pods/parent.sock".as_ref()).await;
 //! let received = parent.recv().await.unwrap();
-//! assert_eq!(received.item.unwrap(), Method::Notify { message: "done".into() });
+//! assert_eq!(received.item.unwrap(), Method::notify("done"));
 //! # }
 //! ```
 //!

@@ -27,7 +27,7 @@ async fn concurrent_senders(count: usize, config: ListenConfig) {
         let mut messages = Vec::with_capacity(count);
         while messages.len() < count {
             match recv_method(&mut listener).await {
-                Method::Notify { message } => messages.push(message),
+                Method::Notify { message, .. } => messages.push(message),
                 other => panic!("unexpected {other:?}"),
             }
         }
@@ -313,7 +313,7 @@ async fn a_handle_shutdown_delivers_what_was_sent_then_ends() {
     let mut messages = HashSet::new();
     while let Some(received) = listener.recv().await {
         match received.item.unwrap() {
-            Method::Notify { message } => assert!(messages.insert(message)),
+            Method::Notify { message, .. } => assert!(messages.insert(message)),
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -55,9 +55,7 @@ pub(crate) fn check_own_peer(received: &Received) {
 }
 
 pub(crate) fn notify(message: impl Into<String>) -> Method {
-    Method::Notify {
-        message: message.into(),
-    }
+    Method::notify(message)
 }
 
 /// One of every `Method` variant and every `PodEvent` kind, with and
