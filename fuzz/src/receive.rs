@@ -354,9 +354,7 @@ impl OtherMethod {
     /// The method this stands for.
     pub fn to_method(&self) -> Method {
         match self {
-            OtherMethod::Notify(text) => Method::Notify {
-                message: text.0.clone(),
-            },
+            OtherMethod::Notify(text) => Method::notify(text.0.clone()),
             OtherMethod::Shutdown => Method::Shutdown,
             OtherMethod::Run => Method::Run(None),
             OtherMethod::Cancel => Method::Cancel,

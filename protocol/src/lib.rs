@@ -24,7 +24,10 @@
 //! method" ([`DecodeError`]) from "a method with unacceptable content"
 //! ([`ValidationError`]).
 
+mod buffer;
 mod codec;
+mod de;
+mod dialect;
 #[cfg(feature = "tokio-codec")]
 mod tokio_codec;
 mod validate;
@@ -32,8 +35,9 @@ mod wire;
 
 pub use codec::{
     decode, encode, encode_into, DecodeError, FrameSplitter, FrameTooLong, DEFAULT_MAX_FRAME_LEN,
-    EVENT_KINDS, METHOD_NAMES,
+    EVENT_KINDS, METHOD_NAMES, WORKER_METHOD_NAMES,
 };
+pub use dialect::{Dialect, UnknownDialect};
 #[cfg(feature = "tokio-codec")]
 pub use tokio_codec::{FrameError, MethodCodec};
 pub use validate::{

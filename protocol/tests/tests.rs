@@ -6,6 +6,13 @@ use pod_protocol::{
 };
 use proptest::prelude::*;
 
+// Modules of this one test binary live in `tests/tests/`, where cargo
+// does not take them for test binaries of their own.
+#[path = "tests/decoder.rs"]
+mod decoder;
+#[path = "tests/dialect.rs"]
+mod dialect;
+
 const GOLDEN: &str = include_str!("golden/design-section-3.jsonl");
 
 /// Decodes `line`, re-encodes it, and checks the bytes are unchanged.
@@ -55,9 +62,7 @@ fn golden_lines_decode_to_the_expected_values() {
                 sub_incarnation: None,
                 spawner_socket: None,
             }),
-            Method::Notify {
-                message: "text".into()
-            },
+            Method::notify("text"),
             Method::Shutdown,
         ]
     );
@@ -295,9 +300,7 @@ fn the_name_lists_match_the_wire_names() {
             pod_name: "p".into(),
             incarnation: None,
         }),
-        Method::Notify {
-            message: "m".into(),
-        },
+        Method::notify("m"),
         Method::Shutdown,
         Method::Run(None),
         Method::Resume(None),

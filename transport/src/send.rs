@@ -134,7 +134,7 @@ impl Default for SendConfig {
 /// use pod_transport::{Method, MethodSender, UnixSender};
 /// # async fn demo() -> Result<(), pod_transport::SendError> {
 /// let sender = UnixSender::default();
-/// let note = Method::Notify { message: "hello".into() };
+/// let note = Method::notify("hello");
 /// sender.send("/run/pods/parent/sock".as_ref(), &note).await?;
 /// # Ok(()) }
 /// ```

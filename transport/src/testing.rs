@@ -15,7 +15,7 @@
 //! let mut parent = net.bind("/run/pods/parent/sock");
 //! let sender = net.sender();
 //!
-//! let note = Method::Notify { message: "hi".into() };
+//! let note = Method::notify("hi");
 //! sender.send(Path::new("/run/pods/parent/sock"), &note).await.unwrap();
 //! let received = parent.recv().await.unwrap();
 //! assert_eq!(received.item.unwrap(), note);
