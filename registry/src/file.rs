@@ -211,6 +211,7 @@ impl FileRegistry {
         let records = loaded.records.unwrap_or_default();
         let (state, dirty) = RegistryState::from_parts(
             options.departed_capacity,
+            options.limits.file_bytes(),
             records.records,
             loaded.departed.unwrap_or_default(),
         );

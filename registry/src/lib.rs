@@ -75,6 +75,7 @@
 mod error;
 mod file;
 mod fsio;
+mod keys;
 mod limits;
 mod load;
 mod lock;

@@ -8,7 +8,7 @@
 
 use pod_protocol::Permission;
 
-use crate::{Mutation, Outcome, Record, RegistryError, RegistryState};
+use crate::{Mutation, Outcome, Record, RegistryError, RegistryState, Tombstone};
 
 /// Caps of a registry: how many records, how large one record, how large a
 /// registry file. See [`crate::RegistryOptions::limits`] and
@@ -152,10 +152,15 @@ const LINE_OVERHEAD: u64 = 2;
 /// The records file with no element: `[]\n`.
 pub(crate) const EMPTY_FILE_BYTES: u64 = 3;
 
-/// The size of the records file holding elements of these encoded sizes,
+/// The size of a registry file holding elements of these encoded sizes,
 /// as [`crate::file`] writes it.
 pub(crate) fn file_bytes_of(element_sizes: impl Iterator<Item = u64>) -> u64 {
-    EMPTY_FILE_BYTES + element_sizes.map(|size| size + LINE_OVERHEAD).sum::<u64>()
+    EMPTY_FILE_BYTES + element_sizes.map(element_bytes).sum::<u64>()
+}
+
+/// What one element of `size` bytes adds to a registry file.
+pub(crate) fn element_bytes(size: u64) -> u64 {
+    size + LINE_OVERHEAD
 }
 
 /// The records file's size after `outcome`, given its size before and the
@@ -202,6 +207,15 @@ pub(crate) fn encoded_len(record: &Record) -> u64 {
             + "}".len() as u64;
     }
     if let Some(incarnation) = &record.incarnation {
+        len += r#","incarnation":"#.len() as u64 + string_len(incarnation);
+    }
+    len
+}
+
+/// The length of `tombstone`'s compact JSON, as [`encoded_len`].
+pub(crate) fn tombstone_len(tombstone: &Tombstone) -> u64 {
+    let mut len = r#"{"pod_name":"#.len() as u64 + string_len(tombstone.pod_name.as_str()) + 1;
+    if let Some(incarnation) = &tombstone.incarnation {
         len += r#","incarnation":"#.len() as u64 + string_len(incarnation);
     }
     len
@@ -260,6 +274,16 @@ mod tests {
             };
             let encoded = serde_json::to_vec(&record).unwrap();
             prop_assert_eq!(encoded_len(&record), encoded.len() as u64);
+        }
+
+        #[test]
+        fn tombstone_len_is_the_length_serde_json_writes(
+            name in "[A-Za-z0-9][A-Za-z0-9._-]{0,40}",
+            incarnation in proptest::option::of(any::<String>()),
+        ) {
+            let tombstone = Tombstone { pod_name: PodName::new(name).unwrap(), incarnation };
+            let encoded = serde_json::to_vec(&tombstone).unwrap();
+            prop_assert_eq!(tombstone_len(&tombstone), encoded.len() as u64);
         }
 
         #[test]

@@ -276,6 +276,7 @@ impl RegistrySnapshot {
         let records = files.records.unwrap_or_default();
         let (state, _) = RegistryState::from_parts(
             departed_capacity,
+            limits.file_bytes(),
             records.records,
             files.departed.unwrap_or_default(),
         );

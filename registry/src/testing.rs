@@ -114,7 +114,11 @@ impl MemoryRegistry {
     /// # });
     /// ```
     pub fn with_limits(self, limits: RegistryLimits) -> Self {
-        self.lock().limits = limits;
+        let mut inner = self.lock();
+        inner.limits = limits;
+        // Tombstones that no longer fit are dropped as a reopen would.
+        inner.state.cap_departed_bytes(limits.file_bytes());
+        drop(inner);
         self
     }
 

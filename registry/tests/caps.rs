@@ -183,3 +183,45 @@ fn the_defaults_hold_well_over_10000_records() {
     assert_eq!(registry.refused_mutations(), 0);
     assert_eq!(registry.list().len(), 10_000);
 }
+
+#[test]
+fn the_departed_set_never_outgrows_the_file_cap() {
+    let limits = RegistryLimits::new().max_file_bytes(600);
+    let long = "i".repeat(100);
+    for under in Under::both(limits) {
+        for i in 0..20 {
+            let mutation = departure(&format!("d{i}"), Some(&long));
+            match &under {
+                Under::File(_, r) => block_on(r.apply(mutation)).unwrap(),
+                Under::Memory(r) => block_on(r.apply(mutation)).unwrap(),
+            };
+        }
+        // Departures are never refused: the oldest tombstones make room.
+        let departed: Vec<String> = match &under {
+            Under::File(_, r) => r.read(|s| s.departed().map(|t| t.pod_name.to_string()).collect()),
+            Under::Memory(r) => r.read(|s| s.departed().map(|t| t.pod_name.to_string()).collect()),
+        };
+        assert!(departed.len() < 20 && departed.len() >= 3, "{departed:?}");
+        assert_eq!(departed.last().map(String::as_str), Some("d19"));
+        // A tombstone too large for the file alone still removes its
+        // records, and is not remembered.
+        under.add(record("big", None)).unwrap();
+        let huge = departure("big", Some(&"x".repeat(1000)));
+        let outcome = match &under {
+            Under::File(_, r) => block_on(r.apply(huge)).unwrap(),
+            Under::Memory(r) => block_on(r.apply(huge)).unwrap(),
+        };
+        assert!(
+            matches!(outcome, Outcome::Removed { ref records, first_departure: true } if records.len() == 1)
+        );
+        if let Under::File(dir, registry) = under {
+            let path = dir.path().join(pod_registry::DEPARTED_FILE);
+            let size = fs::metadata(&path).unwrap().len();
+            assert!(size <= 600, "{size}");
+            drop(registry);
+            let options = RegistryOptions::new().limits(limits);
+            let reopened = FileRegistry::open_with(dir.path(), options).unwrap();
+            assert_eq!(reopened.read(|s| s.departed_len()), departed.len());
+        }
+    }
+}
