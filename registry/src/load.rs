@@ -108,7 +108,8 @@ pub(crate) struct LoadedRecords {
 
 /// Parses the records file's `bytes`.
 pub(crate) fn parse_records(path: &Path, bytes: &[u8]) -> Result<LoadedRecords, RegistryError> {
-    let elements: Vec<Box<RawValue>> =
+    // Borrowed from `bytes`: only the invalid elements are copied out.
+    let elements: Vec<&RawValue> =
         serde_json::from_slice(bytes).map_err(|e| corrupt(path, &e))?;
     let mut loaded = LoadedRecords::default();
     for (index, raw) in elements.into_iter().enumerate() {
@@ -121,6 +122,7 @@ pub(crate) fn parse_records(path: &Path, bytes: &[u8]) -> Result<LoadedRecords, 
                     %reason,
                     "kept an invalid registry record as it is; it is never matched or acted on"
                 );
+                let raw = raw.to_owned();
                 loaded.invalid.push(InvalidRecord { index, raw, reason });
             }
         }
