@@ -209,6 +209,15 @@ impl FileRegistry {
             }
         }
         let records = loaded.records.unwrap_or_default();
+        // The owner reports them (a snapshot's reader shows them itself).
+        for invalid in &records.invalid {
+            tracing::warn!(
+                file = %records_path.display(),
+                index = invalid.index(),
+                reason = invalid.reason(),
+                "kept an invalid registry record as it is; it is never matched or acted on"
+            );
+        }
         let (state, dirty) = RegistryState::from_parts(
             options.departed_capacity,
             options.limits.file_bytes(),

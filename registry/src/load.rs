@@ -109,19 +109,12 @@ pub(crate) struct LoadedRecords {
 /// Parses the records file's `bytes`.
 pub(crate) fn parse_records(path: &Path, bytes: &[u8]) -> Result<LoadedRecords, RegistryError> {
     // Borrowed from `bytes`: only the invalid elements are copied out.
-    let elements: Vec<&RawValue> =
-        serde_json::from_slice(bytes).map_err(|e| corrupt(path, &e))?;
+    let elements: Vec<&RawValue> = serde_json::from_slice(bytes).map_err(|e| corrupt(path, &e))?;
     let mut loaded = LoadedRecords::default();
     for (index, raw) in elements.into_iter().enumerate() {
         match decode_record(raw.get()) {
             Ok(record) => loaded.records.push(record),
             Err(reason) => {
-                tracing::warn!(
-                    file = %path.display(),
-                    index,
-                    %reason,
-                    "kept an invalid registry record as it is; it is never matched or acted on"
-                );
                 let raw = raw.to_owned();
                 loaded.invalid.push(InvalidRecord { index, raw, reason });
             }
