@@ -159,3 +159,40 @@ fn addresses_of_every_supported_form_are_valid() {
     assert_eq!(registry.list(), [tls]);
     assert!(registry.invalid_records().is_empty());
 }
+
+/// A writer the test's subscriber logs into.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_owner_warns_of_each_invalid_record_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::copy(FIXTURE, dir.path().join(RECORDS_FILE)).unwrap();
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        FileRegistry::open(dir.path()).unwrap();
+    });
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(log.lines().count(), 1, "{log}");
+    assert!(
+        log.contains("WARN") && log.contains("invalid registry record"),
+        "{log}"
+    );
+    assert!(log.contains("worker 1") && log.contains("index=1"), "{log}");
+}
