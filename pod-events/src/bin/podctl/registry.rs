@@ -18,7 +18,8 @@ use crate::{paths, scopes};
 #[command(group = clap::ArgGroup::new("whose").required(true).multiple(true))]
 pub(crate) struct RegistryArgs {
     /// The pod's state directory (holding spawned_pods.json)
-    /// [default: RUNTIME_DIR/NAME].
+    /// [default: RUNTIME_DIR/NAME]. Read without owning it: works while a
+    /// `podctl listen` owns it, and creates nothing.
     #[arg(long, value_name = "DIR", group = "whose")]
     state_dir: Option<PathBuf>,
     /// The pod whose registry to show (locates the default state
@@ -30,9 +31,9 @@ pub(crate) struct RegistryArgs {
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("whose").required(true).multiple(true))]
 pub(crate) struct ReconcileArgs {
-    /// The pod's state directory [default: RUNTIME_DIR/NAME]. Do not
-    /// point it at a directory a running `podctl listen` owns: that
-    /// endpoint reconciles on its own.
+    /// The pod's state directory [default: RUNTIME_DIR/NAME]. Refused
+    /// while a running `podctl listen` owns it (the error names its pid):
+    /// that endpoint reconciles on its own.
     #[arg(long, value_name = "DIR", group = "whose")]
     state_dir: Option<PathBuf>,
     /// The pod whose registry this is: its descendants in the scope table
