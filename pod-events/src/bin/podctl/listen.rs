@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::{paths, scopes};
+use crate::{output, paths, scopes};
 
 #[derive(Debug, Args)]
 pub(crate) struct ListenArgs {
@@ -140,7 +140,7 @@ fn print_lines(mut lines: mpsc::UnboundedReceiver<Notification>, json: bool) {
             continue; // keep draining: the endpoint must never block on us
         }
         let text = if json {
-            json!({
+            output::json_line(&json!({
                 "line": note.line,
                 "origin": match note.origin {
                     Origin::Reported => "reported",
@@ -148,8 +148,7 @@ fn print_lines(mut lines: mpsc::UnboundedReceiver<Notification>, json: bool) {
                 },
                 "event": note.event,
                 "peer_pid": note.peer.and_then(|peer| peer.pid),
-            })
-            .to_string()
+            }))
         } else {
             note.line
         };
