@@ -57,6 +57,7 @@ fn write_files(dir: &Path) -> Result<()> {
         scope_allow: vec![ScopeRule::write(target)],
         delegated_from: parent.map(pod),
         incarnation: Some(inc),
+        pending_until: None,
     };
     let mut allocations = vec![allocation(
         "root".into(),

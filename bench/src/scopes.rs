@@ -74,6 +74,7 @@ pub(crate) fn build_table(n: usize, pid: u32, start_time: u64) -> Table {
                 scope_allow: vec![ScopeRule::write(target), ScopeRule::read("/usr")],
                 delegated_from: parent,
                 incarnation: Some("0123456789abcdef0123456789abcdef".into()),
+                pending_until: None,
             }
         })
         .collect()
@@ -150,8 +151,12 @@ pub(crate) fn measure(plan: &Plan, dir: &Path) -> Result<Vec<Figures>> {
         })?;
         let fake = FakeLiveness::new();
         fake.set(pid, Some(start_time));
-        let no_probe = ScopeTable::new(store.clone(), fake);
-        let proc = ScopeTable::with_proc_liveness(store.clone());
+        // Separate stores, so separate caches of the last table read: each
+        // delegate follows a plain cycle that rewrote the file, so each
+        // parses it (a clone of one store would find the bytes the other
+        // table's release wrote and skip the parse).
+        let no_probe = ScopeTable::new(FileStore::new(&path), fake);
+        let proc = ScopeTable::with_proc_liveness(FileStore::new(&path));
         let (mut plain, mut cheap, mut real) = (Vec::new(), Vec::new(), Vec::new());
         // Round 0 is the warm-up.
         for round in 0..=plan.scope_rounds {

@@ -166,6 +166,17 @@ fn exercise_rules(table: &Table) {
         assert_eq!(released.as_ref().ok(), Some(a), "release of {}", a.pod_name);
         check(&t, &format!("releasing `{}`", a.pod_name));
 
+        if let (Some(until), Some(incarnation)) = (a.pending_until, &a.incarnation) {
+            // A pending reservation: adopting it before its deadline
+            // changes only its process, so the invariant stands.
+            let mut t = table.clone();
+            let adopted = t
+                .adopt(&a.pod_name, incarnation, 1, 1, until)
+                .unwrap_or_else(|e| panic!("adopting `{}`: {e}", a.pod_name));
+            assert_eq!(adopted.pending_until, None);
+            check(&t, &format!("adopting `{}`", a.pod_name));
+        }
+
         let _ = table.effective_write_scope(a.pod_name.as_str());
         for rule in &a.scope_allow {
             let _ = table.owner_of(&rule.target);

@@ -593,6 +593,7 @@ fn tree() -> &'static Table {
                     .collect(),
                 delegated_from: from.map(pod_name),
                 incarnation: Some(incarnation_of(name)),
+                pending_until: None,
             })
             .collect();
         if let Err(error) = table.check_invariant() {

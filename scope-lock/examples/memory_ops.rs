@@ -55,6 +55,7 @@ fn build_table(n: usize) -> Table {
                 scope_allow: vec![ScopeRule::write(target), ScopeRule::read("/usr")],
                 delegated_from: parent,
                 incarnation: Some("0123456789abcdef0123456789abcdef".into()),
+                pending_until: None,
             }
         })
         .collect()

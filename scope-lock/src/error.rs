@@ -7,7 +7,7 @@ use pod_protocol::{Permission, PodName, ScopeRule, ValidationError};
 
 /// Why a scope-table operation was refused or failed.
 ///
-/// Refusals (`DuplicateName` .. `DeadProcess`) leave the table exactly as it
+/// Refusals (`DuplicateName` .. `ReservationExpired`) leave the table exactly as it
 /// was, apart from stale allocations that were reclaimed on the way. Failures
 /// of the storage (`Corrupt`, `InvalidTable`, `UnsupportedVersion`,
 /// `LockTimeout`, `NotARegularFile`, `TooLarge`, `UnsafeDirectory`) leave
@@ -68,6 +68,24 @@ pub enum ScopeError {
     DeadProcess {
         /// The pid asked for.
         pid: u32,
+    },
+    /// The allocation is not a pending reservation: it was adopted already
+    /// (or made by register or delegate).
+    #[error(
+        "pod `{name}` holds no pending reservation: it was adopted already, or was never reserved"
+    )]
+    NotReserved {
+        /// The pod's name.
+        name: PodName,
+    },
+    /// The reservation's deadline passed before the child adopted it; it
+    /// is stale and will be reclaimed.
+    #[error("the reservation of pod `{name}` expired at {deadline_unix_ms} (Unix ms) before the child adopted it: the spawner must reserve again")]
+    ReservationExpired {
+        /// The pod's name.
+        name: PodName,
+        /// Its deadline (Unix time, ms).
+        deadline_unix_ms: u64,
     },
     /// The stored table is not valid JSON of the expected shape. It was not
     /// modified.

@@ -8,7 +8,9 @@ use rustix::process::{test_kill_process, Pid};
 /// Whether a recorded process is still the one that holds an allocation.
 ///
 /// Required method: [`start_time`](Self::start_time). Provided:
-/// [`is_same_process`](Self::is_same_process), [`is_alive`](Self::is_alive). Implementations:
+/// [`is_same_process`](Self::is_same_process), [`is_alive`](Self::is_alive),
+/// [`now_unix_ms`](Self::now_unix_ms) (the clock reservations expire by).
+/// Implementations:
 /// [`ProcLiveness`] (reads `/proc`), [`FakeLiveness`] (for tests, with
 /// injected deaths and pid reuse).
 ///
@@ -30,6 +32,15 @@ pub trait Liveness: Send + Sync + 'static {
     fn is_alive(&self, pid: u32) -> bool {
         self.start_time(pid).is_some()
     }
+
+    /// The time now, in milliseconds since the Unix epoch: what a
+    /// reservation's `pending_until` is compared with. Default: the system
+    /// clock (a clock before 1970 reads as 0).
+    fn now_unix_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
 }
 
 impl<T: Liveness> Liveness for Arc<T> {
@@ -43,6 +54,10 @@ impl<T: Liveness> Liveness for Arc<T> {
 
     fn is_alive(&self, pid: u32) -> bool {
         (**self).is_alive(pid)
+    }
+
+    fn now_unix_ms(&self) -> u64 {
+        (**self).now_unix_ms()
     }
 }
 

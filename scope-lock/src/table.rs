@@ -4,6 +4,7 @@
 mod blame;
 mod invariant;
 mod reclaim;
+mod reserve;
 mod undo;
 
 use std::collections::HashSet;
@@ -55,6 +56,15 @@ pub struct Allocation {
     /// allocation, which matches any incarnation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incarnation: Option<String>,
+    /// For a reservation not yet adopted ([`ScopeTable::reserve`]): until
+    /// when (Unix time, ms) the child may adopt it. It is held under the
+    /// spawner's pid and start time meanwhile, and is stale once this has
+    /// passed. Absent otherwise (and for readers that ignore it, the
+    /// allocation is held by a live spawner, which is safe).
+    ///
+    /// [`ScopeTable::reserve`]: crate::ScopeTable::reserve
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_until: Option<u64>,
 }
 
 impl Allocation {
@@ -78,6 +88,25 @@ impl Allocation {
         match (self.incarnation.as_deref(), incarnation) {
             (Some(held), Some(requested)) => held == requested,
             _ => true,
+        }
+    }
+}
+
+/// Who holds a new allocation: the new pod's own process (`pid: None`:
+/// the spec's), or for a reservation the spawner's process until a
+/// deadline.
+struct Holder {
+    pid: Option<u32>,
+    start_time: Option<u64>,
+    pending_until: Option<u64>,
+}
+
+impl Holder {
+    fn running(start_time: u64) -> Self {
+        Holder {
+            pid: None,
+            start_time: Some(start_time),
+            pending_until: None,
         }
     }
 }
@@ -339,7 +368,8 @@ impl Table {
         incarnation: String,
         is_live: impl FnMut(&Allocation) -> bool,
     ) -> Result<Allocation, ScopeError> {
-        self.decide_reclaim_insert(spec, start_time, incarnation, None, is_live, |t, s, p| {
+        let holder = Holder::running(start_time);
+        self.decide_reclaim_insert(spec, holder, incarnation, None, is_live, |t, s, p| {
             t.decide_register(s, p)
         })
     }
@@ -391,8 +421,8 @@ impl Table {
         incarnation: String,
         is_live: impl FnMut(&Allocation) -> bool,
     ) -> Result<Allocation, ScopeError> {
-        let parent = Some(from);
-        self.decide_reclaim_insert(spec, start_time, incarnation, parent, is_live, |t, s, p| {
+        let (parent, holder) = (Some(from), Holder::running(start_time));
+        self.decide_reclaim_insert(spec, holder, incarnation, parent, is_live, |t, s, p| {
             t.decide_delegate(from, s, p)
         })
     }
@@ -404,7 +434,7 @@ impl Table {
     fn decide_reclaim_insert<F: FnMut(&Allocation) -> bool>(
         &mut self,
         spec: PodSpec,
-        start_time: u64,
+        holder: Holder,
         incarnation: String,
         delegated_from: Option<&PodName>,
         is_live: F,
@@ -415,7 +445,7 @@ impl Table {
         let decision = decide(self, &spec, &mut probe);
         self.remove_dead(&probe.dead);
         decision?;
-        Ok(self.insert(spec, start_time, incarnation, delegated_from.cloned()))
+        Ok(self.insert(spec, holder, incarnation, delegated_from.cloned()))
     }
 
     /// The checks of [`register`](Self::register), with every pod they
@@ -587,18 +617,19 @@ impl Table {
     fn insert(
         &mut self,
         spec: PodSpec,
-        start_time: u64,
+        holder: Holder,
         incarnation: String,
         delegated_from: Option<PodName>,
     ) -> Allocation {
         let allocation = Allocation {
             pod_name: spec.pod_name,
-            pid: spec.pid,
-            start_time: Some(start_time),
+            pid: holder.pid.unwrap_or(spec.pid),
+            start_time: holder.start_time,
             socket: spec.socket,
             scope_allow: spec.scope,
             delegated_from,
             incarnation: Some(incarnation),
+            pending_until: holder.pending_until,
         };
         let undo = match self.position(allocation.pod_name.as_str()) {
             // Callers refuse a taken name first; replace, as a map would.
@@ -639,6 +670,7 @@ mod tests {
             scope_allow: vec![ScopeRule::read("/")],
             delegated_from: None,
             incarnation: None,
+            pending_until: None,
         }
     }
 

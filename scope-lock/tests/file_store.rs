@@ -437,3 +437,35 @@ fn loads_reuse_the_cached_table_only_while_the_bytes_are_unchanged() {
     assert_eq!(uncached.stats().loads, 2);
     assert_eq!(uncached.stats().cached_loads, 0);
 }
+
+#[test]
+fn a_reservation_is_stored_with_its_deadline_and_adopted_without() {
+    let temp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(temp.path().join("scope.lock"));
+    let table = ScopeTable::with_proc_liveness(store.clone());
+    table.register(spec("root", me(), &["w:/srv/**"])).unwrap();
+    let kid = table
+        .reserve(&name("root"), spec("kid", 0, &["w:/srv/a/**"]))
+        .unwrap();
+    let json = |pod: &str| -> serde_json::Value {
+        let text = fs::read_to_string(store.path()).unwrap();
+        let table: serde_json::Value = serde_json::from_str(&text).unwrap();
+        table["allocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["pod_name"] == pod)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(json("kid")["pending_until"], kid.pending_until.unwrap());
+    assert_eq!(json("kid")["pid"], me(), "held under the spawner's pid");
+    assert!(
+        json("root").get("pending_until").is_none(),
+        "absent when absent"
+    );
+    table
+        .adopt(&name("kid"), kid.incarnation.as_deref().unwrap(), me())
+        .unwrap();
+    assert!(json("kid").get("pending_until").is_none());
+}

@@ -559,6 +559,7 @@ fn allocation(pod: &str, parent: Option<&str>, rules: &[&str]) -> Allocation {
         scope_allow: rules.iter().map(|r| rule(r)).collect(),
         delegated_from: parent.map(name),
         incarnation: Some("00".into()),
+        pending_until: None,
     }
 }
 
@@ -799,4 +800,103 @@ fn a_write_conflict_names_the_pod_whose_effective_scope_overlaps() {
             );
         }
     }
+}
+
+#[test]
+fn a_reservation_is_held_by_the_spawner_until_adopted_and_stale_after_its_deadline() {
+    let env = env();
+    let table = env
+        .table
+        .clone()
+        .with_reservation_deadline(std::time::Duration::from_millis(500));
+    let root = env.register("root", 1, &["w:/srv/**"]).unwrap();
+    let now = {
+        use pod_scope_lock::Liveness;
+        env.live.now_unix_ms()
+    };
+    // The rules of delegate apply.
+    assert!(matches!(
+        table.reserve(&name("root"), spec("kid", 9, &["w:/etc/**"])),
+        Err(ScopeError::NotSubset { .. })
+    ));
+    assert!(matches!(
+        table.reserve(&name("nobody"), spec("kid", 9, &["w:/srv/a/**"])),
+        Err(ScopeError::UnknownPod { .. })
+    ));
+    // Held under the spawner's process (the spec's pid, 19, plays no
+    // part: the child is not running yet), with a deadline.
+    let kid = table
+        .reserve(&name("root"), spec("kid", 19, &["w:/srv/a/**"]))
+        .unwrap();
+    assert_eq!((kid.pid, kid.start_time), (root.pid, root.start_time));
+    assert_eq!(kid.pending_until, Some(now + 500));
+    assert_eq!(kid.incarnation.as_ref().map(String::len), Some(32));
+    assert_eq!(env.owner("/srv/a/x").as_deref(), Some("kid"));
+    let incarnation = kid.incarnation.clone().unwrap();
+
+    // Adopting: the incarnation must be the minted one, the process live.
+    assert!(matches!(
+        table.adopt(&name("kid"), "0000", 3),
+        Err(ScopeError::IncarnationMismatch { .. })
+    ));
+    assert!(matches!(
+        table.adopt(&name("kid"), &incarnation, 99),
+        Err(ScopeError::DeadProcess { pid: 99 })
+    ));
+    assert!(matches!(
+        table.adopt(&name("nobody"), &incarnation, 3),
+        Err(ScopeError::UnknownPod { .. })
+    ));
+    let adopted = table.adopt(&name("kid"), &incarnation, 3).unwrap();
+    assert_eq!(adopted.pid, 3);
+    assert_eq!(
+        adopted.start_time,
+        pod_scope_lock::Liveness::start_time(&env.live, 3)
+    );
+    assert_eq!(adopted.pending_until, None);
+    assert_eq!(adopted.incarnation.as_deref(), Some(incarnation.as_str()));
+    assert_eq!(table.find(&name("kid")).unwrap(), Some(adopted));
+    assert!(matches!(
+        table.adopt(&name("kid"), &incarnation, 3),
+        Err(ScopeError::NotReserved { .. })
+    ));
+    // Adopted, it lives by its own process, not by the deadline.
+    env.live.advance_ms(10_000);
+    assert!(table.reclaim_stale().unwrap().is_empty());
+
+    // An expired reservation cannot be adopted and is reclaimed.
+    let late = table
+        .reserve(&name("root"), spec("late", 19, &["w:/srv/b/**"]))
+        .unwrap();
+    env.live.advance_ms(501);
+    match table.adopt(&name("late"), late.incarnation.as_deref().unwrap(), 4) {
+        Err(ScopeError::ReservationExpired {
+            deadline_unix_ms, ..
+        }) => assert_eq!(Some(deadline_unix_ms), late.pending_until),
+        other => panic!("expected ReservationExpired, got {other:?}"),
+    }
+    let reclaimed: Vec<String> = table
+        .reclaim_stale()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.pod_name.to_string())
+        .collect();
+    assert_eq!(reclaimed, ["late"]);
+
+    // A reservation whose spawner dies is stale at once.
+    let orphan = table
+        .reserve(&name("kid"), spec("orphan", 19, &["w:/srv/a/o/**"]))
+        .unwrap();
+    assert_eq!(
+        orphan.pid, 3,
+        "held under its spawner's (the kid's) process"
+    );
+    env.live.kill(3);
+    let reclaimed: Vec<String> = table
+        .reclaim_stale()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.pod_name.to_string())
+        .collect();
+    assert_eq!(reclaimed, ["kid", "orphan"]);
 }

@@ -270,6 +270,7 @@ mod tests {
             scope_allow: vec![ScopeRule::read("/")],
             delegated_from: None,
             incarnation: None,
+            pending_until: None,
         }
     }
 

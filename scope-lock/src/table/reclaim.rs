@@ -122,7 +122,10 @@ impl Table {
 ///   pod by name outside the lineage, with an overlapping write rule. The
 ///   scan probes each such pod in that order and skips the dead ones, so
 ///   the first live one it stops at is the first one in `full` (whose
-///   pods outside the lineage are the live ones outside it in ours). Dead
+///   pods outside the lineage are the live ones outside it in ours). The
+///   blame then steps down to children (`Table::deepest_owner`): the
+///   children of a live pod in `full` are the live pods whose nearest live
+///   ancestor it is in ours, which is what the step down probes for. Dead
 ///   pods inside the lineage (unprobed ancestors of the spawner) are
 ///   allowed to overlap in both cases, being absent from `full`.
 /// - On success the new pod is inserted under a live parent (or none), so
