@@ -29,23 +29,37 @@ use super::open::{open_regular, read_capped};
 
 const MAGIC: &str = "pod-scope-lock journal 1";
 
-/// A 64-bit checksum, a word at a time (a torn or partly written journal
-/// must not pass; no adversary is assumed: the directory is private).
-/// About 0.3 ns a byte, against 1-2 for a byte-wise FNV, so a journal of
-/// 10,000 allocations costs well under a millisecond.
+/// A 64-bit checksum (a torn or partly written journal must not pass; no
+/// adversary is assumed: the directory is private). Four independent
+/// lanes of a multiply-rotate mix over 8-byte words, so the multiplies
+/// overlap: well under a millisecond for the 3 MB of 10,000 allocations.
 pub(super) fn checksum(bytes: &[u8]) -> u64 {
     const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut h = K ^ bytes.len() as u64;
-    let mut chunks = bytes.chunks_exact(8);
-    let mut mix = |word: u64| h = (h ^ word).wrapping_mul(K).rotate_left(31);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        mix(u64::from_le_bytes(word));
+    fn mix(lane: u64, word: u64) -> u64 {
+        (lane ^ word).wrapping_mul(K).rotate_left(31)
     }
-    let mut last = [0u8; 8];
-    last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-    mix(u64::from_le_bytes(last));
+    fn word(bytes: &[u8]) -> u64 {
+        let mut word = [0u8; 8];
+        word[..bytes.len()].copy_from_slice(bytes);
+        u64::from_le_bytes(word)
+    }
+    let mut lanes = [K, K.rotate_left(16), K.rotate_left(32), K.rotate_left(48)];
+    let mut blocks = bytes.chunks_exact(32);
+    for block in &mut blocks {
+        for (lane, chunk) in lanes.iter_mut().zip(block.chunks_exact(8)) {
+            *lane = mix(*lane, word(chunk));
+        }
+    }
+    // The tail, a word at a time into the first lane, then the length, so
+    // that zero padding never collides with zero bytes.
+    let mut h = lanes[0];
+    for chunk in blocks.remainder().chunks(8) {
+        h = mix(h, word(chunk));
+    }
+    for lane in &lanes[1..] {
+        h = mix(h, *lane);
+    }
+    h = mix(h, bytes.len() as u64);
     h ^ (h >> 29)
 }
 
@@ -128,7 +142,9 @@ mod tests {
 
     #[test]
     fn the_checksum_sees_every_byte_and_the_length() {
-        let body = b"{\"version\":1,\"allocations\":[]}\n".to_vec();
+        // Longer than one 32-byte block, with a tail.
+        let body =
+            b"{\"version\":1,\"allocations\":[]}\n{\"version\":1,\"allocations\":[]}\n".to_vec();
         let sum = checksum(&body);
         for i in 0..body.len() {
             let mut changed = body.clone();
