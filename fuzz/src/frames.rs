@@ -4,8 +4,8 @@
 use bytes::BytesMut;
 use pod_events::{render, Origin};
 use pod_protocol::{
-    decode, encode, DecodeError, Dialect, FrameError, FrameSplitter, Method, MethodCodec,
-    DEFAULT_MAX_FRAME_LEN,
+    decode, encode, Address, DecodeError, Dialect, FrameError, FrameSplitter, Method, MethodCodec,
+    PodEvent, DEFAULT_MAX_FRAME_LEN,
 };
 use tokio_util::codec::Decoder;
 
@@ -31,8 +31,9 @@ enum End {
 /// frame decodes the same way through both; every decoded method
 /// re-encodes to one `\n`-terminated line that decodes to the same value
 /// and re-encodes to the same bytes, and in every dialect to a line that
-/// decodes to the same value; every decoded event renders to one bounded
-/// line.
+/// decodes to the same value; every socket field of a validated event is
+/// an address that displays and parses back to itself; every decoded event
+/// renders to one bounded line.
 pub fn frames(data: &[u8]) {
     check_stream(data, DEFAULT_MAX_FRAME_LEN, data.len().max(1));
     let small_max = data.first().map_or(0, |b| usize::from(*b) % 128);
@@ -154,8 +155,11 @@ fn check_frame(frame: &[u8], decoded: Item) {
             return;
         }
     };
-    if let Err(error) = method.validate() {
-        let _ = error.to_string();
+    match method.validate() {
+        Err(error) => {
+            let _ = error.to_string();
+        }
+        Ok(()) => check_addresses(&method),
     }
     let encoded = encode(&method);
     assert_eq!(
@@ -201,5 +205,28 @@ fn check_frame(frame: &[u8], decoded: Item) {
     if let Method::PodEvent(event) = &method {
         check_rendered_line(&render(event, Origin::Reported));
         check_rendered_line(&render(event, Origin::Inferred));
+    }
+}
+
+/// A validated event's socket fields are addresses whose display parses
+/// back to the same address.
+fn check_addresses(method: &Method) {
+    let Method::PodEvent(PodEvent::ScopeSubDelegated {
+        sub_socket,
+        spawner_socket,
+        ..
+    }) = method
+    else {
+        return;
+    };
+    for socket in std::iter::once(sub_socket).chain(spawner_socket) {
+        let address: Address = socket
+            .parse()
+            .unwrap_or_else(|error| panic!("validated socket {socket:?} is no address: {error}"));
+        assert_eq!(
+            address.to_string().parse::<Address>().as_ref(),
+            Ok(&address),
+            "{socket:?}"
+        );
     }
 }

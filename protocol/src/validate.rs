@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::address::validate_socket;
 use crate::{Method, PodEvent, ScopeRule};
 
 /// Longest accepted pod name, in bytes.
@@ -38,6 +39,17 @@ pub enum ValidationError {
         path: String,
         /// What is wrong with it.
         reason: &'static str,
+    },
+    /// A socket field that names a `unix:` or `tls://` address is not a
+    /// valid [`Address`](crate::Address).
+    #[error("invalid address {address:?} in `{field}`: {source}")]
+    Address {
+        /// The field that held the address.
+        field: &'static str,
+        /// The rejected address.
+        address: String,
+        /// What is wrong with it.
+        source: crate::AddressError,
     },
     /// A scope with no rules.
     #[error("empty scope: at least one rule is required")]
@@ -190,7 +202,9 @@ pub fn validate_scope(scope: &[ScopeRule]) -> Result<(), ValidationError> {
 
 impl PodEvent {
     /// Checks names and paths: every pod name is a valid [`PodName`], every
-    /// path passes [`validate_path`], a sub-delegated scope is non-empty.
+    /// scope path passes [`validate_path`], a socket field is such a path
+    /// or a `unix:` / `tls://` [`Address`](crate::Address), a
+    /// sub-delegated scope is non-empty.
     /// Message text and incarnation ids are free-form (the renderer escapes
     /// them).
     pub fn validate(&self) -> Result<(), ValidationError> {
@@ -208,9 +222,9 @@ impl PodEvent {
             } => {
                 check_name(parent_pod)?;
                 check_name(sub_pod)?;
-                validate_path("sub_socket", sub_socket)?;
+                validate_socket("sub_socket", sub_socket)?;
                 if let Some(socket) = spawner_socket {
-                    validate_path("spawner_socket", socket)?;
+                    validate_socket("spawner_socket", socket)?;
                 }
                 validate_scope(scope)
             }

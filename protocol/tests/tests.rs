@@ -8,6 +8,8 @@ use proptest::prelude::*;
 
 // Modules of this one test binary live in `tests/tests/`, where cargo
 // does not take them for test binaries of their own.
+#[path = "tests/address.rs"]
+mod address;
 #[path = "tests/decoder.rs"]
 mod decoder;
 #[path = "tests/dialect.rs"]
