@@ -67,6 +67,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod claim;
 mod listen;
 mod send;
 pub mod testing;

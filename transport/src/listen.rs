@@ -2,7 +2,6 @@
 //! under bounds, yield methods.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +16,7 @@ use tokio::time::timeout;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+use crate::claim::{self, remove_socket, Claim};
 use crate::{MethodSource, PeerCred, ReceiveError, Received};
 
 /// Longest socket path Linux accepts (`sun_path` is 108 bytes, NUL included).
@@ -112,7 +112,54 @@ pub enum ListenError {
         /// The offending field.
         field: &'static str,
     },
-    /// The socket's parent directory could not be created.
+    /// The socket's directory is not private: another uid owns it, or its
+    /// group or others may write it, so they could replace the socket.
+    #[error(
+        "socket directory {path} is not private (owner uid {owner}, mode {mode:o}): \
+         it must be owned by uid {own_uid} and writable by nobody else, or another \
+         user could replace the socket; chown it and chmod it 0700, or choose \
+         another directory"
+    )]
+    InsecureDir {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// Its owner's uid.
+        owner: u32,
+        /// The uid it must belong to: the listener's own.
+        own_uid: u32,
+    },
+    /// Another listener holds the lock of this socket path.
+    #[error(
+        "{path} is claimed by another listener (pid {}), which holds the lock \
+         file {lock}: stop it first or choose another socket path (nothing was \
+         touched)",
+        .pid.map_or_else(|| "unknown".to_owned(), |pid| pid.to_string())
+    )]
+    Locked {
+        /// The socket path.
+        path: PathBuf,
+        /// The lock file, `<socket path>.lock`.
+        lock: PathBuf,
+        /// The holder's pid, as it wrote it into the lock file (`None` if
+        /// it could not be read).
+        pid: Option<u32>,
+    },
+    /// The lock file could not be opened, checked, locked or written.
+    #[error(
+        "cannot use lock file {path}: {source}; it must be a regular file owned \
+         by the listener's uid (it is never followed as a link)"
+    )]
+    LockFile {
+        /// The lock file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The socket's parent directory could not be created, or is not a
+    /// directory.
     #[error("cannot create socket directory {path}: {source}; check its parent's permissions")]
     CreateDir {
         /// The directory.
@@ -184,18 +231,12 @@ impl Counters {
     }
 }
 
-/// Identity of the socket file this listener bound, so that removal never
-/// unlinks a socket another listener has since bound at the same path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileId {
-    dev: u64,
-    ino: u64,
-}
-
 /// What every connection task shares.
 struct Context {
     path: PathBuf,
-    file: FileId,
+    /// The lock and the socket file's identity; dropped (unlocking) only
+    /// after the socket file is removed.
+    claim: Claim,
     own_uid: u32,
     allowed_uids: Vec<u32>,
     max_frame_len: usize,
@@ -261,45 +302,35 @@ impl std::fmt::Debug for Listener {
 impl Listener {
     /// Binds `path` and starts accepting.
     ///
-    /// Creates the parent directory with mode `0700` if it is missing (an
-    /// existing directory is left as it is). If a socket file already
-    /// exists, it is replaced only when nothing answers on it (a stale
-    /// socket left by a crashed listener); a live listener's socket is never
-    /// unlinked ([`ListenError::InUse`]), nor is a file that is not a socket
-    /// ([`ListenError::NotASocket`]). The new socket gets
-    /// [`ListenConfig::socket_mode`].
+    /// Creates the parent directory with mode `0700` if it is missing; an
+    /// existing one must belong to this process's uid and be writable by
+    /// nobody else ([`ListenError::InsecureDir`]), since whoever can write
+    /// it can replace the socket.
+    ///
+    /// Then takes an exclusive lock on `<path>.lock` (created `0600`, never
+    /// through a link, this process's pid written into it) and holds it
+    /// until the listener is gone: a second listener on the same path,
+    /// from any process, is refused with the holder's pid
+    /// ([`ListenError::Locked`]), so racing listeners cannot both start.
+    /// The lock file is left in place afterwards (removing it would let a
+    /// later pair of listeners lock different files under one name).
+    ///
+    /// Under the lock, an existing socket file is replaced only when
+    /// nothing answers on it (a stale socket left by a crashed listener); a
+    /// live listener's socket is never unlinked ([`ListenError::InUse`]:
+    /// one that does not take the lock, such as an existing Pod's), nor is
+    /// a file that is not a socket ([`ListenError::NotASocket`]). The new
+    /// socket gets [`ListenConfig::socket_mode`].
     pub async fn bind(
         path: impl Into<PathBuf>,
         config: ListenConfig,
     ) -> Result<Listener, ListenError> {
         let path = path.into();
         check_config(&path, &config)?;
-        prepare_path(&path).await?;
-        let io_err = |source| ListenError::Io {
-            path: path.clone(),
-            source,
-        };
-        let listener = match UnixListener::bind(&path) {
-            Ok(listener) => listener,
-            // Another listener bound the path since we checked it.
-            Err(err) if err.kind() == io::ErrorKind::AddrInUse => {
-                return Err(ListenError::InUse { path })
-            }
-            Err(err) => return Err(io_err(err)),
-        };
-        let file = match configure(&listener, &path, &config).await {
-            Ok(file) => file,
-            Err(err) => {
-                drop(listener);
-                // The socket is ours and unusable: leave no stale file.
-                let cleanup = path.clone();
-                let _ = blocking(move || std::fs::remove_file(cleanup)).await;
-                return Err(io_err(err));
-            }
-        };
+        let (listener, claim) = claim::bind(&path, &config).await?;
         let context = Arc::new(Context {
             path,
-            file,
+            claim,
             own_uid: rustix::process::getuid().as_raw(),
             allowed_uids: config.allowed_uids,
             max_frame_len: config.max_frame_len,
@@ -367,39 +398,19 @@ impl Drop for Listener {
             return;
         }
         task.abort();
-        let path = self.context.path.clone();
-        let file = self.context.file;
+        // The context holds the lock: moving a reference into the removal
+        // keeps the path claimed until its socket file is gone.
+        let context = Arc::clone(&self.context);
+        let remove = move || remove_socket(&context.path, context.claim.file);
         // Removal is file I/O: keep it off the executor thread when there
         // is a runtime to hand it to.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn_blocking(move || remove_socket(&path, file));
+                runtime.spawn_blocking(remove);
             }
-            Err(_) => remove_socket(&path, file),
+            Err(_) => remove(),
         }
     }
-}
-
-/// Sets the backlog and the socket file's mode; returns the file's identity.
-async fn configure(
-    listener: &UnixListener,
-    path: &Path,
-    config: &ListenConfig,
-) -> io::Result<FileId> {
-    // Linux lets `listen` be called again to resize the backlog.
-    let backlog = i32::try_from(config.backlog).unwrap_or(i32::MAX);
-    rustix::net::listen(listener, backlog)?;
-    let path = path.to_owned();
-    let mode = config.socket_mode;
-    blocking(move || {
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
-        let meta = std::fs::symlink_metadata(&path)?;
-        Ok(FileId {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        })
-    })
-    .await
 }
 
 fn check_config(path: &Path, config: &ListenConfig) -> Result<(), ListenError> {
@@ -423,105 +434,6 @@ fn check_config(path: &Path, config: &ListenConfig) -> Result<(), ListenError> {
     Ok(())
 }
 
-/// Runs blocking file I/O off the executor threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|err| Err(io::Error::other(err)))
-}
-
-/// What is at the socket path before binding.
-enum Existing {
-    Nothing,
-    Socket,
-    Other,
-}
-
-/// Creates the parent directory if missing and removes a stale socket.
-async fn prepare_path(path: &Path) -> Result<(), ListenError> {
-    let io_err = |source| ListenError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let owned = path.to_owned();
-    let existing = tokio::task::spawn_blocking(move || inspect_path(&owned))
-        .await
-        .unwrap_or_else(|err| Err(io_err(io::Error::other(err))))?;
-    match existing {
-        Existing::Nothing => Ok(()),
-        Existing::Other => Err(ListenError::NotASocket {
-            path: path.to_owned(),
-        }),
-        Existing::Socket => {
-            // A non-blocking connect answers at once: accepted or backlog
-            // full means a live listener; refused means nobody listens.
-            match UnixStream::connect(path).await {
-                Ok(_) => Err(ListenError::InUse {
-                    path: path.to_owned(),
-                }),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => Err(ListenError::InUse {
-                    path: path.to_owned(),
-                }),
-                Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
-                    tracing::info!(path = %path.display(), "replacing stale socket");
-                    let owned = path.to_owned();
-                    blocking(move || match std::fs::remove_file(&owned) {
-                        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
-                        _ => Ok(()),
-                    })
-                    .await
-                    .map_err(io_err)
-                }
-                Err(err) => Err(io_err(err)),
-            }
-        }
-    }
-}
-
-/// Creates the parent directory of `path` with mode `0700` if it is missing,
-/// then says what is at `path`. Blocking.
-fn inspect_path(path: &Path) -> Result<Existing, ListenError> {
-    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|source| ListenError::CreateDir {
-                    path: dir.to_owned(),
-                    source,
-                })?;
-        }
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => Ok(Existing::Socket),
-        Ok(_) => Ok(Existing::Other),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Existing::Nothing),
-        Err(source) => Err(ListenError::Io {
-            path: path.to_owned(),
-            source,
-        }),
-    }
-}
-
-/// Removes the socket file at `path` if it is still the one this listener
-/// bound. Best effort: a failure is logged.
-fn remove_socket(path: &Path, file: FileId) {
-    let still_ours = std::fs::symlink_metadata(path)
-        .is_ok_and(|meta| meta.dev() == file.dev && meta.ino() == file.ino);
-    if !still_ours {
-        return;
-    }
-    if let Err(err) = std::fs::remove_file(path) {
-        if err.kind() != io::ErrorKind::NotFound {
-            tracing::warn!(path = %path.display(), error = %err, "cannot remove socket file");
-        }
-    }
-}
-
 async fn accept_loop(listener: UnixListener, context: Arc<Context>, tx: mpsc::Sender<Received>) {
     let mut connections = JoinSet::new();
     loop {
@@ -541,7 +453,7 @@ async fn accept_loop(listener: UnixListener, context: Arc<Context>, tx: mpsc::Se
     }
     tracing::debug!(path = %context.path.display(), "shutting down");
     let path = context.path.clone();
-    let file = context.file;
+    let file = context.claim.file;
     // Unlink first so that no new connection can arrive, then serve the
     // ones the kernel already queued: their senders consider them sent.
     let _ = tokio::task::spawn_blocking(move || remove_socket(&path, file)).await;

@@ -236,7 +236,7 @@ async fn a_second_listener_leaves_the_first_serving() {
     let err = Listener::bind(&path, ListenConfig::default())
         .await
         .unwrap_err();
-    assert!(matches!(err, ListenError::InUse { .. }), "{err}");
+    assert!(matches!(err, ListenError::Locked { .. }), "{err}");
     sender().send(&path, &notify("to first")).await.unwrap();
     assert_eq!(recv_method(&mut first).await, notify("to first"));
 }

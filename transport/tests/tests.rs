@@ -1,6 +1,7 @@
 //! Integration tests of pod-transport over real Unix sockets in temporary
 //! directories, plus the in-memory network.
 
+mod claim;
 mod listen;
 mod memory;
 mod peer;
