@@ -4,7 +4,8 @@
 
 use pod_protocol::{validate_path, validate_scope, ScopeRule};
 
-use super::{grants, Allocation, Table};
+use super::rules::grants;
+use super::{Allocation, Table};
 use crate::coverage::{is_normal_path, overlaps_valid, relation, Relation};
 use crate::error::DisplayRule;
 

@@ -5,8 +5,9 @@
 
 use pod_protocol::PodName;
 
+use super::rules::Holder;
 use super::undo::Undo;
-use super::{Allocation, Holder, PodSpec, Table};
+use super::{Allocation, PodSpec, Table};
 use crate::error::ScopeError;
 
 impl Table {
