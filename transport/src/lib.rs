@@ -70,6 +70,7 @@ struct ReadmeDoctests;
 mod claim;
 mod listen;
 mod send;
+mod serve;
 pub mod testing;
 
 use std::future::Future;

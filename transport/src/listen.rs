@@ -3,21 +3,17 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{FutureExt, StreamExt};
-use pod_protocol::{FrameError, MethodCodec};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
-use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::timeout;
-use tokio_util::codec::FramedRead;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::claim::{self, remove_socket, Claim};
-use crate::{MethodSource, PeerCred, ReceiveError, Received};
+use crate::serve::{serve, Bounds, Counters, Gate, Shared, Slots};
+use crate::{MethodSource, PeerCred, Received};
 
 /// Longest socket path Linux accepts (`sun_path` is 108 bytes, NUL included).
 const MAX_SOCKET_PATH_LEN: usize = 107;
@@ -29,19 +25,28 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenConfig {
     /// Longest accepted frame, newline excluded (default 64 KiB). A longer
-    /// frame is yielded as [`ReceiveError::FrameTooLong`] and closes its
+    /// frame is yielded as [`ReceiveError::FrameTooLong`](crate::ReceiveError::FrameTooLong) and closes its
     /// connection.
     pub max_frame_len: usize,
     /// Most connections served at once (default 1024). When that many are
-    /// open, the listener stops accepting until one closes: new connections
-    /// wait in the kernel's listen backlog, and once that is full too,
-    /// senders retry until their backlog deadline (see
+    /// open, a new connection evicts the longest-idle one (see
+    /// [`evict_after`](ListenConfig::evict_after)) or, when none has been
+    /// idle long enough, waits in the kernel's listen backlog; once that is
+    /// full too, senders retry until their backlog deadline (see
     /// [`UnixSender`](crate::UnixSender)). Nothing is refused outright.
+    /// Evicted connections winding down count apart, up to as many again.
     pub max_connections: usize,
     /// How long a connection may go without completing a frame before it
     /// is closed (default 10 s), so neither a silent peer nor one trickling
     /// bytes pins a connection. Also bounds the drain at shutdown.
     pub idle_timeout: Duration,
+    /// When every connection slot is taken, a new connection evicts the
+    /// one that has gone longest without completing a frame, if that is at
+    /// least this long (default 1 s); otherwise it waits in the backlog
+    /// until one is. So peers that hold every slot and send slowly delay a
+    /// fresh sender by about this much, not until they stop, while a
+    /// connection whose frame is being read right now is never evicted.
+    pub evict_after: Duration,
     /// Mode of the socket file (default `0o600`: owner only).
     pub socket_mode: u32,
     /// Uids allowed to send besides the listener's own uid (default none).
@@ -63,10 +68,23 @@ impl Default for ListenConfig {
             max_frame_len: pod_protocol::DEFAULT_MAX_FRAME_LEN,
             max_connections: 1024,
             idle_timeout: Duration::from_secs(10),
+            evict_after: Duration::from_secs(1),
             socket_mode: 0o600,
             allowed_uids: Vec::new(),
             queue: 1024,
             backlog: 4096,
+        }
+    }
+}
+
+impl ListenConfig {
+    /// The bounds every served connection obeys.
+    pub(crate) fn bounds(&self) -> Bounds {
+        Bounds {
+            max_frame_len: self.max_frame_len,
+            max_connections: self.max_connections,
+            idle_timeout: self.idle_timeout,
+            evict_after: self.evict_after,
         }
     }
 }
@@ -190,45 +208,21 @@ pub struct ListenStats {
     pub rejected_peers: u64,
     /// Frames decoded into a method.
     pub frames: u64,
-    /// Frames that did not decode (yielded as [`ReceiveError::Decode`]).
+    /// Frames that did not decode (yielded as
+    /// [`ReceiveError::Decode`](crate::ReceiveError::Decode)).
     pub decode_errors: u64,
-    /// Over-long frames (yielded as [`ReceiveError::FrameTooLong`]), each
+    /// Over-long frames (yielded as
+    /// [`ReceiveError::FrameTooLong`](crate::ReceiveError::FrameTooLong)), each
     /// closing its connection.
     pub too_long: u64,
     /// Connections closed for completing no frame within the idle timeout.
     pub idle_timeouts: u64,
     /// Connections ended by a read error.
     pub read_errors: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    connections: AtomicU64,
-    rejected_peers: AtomicU64,
-    frames: AtomicU64,
-    decode_errors: AtomicU64,
-    too_long: AtomicU64,
-    idle_timeouts: AtomicU64,
-    read_errors: AtomicU64,
-}
-
-impl Counters {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn snapshot(&self) -> ListenStats {
-        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        ListenStats {
-            connections: get(&self.connections),
-            rejected_peers: get(&self.rejected_peers),
-            frames: get(&self.frames),
-            decode_errors: get(&self.decode_errors),
-            too_long: get(&self.too_long),
-            idle_timeouts: get(&self.idle_timeouts),
-            read_errors: get(&self.read_errors),
-        }
-    }
+    /// Connections closed to make room for a new one while every slot was
+    /// taken: each had gone at least [`ListenConfig::evict_after`] without
+    /// completing a frame, the longest of all.
+    pub evictions: u64,
 }
 
 /// What every connection task shares.
@@ -239,11 +233,7 @@ struct Context {
     claim: Claim,
     own_uid: u32,
     allowed_uids: Vec<u32>,
-    max_frame_len: usize,
-    max_connections: usize,
-    idle_timeout: Duration,
-    counters: Counters,
-    shutdown: CancellationToken,
+    shared: Arc<Shared>,
 }
 
 /// Stops a [`Listener`] from another task; clones stop the same listener.
@@ -332,12 +322,8 @@ impl Listener {
             path,
             claim,
             own_uid: rustix::process::getuid().as_raw(),
+            shared: Arc::new(Shared::new(config.bounds())),
             allowed_uids: config.allowed_uids,
-            max_frame_len: config.max_frame_len,
-            max_connections: config.max_connections,
-            idle_timeout: config.idle_timeout,
-            counters: Counters::default(),
-            shutdown: CancellationToken::new(),
         });
         let (tx, rx) = mpsc::channel(config.queue);
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&context), tx));
@@ -356,13 +342,13 @@ impl Listener {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> ListenStats {
-        self.context.counters.snapshot()
+        self.context.shared.counters.snapshot()
     }
 
     /// A handle that starts a graceful shutdown from anywhere.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
-            token: self.context.shutdown.clone(),
+            token: self.context.shared.shutdown.clone(),
         }
     }
 
@@ -373,7 +359,7 @@ impl Listener {
     /// [`ShutdownHandle::shutdown`] and keep calling
     /// [`recv`](MethodSource::recv) until it returns `None`.
     pub async fn shutdown(mut self) {
-        self.context.shutdown.cancel();
+        self.context.shared.shutdown.cancel();
         self.rx.close();
         if let Some(task) = self.accept_task.take() {
             // The accept task does not panic; a cancelled runtime is the only
@@ -435,20 +421,28 @@ fn check_config(path: &Path, config: &ListenConfig) -> Result<(), ListenError> {
 }
 
 async fn accept_loop(listener: UnixListener, context: Arc<Context>, tx: mpsc::Sender<Received>) {
-    let mut connections = JoinSet::new();
+    let shared = &context.shared;
+    let mut slots = Slots::default();
     loop {
-        let full = connections.len() >= context.max_connections;
+        let (open, until) = match slots.gate(shared) {
+            Gate::Open => (true, None),
+            Gate::Until(instant) => (false, Some(instant)),
+            Gate::Closed => (false, None),
+        };
         tokio::select! {
             biased;
-            () = context.shutdown.cancelled() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept(), if !full => match accepted {
-                Ok((stream, _)) => admit(stream, &context, &tx, &mut connections),
+            () = shared.shutdown.cancelled() => break,
+            () = slots.reap() => {}
+            accepted = listener.accept(), if open => match accepted {
+                Ok((stream, _)) => admit(stream, &context, &tx, &mut slots),
                 Err(err) => {
                     tracing::warn!(path = %context.path.display(), error = %err, "accept failed");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 }
             },
+            // Every slot is taken by a connection that completed a frame
+            // recently: look again once the longest-idle may be evicted.
+            () = sleep_until(until) => {}
         }
     }
     tracing::debug!(path = %context.path.display(), "shutting down");
@@ -457,21 +451,25 @@ async fn accept_loop(listener: UnixListener, context: Arc<Context>, tx: mpsc::Se
     // Unlink first so that no new connection can arrive, then serve the
     // ones the kernel already queued: their senders consider them sent.
     let _ = tokio::task::spawn_blocking(move || remove_socket(&path, file)).await;
-    drain_backlog(listener, &context, &tx, &mut connections);
+    drain_backlog(listener, &context, &tx, &mut slots);
     drop(tx);
-    let drained = timeout(context.idle_timeout, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
+    let aborted = slots.finish(shared.bounds.idle_timeout).await;
+    if aborted > 0 {
         tracing::warn!(
             path = %context.path.display(),
-            open = connections.len(),
-            "connections still open after the drain deadline; closing them"
+            open = aborted,
+            "connections still open after the drain deadline; closed them"
         );
-        connections.shutdown().await;
     }
     tracing::debug!(path = %context.path.display(), "shut down");
+}
+
+/// Sleeps until `instant`, or forever without one.
+async fn sleep_until(instant: Option<tokio::time::Instant>) {
+    match instant {
+        Some(instant) => tokio::time::sleep_until(instant).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Accepts, without waiting, every connection already in the listen backlog.
@@ -479,7 +477,7 @@ fn drain_backlog(
     listener: UnixListener,
     context: &Arc<Context>,
     tx: &mpsc::Sender<Received>,
-    connections: &mut JoinSet<()>,
+    slots: &mut Slots,
 ) {
     // The std listener stays non-blocking, and its `accept` asks the kernel
     // directly instead of waiting for a readiness event.
@@ -491,8 +489,8 @@ fn drain_backlog(
         }
     };
     loop {
-        while connections.try_join_next().is_some() {}
-        if connections.len() >= context.max_connections {
+        slots.reap_finished();
+        if slots.len() >= context.shared.bounds.max_connections {
             tracing::warn!(path = %context.path.display(), "connection limit reached while draining; dropping the rest of the backlog");
             break;
         }
@@ -509,7 +507,7 @@ fn drain_backlog(
             .set_nonblocking(true)
             .and_then(|()| UnixStream::from_std(stream));
         match stream {
-            Ok(stream) => admit(stream, context, tx, connections),
+            Ok(stream) => admit(stream, context, tx, slots),
             Err(err) => {
                 tracing::warn!(path = %context.path.display(), error = %err, "cannot register drained connection");
             }
@@ -522,8 +520,9 @@ fn admit(
     stream: UnixStream,
     context: &Arc<Context>,
     tx: &mpsc::Sender<Received>,
-    connections: &mut JoinSet<()>,
+    slots: &mut Slots,
 ) {
+    let counters = &context.shared.counters;
     let peer = match stream.peer_cred() {
         Ok(cred) => PeerCred {
             uid: cred.uid(),
@@ -531,13 +530,13 @@ fn admit(
             pid: cred.pid(),
         },
         Err(err) => {
-            Counters::bump(&context.counters.rejected_peers);
+            Counters::bump(&counters.rejected_peers);
             tracing::warn!(path = %context.path.display(), error = %err, "rejected a peer whose credentials cannot be read");
             return;
         }
     };
     if peer.uid != context.own_uid && !context.allowed_uids.contains(&peer.uid) {
-        Counters::bump(&context.counters.rejected_peers);
+        Counters::bump(&counters.rejected_peers);
         tracing::warn!(
             path = %context.path.display(),
             uid = peer.uid,
@@ -546,111 +545,10 @@ fn admit(
         );
         return;
     }
-    Counters::bump(&context.counters.connections);
-    connections.spawn(serve(stream, peer, Arc::clone(context), tx.clone()));
-}
-
-/// What reading a connection produced next.
-enum Next {
-    Frame(Option<Result<Result<crate::Method, pod_protocol::DecodeError>, FrameError>>),
-    Idle,
-    /// Shutdown, and nothing left unread.
-    Drained,
-}
-
-/// Reads one connection until it ends, goes idle, sends an over-long frame
-/// or (after shutdown) has nothing left unread.
-async fn serve(
-    stream: UnixStream,
-    peer: PeerCred,
-    context: Arc<Context>,
-    tx: mpsc::Sender<Received>,
-) {
-    let counters = &context.counters;
-    let mut frames = FramedRead::new(stream, MethodCodec::new(context.max_frame_len));
-    let mut draining = false;
-    loop {
-        let next = if draining {
-            drain_next(&mut frames, context.idle_timeout).await
-        } else {
-            tokio::select! {
-                biased;
-                next = timeout(context.idle_timeout, frames.next()) => match next {
-                    Ok(next) => Next::Frame(next),
-                    Err(_) => Next::Idle,
-                },
-                () = context.shutdown.cancelled() => {
-                    draining = true;
-                    continue;
-                }
-            }
-        };
-        let item = match next {
-            Next::Frame(Some(Ok(Ok(method)))) => {
-                Counters::bump(&counters.frames);
-                Ok(method)
-            }
-            Next::Frame(Some(Ok(Err(err)))) => {
-                Counters::bump(&counters.decode_errors);
-                tracing::debug!(uid = peer.uid, pid = ?peer.pid, error = %err, "undecodable frame");
-                Err(ReceiveError::Decode(err))
-            }
-            Next::Frame(Some(Err(FrameError::TooLong(err)))) => {
-                Counters::bump(&counters.too_long);
-                tracing::warn!(uid = peer.uid, pid = ?peer.pid, error = %err, "over-long frame; closing its connection");
-                // The connection ends whether or not the item is taken.
-                let _ = tx
-                    .send(Received {
-                        peer,
-                        item: Err(ReceiveError::FrameTooLong(err)),
-                    })
-                    .await;
-                return;
-            }
-            Next::Frame(Some(Err(err))) => {
-                Counters::bump(&counters.read_errors);
-                tracing::debug!(uid = peer.uid, pid = ?peer.pid, error = %err, "read failed; closing connection");
-                return;
-            }
-            Next::Frame(None) | Next::Drained => return,
-            Next::Idle => {
-                Counters::bump(&counters.idle_timeouts);
-                tracing::debug!(uid = peer.uid, pid = ?peer.pid, "idle connection closed");
-                return;
-            }
-        };
-        if tx.send(Received { peer, item }).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// After shutdown: the next frame if anything is left to read, else
-/// [`Next::Drained`]. A partial frame is awaited up to `idle`.
-async fn drain_next(frames: &mut FramedRead<UnixStream, MethodCodec>, idle: Duration) -> Next {
-    if let Some(next) = frames.next().now_or_never() {
-        return Next::Frame(next);
-    }
-    // The reactor may not have reported data the kernel already holds, so
-    // ask the kernel: a peek sees unread bytes, or end of stream.
-    if frames.read_buffer().is_empty() && !has_unread(frames.get_ref()) {
-        return Next::Drained;
-    }
-    match timeout(idle, frames.next()).await {
-        Ok(next) => Next::Frame(next),
-        Err(_) => Next::Idle,
-    }
-}
-
-/// Whether the kernel holds unread bytes or an end of stream for `stream`.
-fn has_unread(stream: &UnixStream) -> bool {
-    use rustix::net::{recv, RecvFlags};
-    let mut byte = [0u8; 1];
-    match recv(stream, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
-        // One byte of data, or zero for an orderly end of stream.
-        Ok(_) => true,
-        Err(rustix::io::Errno::AGAIN) => false,
-        // An error is also something to read: the next read reports it.
-        Err(_) => true,
-    }
+    Counters::bump(&counters.connections);
+    let shared = Arc::clone(&context.shared);
+    let tx = tx.clone();
+    slots.admit(&context.shared, move |slot| {
+        serve(stream, peer, shared, slot, tx)
+    });
 }

@@ -177,6 +177,8 @@ async fn idle_connections_time_out_and_free_their_slots() {
     let config = ListenConfig {
         max_connections: 4,
         idle_timeout: Duration::from_millis(200),
+        // Only idle timeouts make room here, not eviction.
+        evict_after: Duration::from_secs(3600),
         ..ListenConfig::default()
     };
     let mut listener = listen_with(&path, config).await;

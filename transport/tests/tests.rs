@@ -2,6 +2,7 @@
 //! directories, plus the in-memory network.
 
 mod claim;
+mod fair;
 mod listen;
 mod memory;
 mod peer;
