@@ -8,7 +8,7 @@ use std::time::Duration;
 use pod_protocol::{Method, PodEvent};
 use pod_registry::Registry;
 use pod_scope_lock::{Liveness, TableStore};
-use pod_transport::{MethodSender, MethodSource, PeerCred, ReceiveError, Received};
+use pod_transport::{MethodSender, MethodSource, Peer, ReceiveError, Received};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -27,7 +27,7 @@ pub struct Notification {
     /// Reported by the pod, or inferred by reconcile.
     pub origin: Origin,
     /// The sending process, for reported events.
-    pub peer: Option<PeerCred>,
+    pub peer: Option<Peer>,
 }
 
 /// Seam: where rendered lines go. Required method:
@@ -286,7 +286,7 @@ where
             let Some(Received { peer, item }) = received else {
                 break;
             };
-            let Some(event) = self.admit(peer, item) else {
+            let Some(event) = self.admit(&peer, item) else {
                 continue;
             };
             // The semaphore is never closed, so acquiring only waits.
@@ -312,7 +312,7 @@ where
     }
 
     /// Counts one received item; returns it when it is a valid event.
-    fn admit(&self, peer: PeerCred, item: Result<Method, ReceiveError>) -> Option<PodEvent> {
+    fn admit(&self, peer: &Peer, item: Result<Method, ReceiveError>) -> Option<PodEvent> {
         let counters = &self.counters;
         bump(&counters.received, 1);
         let event = match item {
@@ -367,7 +367,7 @@ where
     }
 
     /// Applies, renders and delivers one event, in a `pod_event` span.
-    async fn handle(&self, event: PodEvent, peer: PeerCred) {
+    async fn handle(&self, event: PodEvent, peer: Peer) {
         let span = tracing::info_span!("pod_event", pod = %event.subject(), kind = event.kind());
         let effects = self.parent.apply_validated(&event).instrument(span).await;
         bump(&self.counters.failures, effects.failures as u64);
@@ -393,7 +393,7 @@ where
 /// counts it against [`EndpointConfig::max_in_flight`].
 struct Job {
     event: PodEvent,
-    peer: PeerCred,
+    peer: Peer,
     _permit: OwnedSemaphorePermit,
 }
 

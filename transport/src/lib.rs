@@ -77,7 +77,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use pod_protocol::Method;
+pub use pod_protocol::{Method, PodName};
 
 pub use listen::{ListenConfig, ListenError, ListenStats, Listener, ShutdownHandle};
 pub use send::{SendConfig, SendError, UnixSender};
@@ -104,6 +104,99 @@ impl PeerCred {
     }
 }
 
+/// Who sent a received item, as far as the transport could establish it.
+///
+/// Over a Unix socket, the kernel's `SO_PEERCRED` gives the peer's uid, gid
+/// and pid at connect time ([`Peer::local`]); over a networked transport
+/// (the `tls` feature), there is no uid or pid, and the pod name comes from
+/// the peer's verified client certificate ([`Peer::certified`]). The struct
+/// is `#[non_exhaustive]`: a future transport may establish more.
+///
+/// What is certain is what is here: a field is `Some` only when the
+/// transport verified it. Deciding whether this peer may send what it sent
+/// (say, an event about pod `n`) is the receiver's job (`pod-events`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Peer {
+    /// Effective user id of a local peer.
+    pub uid: Option<u32>,
+    /// Effective group id of a local peer.
+    pub gid: Option<u32>,
+    /// Process id of a local peer, when the platform reports it.
+    pub pid: Option<u32>,
+    /// The pod name a verified TLS client certificate names (its URI SAN
+    /// `pod://<name>`).
+    pub pod_name: Option<PodName>,
+}
+
+impl Peer {
+    /// A local peer with the credentials `SO_PEERCRED` reported.
+    pub fn local(cred: PeerCred) -> Self {
+        Peer {
+            uid: Some(cred.uid),
+            gid: Some(cred.gid),
+            pid: cred.pid.and_then(|pid| u32::try_from(pid).ok()),
+            pod_name: None,
+        }
+    }
+
+    /// The calling process, as a local peer.
+    pub fn current() -> Self {
+        Peer::local(PeerCred::current())
+    }
+
+    /// A remote peer whose verified certificate names `pod_name`.
+    pub fn certified(pod_name: PodName) -> Self {
+        Peer {
+            uid: None,
+            gid: None,
+            pid: None,
+            pod_name: Some(pod_name),
+        }
+    }
+
+    /// The local credentials, when this is a local peer.
+    pub fn cred(&self) -> Option<PeerCred> {
+        Some(PeerCred {
+            uid: self.uid?,
+            gid: self.gid?,
+            pid: self.pid.and_then(|pid| i32::try_from(pid).ok()),
+        })
+    }
+}
+
+impl From<PeerCred> for Peer {
+    fn from(cred: PeerCred) -> Self {
+        Peer::local(cred)
+    }
+}
+
+/// Comparing with local credentials: equal when this is that local peer.
+impl PartialEq<PeerCred> for Peer {
+    fn eq(&self, cred: &PeerCred) -> bool {
+        self.pod_name.is_none() && self.cred() == Some(*cred)
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(name) = &self.pod_name {
+            parts.push(format!("pod {name}"));
+        }
+        if let Some(uid) = self.uid {
+            parts.push(format!("uid {uid}"));
+        }
+        if let Some(pid) = self.pid {
+            parts.push(format!("pid {pid}"));
+        }
+        if parts.is_empty() {
+            return f.write_str("an unidentified peer");
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
 /// Why a received frame did not yield a [`Method`].
 ///
 /// This is an item of a [`MethodSource`], not the end of it: the source
@@ -127,8 +220,8 @@ pub enum ReceiveError {
 /// One item received by a [`MethodSource`]: who sent it, and what.
 #[derive(Debug)]
 pub struct Received {
-    /// Credentials of the sending process.
-    pub peer: PeerCred,
+    /// Who sent it, as the transport established it.
+    pub peer: Peer,
     /// The method, or why the frame did not yield one.
     pub item: Result<Method, ReceiveError>,
 }

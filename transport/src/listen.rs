@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::claim::{self, remove_socket, Claim};
 use crate::serve::{serve, Bounds, Counters, Gate, Shared, Slots};
-use crate::{MethodSource, PeerCred, Received};
+use crate::{MethodSource, Peer, PeerCred, Received};
 
 /// Longest socket path Linux accepts (`sun_path` is 108 bytes, NUL included).
 const MAX_SOCKET_PATH_LEN: usize = 107;
@@ -548,6 +548,7 @@ fn admit(
     Counters::bump(&counters.connections);
     let shared = Arc::clone(&context.shared);
     let tx = tx.clone();
+    let peer = Peer::local(peer);
     slots.admit(&context.shared, move |slot| {
         serve(stream, peer, shared, slot, tx)
     });

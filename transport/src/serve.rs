@@ -37,7 +37,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::listen::ListenStats;
-use crate::{PeerCred, ReceiveError, Received};
+use crate::{Peer, ReceiveError, Received};
 
 /// The bounds every served connection obeys.
 #[derive(Debug, Clone)]
@@ -303,7 +303,7 @@ enum Next {
 /// frame, is evicted, or (after shutdown) has nothing left unread.
 pub(crate) async fn serve<C: Connection>(
     stream: C,
-    peer: PeerCred,
+    peer: Peer,
     shared: Arc<Shared>,
     slot: SlotHandle,
     tx: mpsc::Sender<Received>,
@@ -347,16 +347,16 @@ pub(crate) async fn serve<C: Connection>(
             }
             Next::Frame(Some(Ok(Err(err)))) => {
                 Counters::bump(&counters.decode_errors);
-                tracing::debug!(uid = peer.uid, pid = ?peer.pid, error = %err, "undecodable frame");
+                tracing::debug!(peer = %peer, error = %err, "undecodable frame");
                 Err(ReceiveError::Decode(err))
             }
             Next::Frame(Some(Err(FrameError::TooLong(err)))) => {
                 Counters::bump(&counters.too_long);
-                tracing::warn!(uid = peer.uid, pid = ?peer.pid, error = %err, "over-long frame; closing its connection");
+                tracing::warn!(peer = %peer, error = %err, "over-long frame; closing its connection");
                 // The connection ends whether or not the item is taken.
                 let _ = tx
                     .send(Received {
-                        peer,
+                        peer: peer.clone(),
                         item: Err(ReceiveError::FrameTooLong(err)),
                     })
                     .await;
@@ -364,17 +364,24 @@ pub(crate) async fn serve<C: Connection>(
             }
             Next::Frame(Some(Err(err))) => {
                 Counters::bump(&counters.read_errors);
-                tracing::debug!(uid = peer.uid, pid = ?peer.pid, error = %err, "read failed; closing connection");
+                tracing::debug!(peer = %peer, error = %err, "read failed; closing connection");
                 return;
             }
             Next::Frame(None) | Next::Done => return,
             Next::Idle => {
                 Counters::bump(&counters.idle_timeouts);
-                tracing::debug!(uid = peer.uid, pid = ?peer.pid, "idle connection closed");
+                tracing::debug!(peer = %peer, "idle connection closed");
                 return;
             }
         };
-        if tx.send(Received { peer, item }).await.is_err() {
+        if tx
+            .send(Received {
+                peer: peer.clone(),
+                item,
+            })
+            .await
+            .is_err()
+        {
             return;
         }
     }
