@@ -27,10 +27,10 @@
 //!   line may use either, and naming one field twice under both names is a
 //!   duplicate, as serde's `alias` does.
 //!
-//! One deliberate difference: an ignored value nested deeper than
-//! serde_json's recursion limit (128) is skipped, where the derive's
-//! buffering refused it. serde_json skips values without recursing, and a
-//! frame is at most 64 KiB, so this costs nothing and cannot overflow.
+//! - an ignored value is parsed in full and dropped ([`Skip`]), not
+//!   skipped over, because the derive's buffering parsed it: a number out
+//!   of range or nesting past serde_json's recursion limit is still an
+//!   error there.
 //!
 //! `scope` alone is always buffered before it is typed: its rules hold an
 //! enum, and buffered content accepts `{"write":{}}` for a unit variant
@@ -39,7 +39,7 @@
 
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use crate::buffer::Buffered;
@@ -206,6 +206,74 @@ impl Visitor<'_> for KindSeed {
     }
 }
 
+/// Parses a value in full and drops it, allocating nothing.
+///
+/// serde's `IgnoredAny` would let serde_json skip the text without
+/// parsing it, which accepts what the derive refused (`1e400`, nesting
+/// deeper than 128); this keeps every ignored value to the rules the
+/// derive's buffering applied.
+struct Skip;
+
+impl<'de> Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Skip, D::Error> {
+        deserializer.deserialize_any(Skip)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Skip {
+    type Value = Skip;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Skip, D::Error> {
+        deserializer.deserialize_any(Skip)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = Skip;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_bytes<E>(self, _: &[u8]) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_unit<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_none<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Skip, D::Error> {
+        d.deserialize_any(Skip)
+    }
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Skip, D::Error> {
+        d.deserialize_any(Skip)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element_seed(Skip)?.is_some() {}
+        Ok(Skip)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_key_seed(Skip)?.is_some() {
+            map.next_value_seed(Skip)?;
+        }
+        Ok(Skip)
+    }
+}
+
 /// Where a field's value comes from: the input, or a buffered value.
 trait Source<'de> {
     type Error: de::Error;
@@ -281,7 +349,7 @@ impl Slots {
             Field::SubIncarnation => put(&mut self.sub_incarnation, field, source),
             Field::SpawnerSocket => put(&mut self.spawner_socket, field, source),
             // The caller handles `kind` and skips unknown fields.
-            Field::Kind | Field::Unknown => source.take::<IgnoredAny>().map(drop),
+            Field::Kind | Field::Unknown => source.take::<Skip>().map(drop),
         }
     }
 
@@ -357,7 +425,7 @@ impl<'de> Visitor<'de> for EventVisitor {
                     }
                 }
                 (Field::Unknown, _) | (_, Some(_)) => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value_seed(Skip)?;
                 }
                 (field, None) => early.push((field, map.next_value()?)),
             }
@@ -409,7 +477,7 @@ impl<'de> Visitor<'de> for EventVisitor {
         // The derive's buffered sequence refused elements left over.
         let read = fields.read;
         let mut extra = 0;
-        while seq.next_element::<IgnoredAny>()?.is_some() {
+        while seq.next_element_seed(Skip)?.is_some() {
             extra += 1;
         }
         if extra > 0 {
