@@ -36,10 +36,13 @@ use crate::table::Table;
 /// - `scope.lock.journal`: the next table while the data file is rewritten.
 ///   Created exclusively (never through a symbolic link) under the lock,
 ///   made durable (fdatasync, then fsync of the directory) before the data
-///   file is touched, and removed once it is durable. A transaction that
-///   finds the data file unparseable (torn by a crash mid-rewrite, or
-///   empty) and a complete journal (length and checksum match, and it is a
-///   valid table) rewrites the data file from the journal; one that finds a
+///   file is touched, and removed once it is durable. It holds the new
+///   table and the bytes it replaces. A transaction that finds the data
+///   file unparseable and a complete journal (lengths and checksum match,
+///   and it is a valid table) rewrites the data file from the journal if
+///   the file is empty or is what this rewrite leaves when interrupted (a
+///   prefix of the new table over the old bytes), and refuses a file torn
+///   by anyone else since as corrupt; one that finds a
 ///   parseable data file removes a leftover journal (its writer died
 ///   before touching the data, or an existing Pod, which knows nothing of
 ///   journals, wrote the file since). Readers recover the same way without
@@ -276,9 +279,15 @@ impl FileStore {
             Some(Err(error)) => Some(error),
             None => None,
         };
-        if let Some((body, table)) = journal::read(&self.journal_path, self.max_table_bytes) {
-            bump(&self.shared.loads);
-            return Ok((Arc::new(Cached { bytes: body, table }), true));
+        // Recovered only if the data file is what this journal's rewrite
+        // leaves when interrupted (or empty: nothing better is left); a
+        // file torn by someone else since is refused, not rolled back.
+        if let Some(journal) = journal::read(&self.journal_path, self.max_table_bytes) {
+            if bytes.is_empty() || journal::is_tear(&bytes, &journal.new, &journal.old) {
+                bump(&self.shared.loads);
+                let (bytes, table) = (journal.new, journal.table);
+                return Ok((Arc::new(Cached { bytes, table }), true));
+            }
         }
         match error {
             Some(error) => Err(self.decode_error(error)),
@@ -354,10 +363,11 @@ impl FileStore {
             .map_err(|e| ScopeError::io(&self.path, e))
     }
 
-    /// Makes `bytes` the table, crash-safely: the journal first (durable),
-    /// then the data file in place, then the journal removed.
-    fn write(&self, file: &File, bytes: &[u8]) -> Result<(), ScopeError> {
-        journal::write(&self.journal_path, self.dir(), bytes)?;
+    /// Makes `bytes` the table in place of `old`, crash-safely: the journal
+    /// first (durable), then the data file in place, then the journal
+    /// removed.
+    fn write(&self, file: &File, bytes: &[u8], old: &[u8]) -> Result<(), ScopeError> {
+        journal::write(&self.journal_path, self.dir(), bytes, old)?;
         self.rewrite_in_place(file, bytes)?;
         journal::remove(&self.journal_path)?;
         bump(&self.shared.durable_writes);
@@ -422,8 +432,9 @@ impl TableStore for FileStore {
             return result;
         }
         let result = result?;
+        let old = bytes;
         let bytes = format::encode(&table);
-        self.write(&file, &bytes)?;
+        self.write(&file, &bytes, &old)?;
         self.remember(&Arc::new(Cached { bytes, table }));
         drop(file);
         Ok(result)
@@ -478,7 +489,7 @@ mod tests {
             .unwrap();
         let new = format::encode(&table);
         fs::write(store.path(), &old).unwrap();
-        journal::write(store.journal_path(), temp.path(), &new).unwrap();
+        journal::write(store.journal_path(), temp.path(), &new, &old).unwrap();
         (temp, store, old, new)
     }
 
@@ -486,7 +497,7 @@ mod tests {
     fn a_torn_or_empty_data_file_is_recovered_from_a_complete_journal() {
         let (_temp, store, old, new) = interrupted();
         // Torn the way an in-place rewrite tears: a prefix of the new bytes
-        // over the old, with or without the final truncation; or empty.
+        // over the old, or all of them before the truncation; or empty.
         let tears = [
             [&new[..new.len() / 2], &old[new.len() / 2..]].concat(),
             [
@@ -494,13 +505,13 @@ mod tests {
                 &old[4096.min(new.len() - 1)..],
             ]
             .concat(),
-            new[..new.len() - 5].to_vec(),
+            [&new[..], &old[new.len()..]].concat(),
             Vec::new(),
         ];
         let expected = format::decode(&new).unwrap();
         for torn in tears {
             fs::write(store.path(), &torn).unwrap();
-            journal::write(store.journal_path(), store.dir(), &new).unwrap();
+            journal::write(store.journal_path(), store.dir(), &new, &old).unwrap();
             // A reader answers from the journal and writes nothing.
             assert_eq!(store.load().unwrap(), expected);
             assert_eq!(fs::read(store.path()).unwrap(), torn);
@@ -523,6 +534,22 @@ mod tests {
         assert_eq!(store.transact(|t| Ok(t.clone())).unwrap(), expected);
         assert!(!store.journal_path().exists());
         assert_eq!(fs::read(store.path()).unwrap(), old);
+    }
+
+    #[test]
+    fn a_file_torn_by_someone_else_since_is_not_rolled_back_to_the_journal() {
+        // This journal's writer died before touching the data file; an
+        // existing Pod then rewrote it (it knows no journal) and died in
+        // the middle: its torn bytes are no tear of this journal's write.
+        let (_temp, store, _old, _new) = interrupted();
+        let theirs = b"{\n  \"allocations\": [\n    {\n      \"pod_name\": \"x";
+        fs::write(store.path(), theirs).unwrap();
+        assert!(matches!(store.load(), Err(ScopeError::Corrupt { .. })));
+        assert!(matches!(
+            store.transact(|_| Ok(())),
+            Err(ScopeError::Corrupt { .. })
+        ));
+        assert_eq!(fs::read(store.path()).unwrap(), theirs);
     }
 
     #[test]

@@ -303,11 +303,9 @@ fn racing_processes_lose_no_update_and_keep_the_invariant() {
 }
 
 /// Saves in a loop until killed: registers, delegates and releases pods of
-/// its own, keeping up to 150 allocations with long socket paths, so each
-/// save rewrites about 600 KB in place and a kill lands in the middle of
-/// that write often enough to leave torn data files for the journal to
-/// recover. Prints `CRASH ready` once it starts and `CRASH saved` after
-/// each registration.
+/// its own, keeping up to 150 allocations so each save writes a sizeable
+/// file. Prints `CRASH ready` once it starts and `CRASH saved` after each
+/// registration.
 #[test]
 fn crash_child() {
     let Some((path, index)) = role("crash") else {
@@ -321,9 +319,10 @@ fn crash_child() {
         let top = format!("k{index}-{round}");
         // Stale pods of killed predecessors in its way are reclaimed by this
         // register.
-        let mut top_spec = spec(&top, me, &[&format!("w:/crash/{round}/**")]);
-        top_spec.socket = format!("/run/pods/{top}/{}", "s".repeat(4000));
-        if table.register(top_spec).is_ok() {
+        if table
+            .register(spec(&top, me, &[&format!("w:/crash/{round}/**")]))
+            .is_ok()
+        {
             println!("CRASH saved");
             let _ = table.delegate(
                 &name(&top),
@@ -359,7 +358,7 @@ fn sigkill_during_saves_always_leaves_a_valid_table() {
         .as_nanos() as u64;
     let mut rng = XorShift(seed | 1);
     let (mut sizes, mut mid_write, mut torn) = (BTreeSet::new(), 0, 0);
-    let mut captured: Option<Vec<u8>> = None;
+    let mut captured: Option<(Vec<u8>, Vec<u8>)> = None;
     for kill in 0..kills {
         let mut children = Children(vec![spawn_role(
             "crash",
@@ -398,8 +397,10 @@ fn sigkill_during_saves_always_leaves_a_valid_table() {
             // also gets the data file torn as that rewrite would have left
             // it: a prefix of the journal's table over the old bytes.
             if let Some(body) = complete_journal_body(&journal_bytes) {
-                if captured.is_none() {
-                    captured = Some(journal_bytes.clone());
+                // Killed before the rewrite began, the data file holds the
+                // old bytes: keep a tear of them for the check at the end.
+                if captured.is_none() && !torn_now(&raw) {
+                    captured = a_tear(body, &raw).map(|tear| (journal_bytes.clone(), tear));
                 }
                 let cut = 1 + rng.below(body.len() - 1);
                 let mut tear = body[..cut].to_vec();
@@ -436,12 +437,10 @@ fn sigkill_during_saves_always_leaves_a_valid_table() {
     // Kills in the short in-place rewrite are rare, so recovery is also
     // checked once for certain: a complete journal a kill left (one lives
     // through two fsyncs, so kills leave many), beside a data file torn
-    // right after its first byte.
+    // half-way through its rewrite.
     if kills >= 100 {
-        let journal_bytes = captured.expect("no kill left a complete journal");
+        let (journal_bytes, tear) = captured.expect("no kill left a complete journal");
         let body = complete_journal_body(&journal_bytes).unwrap();
-        let mut tear = body[..1].to_vec();
-        tear.extend_from_slice(b"garbage");
         std::fs::write(&path, &tear).unwrap();
         std::fs::write(&journal, &journal_bytes).unwrap();
         let table = store.load().unwrap();
@@ -460,21 +459,35 @@ fn sigkill_during_saves_always_leaves_a_valid_table() {
     }
 }
 
-/// The table inside a journal file whose length is the one its header
-/// announces (README: `pod-scope-lock journal 1 <length> <checksum>`, a
-/// newline, the table): complete, as a kill (unlike a power loss) leaves
-/// no garbage in what was written.
+/// The new table inside a journal file whose length is the one its header
+/// announces (README: `pod-scope-lock journal 1 <new length> <old length>
+/// <checksum>`, a newline, the new table, 8 bytes per 256-byte block of
+/// the old one): complete, as a kill (unlike a power loss) leaves no
+/// garbage in what was written.
 fn complete_journal_body(journal: &[u8]) -> Option<&[u8]> {
     let newline = journal.iter().position(|&b| b == b'\n')?;
     let header = std::str::from_utf8(&journal[..newline]).ok()?;
-    let length: usize = header
+    let mut lengths = header
         .strip_prefix("pod-scope-lock journal 1 ")?
         .split(' ')
-        .next()?
-        .parse()
-        .ok()?;
-    let body = &journal[newline + 1..];
-    (body.len() == length && length > 1).then_some(body)
+        .map(|field| field.parse::<usize>().ok());
+    let (new, old) = (lengths.next()??, lengths.next()??);
+    let rest = &journal[newline + 1..];
+    (rest.len() == new + 8 * old.div_ceil(256) && new > 1).then(|| &rest[..new])
+}
+
+/// The data file as the rewrite of `old` into `new` leaves it when cut
+/// just past the first byte it changes (or later, until the mix no longer
+/// parses); `None` if no cut tears it (the two are equal).
+fn a_tear(new: &[u8], old: &[u8]) -> Option<Vec<u8>> {
+    let changed = new.iter().zip(old).take_while(|(n, o)| n == o).count();
+    (changed + 1..=new.len())
+        .map(|cut| [&new[..cut], old.get(cut..).unwrap_or_default()].concat())
+        .find(|tear| serde_json::from_slice::<serde_json::Value>(tear).is_err())
+}
+
+fn torn_now(data: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(data).is_err()
 }
 
 fn pod_names_in(table: &[u8]) -> Vec<String> {
