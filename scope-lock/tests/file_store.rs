@@ -351,6 +351,12 @@ fn a_table_written_by_existing_pods_is_read_and_stays_legacy_when_written_back()
     let listed = table.list().unwrap();
     assert_eq!(listed.len(), 2);
     assert!(listed.iter().all(|a| a.is_legacy()));
+    assert!(listed[0].matches_incarnation(Some("any")) && listed[0].matches_incarnation(None));
+    // Not a reservation: there is nothing to adopt.
+    assert!(matches!(
+        table.adopt(&name("docs"), "any", 7),
+        Err(ScopeError::NotReserved { .. })
+    ));
     assert_eq!(
         table
             .owner_of("/srv/repo/docs/a.md")

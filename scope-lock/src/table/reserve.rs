@@ -64,12 +64,17 @@ impl Table {
             return Err(ScopeError::UnknownPod { name: name.clone() });
         };
         let held = &self.allocations[index];
-        if held.incarnation.as_deref() != Some(incarnation) {
-            return Err(ScopeError::IncarnationMismatch {
-                name: name.clone(),
-                held: held.incarnation.clone().unwrap_or_default(),
-                requested: incarnation.to_owned(),
-            });
+        match held.incarnation.as_deref() {
+            // A legacy allocation (no incarnation) is never a reservation.
+            None => return Err(ScopeError::NotReserved { name: name.clone() }),
+            Some(minted) if minted != incarnation => {
+                return Err(ScopeError::IncarnationMismatch {
+                    name: name.clone(),
+                    held: minted.to_owned(),
+                    requested: incarnation.to_owned(),
+                })
+            }
+            Some(_) => {}
         }
         let Some(deadline) = held.pending_until else {
             return Err(ScopeError::NotReserved { name: name.clone() });
