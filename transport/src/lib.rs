@@ -19,8 +19,11 @@
 //! a stream of received methods. Each has a real implementation
 //! ([`UnixSender`], [`Listener`]) and an in-memory one in [`testing`]
 //! ([`testing::MemorySender`], [`testing::MemorySource`]) so upper layers
-//! can be tested without sockets. An address is a [`Path`] today; a
-//! networked transport can implement the same traits later.
+//! can be tested without sockets. An address is a [`Path`] today. The
+//! `tls` feature adds a networked implementation of the same traits,
+//! `tls::TlsListener` and `tls::TlsSender` (TCP with mutual TLS, the peer's
+//! pod name read from its certificate), which pass the same behavioural
+//! test suite.
 //!
 //! ```
 //! use pod_transport::testing::MemoryNetwork;
@@ -72,6 +75,8 @@ mod listen;
 mod send;
 mod serve;
 pub mod testing;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::future::Future;
 use std::path::Path;

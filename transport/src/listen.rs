@@ -243,6 +243,10 @@ pub struct ShutdownHandle {
 }
 
 impl ShutdownHandle {
+    pub(crate) fn new(token: CancellationToken) -> Self {
+        ShutdownHandle { token }
+    }
+
     /// Starts a graceful shutdown and returns at once: the listener stops
     /// accepting, removes its socket file, serves the connections already
     /// queued or open until each has nothing left unread (a partial frame
@@ -265,7 +269,7 @@ impl ShutdownHandle {
 /// [`ListenConfig::allowed_uids`] (checked with `SO_PEERCRED` before
 /// anything is read; others are counted, logged at warn level and closed),
 /// and spawns one task per connection that reads frames with
-/// [`MethodCodec`] into a bounded queue that [`recv`](MethodSource::recv)
+/// [`MethodCodec`](pod_protocol::MethodCodec) into a bounded queue that [`recv`](MethodSource::recv)
 /// drains.
 ///
 /// Dropping a listener stops it at once (open connections are closed

@@ -72,6 +72,18 @@ pub enum SendError {
         /// Time spent retrying.
         after: Duration,
     },
+    /// The TLS handshake failed (feature `tls`): the receiver refused our
+    /// certificate, or its certificate is not trusted.
+    #[error(
+        "TLS handshake with {path} failed: {reason}; check that both \
+         certificates are signed by the CAs the other side trusts and valid now"
+    )]
+    Handshake {
+        /// The address sent to.
+        path: PathBuf,
+        /// What the TLS layer reported.
+        reason: String,
+    },
     /// Any other I/O failure.
     #[error("I/O error sending to {path}: {source}")]
     Io {
@@ -92,6 +104,7 @@ impl SendError {
             | SendError::PermissionDenied { path }
             | SendError::TimedOut { path, .. }
             | SendError::BacklogFull { path, .. }
+            | SendError::Handshake { path, .. }
             | SendError::Io { path, .. } => path,
         }
     }
@@ -204,7 +217,7 @@ impl UnixSender {
 
 /// A pseudo-random duration in `[0, max]`, so that senders that hit a full
 /// backlog together do not retry in lockstep.
-fn jitter_up_to(max: Duration) -> Duration {
+pub(crate) fn jitter_up_to(max: Duration) -> Duration {
     let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
     if nanos == 0 {
         return Duration::ZERO;
@@ -223,7 +236,7 @@ impl MethodSender for UnixSender {
     }
 }
 
-fn classify_connect_error(to: &Path, err: io::Error) -> SendError {
+pub(crate) fn classify_connect_error(to: &Path, err: io::Error) -> SendError {
     let path = to.to_owned();
     match err.kind() {
         io::ErrorKind::NotFound => SendError::SocketMissing { path },

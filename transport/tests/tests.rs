@@ -6,7 +6,12 @@ mod fair;
 mod listen;
 mod memory;
 mod peer;
+#[cfg(feature = "tls")]
+mod pki;
 mod send;
+mod suite;
+#[cfg(feature = "tls")]
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
