@@ -53,10 +53,11 @@ fn write_files(dir: &Path) -> Result<()> {
         pod_name: pod(&name),
         // The benchmark outlives its children, so every allocation is live.
         pid,
-        start_time,
+        start_time: Some(start_time),
         scope_allow: vec![ScopeRule::write(target)],
         delegated_from: parent.map(pod),
-        incarnation: inc,
+        incarnation: Some(inc),
+        pending_until: None,
     };
     let mut allocations = vec![allocation(
         "root".into(),

@@ -83,6 +83,7 @@ impl Scenario {
                     .delegate(&pod("root"), spec(&name, SPAWNER_PID, &target))
                     .expect("delegate to a child")
                     .incarnation
+                    .unwrap_or_default()
             } else {
                 format!("c{k:031x}")
             };
@@ -132,6 +133,7 @@ impl Scenario {
                 .delegate(&pod(&spawner), spec(&name, GRANDCHILD_PID, &target))
                 .expect("delegate to a grandchild")
                 .incarnation
+                .unwrap_or_default()
         } else {
             format!("{i:032x}")
         };

@@ -3,11 +3,12 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use pod_registry::{
-    FileRegistry, Mutation, PodName, Registry, RegistryError, RegistryState, DEPARTED_FILE,
-    RECORDS_FILE,
+    FileRegistry, Mutation, PodName, Record, Registry, RegistryError, RegistrySnapshot,
+    RegistryState, DEPARTED_FILE, LOCK_FILE, RECORDS_FILE,
 };
 use pod_scope_lock::{Allocation, FileStore, PodSpec, ScopeError, ScopeRule, Table, TableStore};
 
@@ -66,18 +67,21 @@ fn entries(dir: &Path) -> BTreeSet<String> {
 /// empty departed set beside it), then as `departed_pods.json` (with no
 /// records beside it), and opens each through the real implementation.
 ///
-/// Checks, for the scope table: loading with and without the lock agree;
-/// either a typed error (corrupt, invalid, unsupported version) that
-/// leaves the file byte for byte as it was and writes no temporary file,
+/// Checks, for the scope table: loading under the shared and the exclusive
+/// lock agree; either a typed error (corrupt, invalid, unsupported version)
+/// that leaves the file byte for byte as it was and creates no file (no
+/// journal),
 /// or a table that satisfies its invariant, whose file a read-only
 /// transaction leaves untouched, on which release, reclaim, register and
 /// delegate keep the invariant, and which survives a write and a reload.
 ///
 /// For the registry: either [`RegistryError::Corrupt`] naming the file,
-/// with both files unchanged and no file created; or a state in which no
-/// record is matched by a tombstone and the departed set is within its
-/// capacity, with both files unchanged by open and close, and which
-/// survives a durable write and a reopen.
+/// with both files unchanged and no data file created (the owner's lock
+/// file aside); or a state in which no record is matched by a tombstone
+/// and the departed set is within its capacity, with both files unchanged
+/// by open and close, which the read-only snapshot sees too, and which
+/// survives durable writes of both files and a reopen, every invalid
+/// record (an element that is not a valid record) kept byte for byte.
 pub fn files(data: &[u8]) {
     scope_table_file(data);
     registry_files(data, RECORDS_FILE);
@@ -101,9 +105,10 @@ fn scope_table_file(data: &[u8]) {
     let loaded = store.load();
     let locked = store.transact(|table| Ok(table.clone()));
     assert_eq!(read(&path), data, "opening scope.lock changed it");
-    assert!(
-        !dir.join("scope.lock.tmp").exists(),
-        "opening scope.lock wrote a temporary file"
+    assert_eq!(
+        entries(&dir),
+        BTreeSet::from(["scope.lock".to_owned()]),
+        "opening scope.lock created a file (a journal, a lock file)"
     );
     let table = match (loaded, locked) {
         (Ok(loaded), Ok(locked)) => {
@@ -157,9 +162,20 @@ fn exercise_rules(table: &Table) {
     let pods: Vec<Allocation> = table.allocations().take(EXERCISED).cloned().collect();
     for a in &pods {
         let mut t = table.clone();
-        let released = t.release(&a.pod_name, Some(&a.incarnation));
+        let released = t.release(&a.pod_name, a.incarnation.as_deref());
         assert_eq!(released.as_ref().ok(), Some(a), "release of {}", a.pod_name);
         check(&t, &format!("releasing `{}`", a.pod_name));
+
+        if let (Some(until), Some(incarnation)) = (a.pending_until, &a.incarnation) {
+            // A pending reservation: adopting it before its deadline
+            // changes only its process, so the invariant stands.
+            let mut t = table.clone();
+            let adopted = t
+                .adopt(&a.pod_name, incarnation, 1, 1, until)
+                .unwrap_or_else(|e| panic!("adopting `{}`: {e}", a.pod_name));
+            assert_eq!(adopted.pending_until, None);
+            check(&t, &format!("adopting `{}`", a.pod_name));
+        }
 
         let _ = table.effective_write_scope(a.pod_name.as_str());
         for rule in &a.scope_allow {
@@ -204,6 +220,9 @@ fn exercise_rules(table: &Table) {
 
 fn registry_files(data: &[u8], file: &str) {
     let dir = fresh_dir("registry");
+    // The registry refuses a state directory others can write, whatever
+    // the umask made of this one.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).expect("chmod the registry dir");
     let records_path = dir.join(RECORDS_FILE);
     let departed_path = dir.join(DEPARTED_FILE);
     for path in [&records_path, &departed_path] {
@@ -211,14 +230,23 @@ fn registry_files(data: &[u8], file: &str) {
         fs::write(path, bytes).expect("write a registry file");
     }
     let before = (read(&records_path), read(&departed_path));
-    let names_before = entries(&dir);
+    // The owner's lock file is created by open and is not data.
+    let data_entries = || {
+        let mut names = entries(&dir);
+        names.remove(LOCK_FILE);
+        names
+    };
+    let names_before = data_entries();
     let unchanged = |when: &str| {
         assert!(
             (read(&records_path), read(&departed_path)) == before,
             "{file}: {when} changed the registry files"
         );
-        assert_eq!(entries(&dir), names_before, "{file}: {when} created files");
+        assert_eq!(data_entries(), names_before, "{file}: {when} created files");
     };
+    // The read-only path agrees with the owner, and writes nothing.
+    let snapshot = RegistrySnapshot::load(&dir);
+    unchanged("a snapshot");
 
     let registry = match FileRegistry::open(&dir) {
         Ok(registry) => registry,
@@ -228,6 +256,10 @@ fn registry_files(data: &[u8], file: &str) {
                 dir.join(file),
                 "the error names another file: {message}"
             );
+            assert!(
+                matches!(snapshot, Err(RegistryError::Corrupt { .. })),
+                "{file}: open refused it, the snapshot said {snapshot:?}"
+            );
             unchanged("a failed open");
             return;
         }
@@ -235,21 +267,46 @@ fn registry_files(data: &[u8], file: &str) {
     };
     let state = registry.read(RegistryState::clone);
     check_registry_state(&state);
+    let invalid: Vec<String> = registry
+        .invalid_records()
+        .iter()
+        .map(|r| r.raw().to_owned())
+        .collect();
+    let snapshot = snapshot.expect("a snapshot of a registry that opens");
+    assert_eq!(
+        snapshot.state(),
+        &state,
+        "{file}: snapshot and owner disagree"
+    );
+    assert_eq!(snapshot.invalid_records(), registry.invalid_records());
     drop(registry);
     unchanged("opening and closing");
 
-    // A durable write, then a reopen: the state must come back as it was.
+    // Durable writes of both files, then a reopen: the state must come
+    // back as it was, and every invalid record byte for byte.
     let registry = FileRegistry::open(&dir).expect("reopening a registry that opened");
-    let mutation = Mutation::Depart {
-        pod_name: PodName::new("fuzz-probe").expect("a valid name"),
-        incarnation: Some("fuzz".to_owned()),
-    };
+    let probe = PodName::new("fuzz-probe").expect("a valid name");
+    let mutations = [
+        Mutation::Depart {
+            pod_name: probe.clone(),
+            incarnation: Some("fuzz".to_owned()),
+        },
+        Mutation::Add(Record {
+            pod_name: probe,
+            socket_path: "/run/pods/fuzz-probe.sock".to_owned(),
+            scope_delegated: vec![],
+            callback_address: String::new(),
+            incarnation: Some("fuzz-2".to_owned()),
+        }),
+    ];
     let mut expected = state;
-    let outcome = expected.apply(&mutation);
-    assert_eq!(
-        block_on(registry.apply(mutation)).expect("a durable write"),
-        outcome
-    );
+    for mutation in mutations {
+        let outcome = expected.apply(&mutation);
+        assert_eq!(
+            block_on(registry.apply(mutation)).expect("a durable write"),
+            outcome
+        );
+    }
     drop(registry);
     let reopened = FileRegistry::open(&dir).expect("reopening after a write");
     let state = reopened.read(RegistryState::clone);
@@ -257,6 +314,15 @@ fn registry_files(data: &[u8], file: &str) {
         state, expected,
         "{file}: the written registry reloads differently"
     );
+    let kept: Vec<&str> = reopened.invalid_records().iter().map(|r| r.raw()).collect();
+    assert_eq!(
+        kept, invalid,
+        "{file}: invalid records changed across a write"
+    );
+    let written = String::from_utf8(read(&records_path)).expect("a records file we wrote is UTF-8");
+    for raw in &invalid {
+        assert!(written.contains(raw.as_str()), "{file}: dropped {raw}");
+    }
 }
 
 fn check_registry_state(state: &RegistryState) {

@@ -1,11 +1,11 @@
 //! Target 1, frames: bytes through framing, decoding, validation and
-//! re-encoding.
+//! re-encoding in each dialect.
 
 use bytes::BytesMut;
 use pod_events::{render, Origin};
 use pod_protocol::{
-    decode, encode, DecodeError, FrameError, FrameSplitter, Method, MethodCodec,
-    DEFAULT_MAX_FRAME_LEN,
+    decode, encode, Address, DecodeError, Dialect, FrameError, FrameSplitter, Method, MethodCodec,
+    PodEvent, DEFAULT_MAX_FRAME_LEN,
 };
 use tokio_util::codec::Decoder;
 
@@ -30,8 +30,10 @@ enum End {
 /// stream) and stop with an error at the first line over the limit; every
 /// frame decodes the same way through both; every decoded method
 /// re-encodes to one `\n`-terminated line that decodes to the same value
-/// and re-encodes to the same bytes; every decoded event renders to one
-/// bounded line.
+/// and re-encodes to the same bytes, and in every dialect to a line that
+/// decodes to the same value; every socket field of a validated event is
+/// an address that displays and parses back to itself; every decoded event
+/// renders to one bounded line.
 pub fn frames(data: &[u8]) {
     check_stream(data, DEFAULT_MAX_FRAME_LEN, data.len().max(1));
     let small_max = data.first().map_or(0, |b| usize::from(*b) % 128);
@@ -153,8 +155,11 @@ fn check_frame(frame: &[u8], decoded: Item) {
             return;
         }
     };
-    if let Err(error) = method.validate() {
-        let _ = error.to_string();
+    match method.validate() {
+        Err(error) => {
+            let _ = error.to_string();
+        }
+        Ok(()) => check_addresses(&method),
     }
     let encoded = encode(&method);
     assert_eq!(
@@ -182,8 +187,46 @@ fn check_frame(frame: &[u8], decoded: Item) {
         String::from_utf8_lossy(line)
     );
     assert_eq!(encode(&again), encoded, "encoding is not stable");
+    // A relay may write upward in either dialect: each must carry the same
+    // method, and the original dialect is what `encode` writes.
+    for &dialect in Dialect::ALL {
+        let line = dialect.encode(&method);
+        let inner = &line[..line.len() - 1];
+        assert_eq!(
+            decode(inner).as_ref(),
+            Ok(&method),
+            "{dialect} re-encoding: {:?}",
+            String::from_utf8_lossy(inner)
+        );
+        if dialect == Dialect::Original {
+            assert_eq!(line, encoded, "encode is not the original dialect");
+        }
+    }
     if let Method::PodEvent(event) = &method {
         check_rendered_line(&render(event, Origin::Reported));
         check_rendered_line(&render(event, Origin::Inferred));
+    }
+}
+
+/// A validated event's socket fields are addresses whose display parses
+/// back to the same address.
+fn check_addresses(method: &Method) {
+    let Method::PodEvent(PodEvent::ScopeSubDelegated {
+        sub_socket,
+        spawner_socket,
+        ..
+    }) = method
+    else {
+        return;
+    };
+    for socket in std::iter::once(sub_socket).chain(spawner_socket) {
+        let address: Address = socket
+            .parse()
+            .unwrap_or_else(|error| panic!("validated socket {socket:?} is no address: {error}"));
+        assert_eq!(
+            address.to_string().parse::<Address>().as_ref(),
+            Ok(&address),
+            "{socket:?}"
+        );
     }
 }

@@ -35,7 +35,8 @@ use pod_events::MAX_LINE_LEN;
 
 /// Panics unless `line` is what a parent may put in its LLM's context: one
 /// line of at most [`MAX_LINE_LEN`] bytes, with no control character and
-/// nothing that breaks or reorders a line (separators, bidi controls).
+/// nothing that breaks, hides or reorders text (separators, bidi controls,
+/// zero-width and other invisible characters: issue 13's list).
 pub fn check_rendered_line(line: &str) {
     assert!(
         line.len() <= MAX_LINE_LEN,
@@ -50,11 +51,18 @@ pub fn check_rendered_line(line: &str) {
 fn breaks_a_line(c: char) -> bool {
     c.is_control()
         || matches!(c,
-            '\u{2028}' | '\u{2029}'
-            | '\u{200e}' | '\u{200f}'
-            | '\u{202a}'..='\u{202e}'
-            | '\u{2066}'..='\u{2069}'
-            | '\u{feff}')
+            '\u{ad}' | '\u{34f}' | '\u{61c}' | '\u{115f}' | '\u{1160}'
+            | '\u{17b4}' | '\u{17b5}' | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206f}'
+            | '\u{3164}'
+            | '\u{fe00}'..='\u{fe0f}'
+            | '\u{feff}' | '\u{ffa0}'
+            | '\u{fff9}'..='\u{fffb}'
+            | '\u{e0000}'..='\u{e007f}'
+            | '\u{e0100}'..='\u{e01ef}')
 }
 
 /// The current-thread runtime of this thread, created once and reused by

@@ -354,9 +354,7 @@ impl OtherMethod {
     /// The method this stands for.
     pub fn to_method(&self) -> Method {
         match self {
-            OtherMethod::Notify(text) => Method::Notify {
-                message: text.0.clone(),
-            },
+            OtherMethod::Notify(text) => Method::notify(text.0.clone()),
             OtherMethod::Shutdown => Method::Shutdown,
             OtherMethod::Run => Method::Run(None),
             OtherMethod::Cancel => Method::Cancel,
@@ -587,14 +585,15 @@ fn tree() -> &'static Table {
             .map(|&(name, pid, socket, rules, from)| Allocation {
                 pod_name: pod_name(name),
                 pid,
-                start_time: START_TIME,
+                start_time: Some(START_TIME),
                 socket: socket.to_owned(),
                 scope_allow: rules
                     .iter()
                     .map(|&(target, write, recursive)| scope_rule(target.into(), write, recursive))
                     .collect(),
                 delegated_from: from.map(pod_name),
-                incarnation: incarnation_of(name),
+                incarnation: Some(incarnation_of(name)),
+                pending_until: None,
             })
             .collect();
         if let Err(error) = table.check_invariant() {
@@ -733,7 +732,7 @@ impl World {
         if let Some(released) = &effects.released {
             assert!(
                 released.pod_name.as_str() == subject
-                    && incarnations_match(Some(&released.incarnation), subject_inc),
+                    && incarnations_match(released.incarnation.as_deref(), subject_inc),
                 "{event:?} released another pod's allocation {released:?}"
             );
         }
@@ -772,7 +771,7 @@ impl World {
             );
             if let Some(held) = table.get(pod_name) {
                 assert!(
-                    !incarnations_match(Some(&held.incarnation), incarnation.as_deref()),
+                    !incarnations_match(held.incarnation.as_deref(), incarnation.as_deref()),
                     "{event:?} left a matching allocation {held:?}"
                 );
             }

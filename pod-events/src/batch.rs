@@ -349,7 +349,7 @@ mod tests {
     fn op(table: &Table) -> impl Strategy<Value = TableOp> {
         let incarnations: Vec<Option<String>> = NAMES
             .iter()
-            .map(|n| table.get(n).map(|a| a.incarnation.clone()))
+            .map(|n| table.get(n).and_then(|a| a.incarnation.clone()))
             .collect();
         (0..NAMES.len(), 0..3u8, any::<bool>()).prop_map(move |(i, inc, find)| {
             if find {

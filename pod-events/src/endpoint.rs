@@ -8,7 +8,7 @@ use std::time::Duration;
 use pod_protocol::{Method, PodEvent};
 use pod_registry::Registry;
 use pod_scope_lock::{Liveness, TableStore};
-use pod_transport::{MethodSender, MethodSource, PeerCred, ReceiveError, Received};
+use pod_transport::{MethodSender, MethodSource, Peer, ReceiveError, Received};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -30,7 +30,7 @@ pub struct Notification {
     /// Reported by the pod, or inferred by reconcile.
     pub origin: Origin,
     /// The sending process, for reported events.
-    pub peer: Option<PeerCred>,
+    pub peer: Option<Peer>,
 }
 
 /// Seam: where rendered lines go. Required method:
@@ -330,16 +330,16 @@ where
             let Some(Received { peer, item }) = received else {
                 break;
             };
-            let Some(event) = self.admit(peer, item) else {
+            let Some(event) = self.admit(&peer, item) else {
                 continue;
             };
             if !has_side_effects(&event) && !self.lanes.is_running(event.subject()) {
-                if let Some(verdict) = self.quick_check(&event, peer) {
+                if let Some(verdict) = self.quick_check(&event, &peer) {
                     // Nothing to apply, nothing of its pod's ahead of it,
                     // and its sender checked against a recent snapshot:
                     // render it here, without a task or a slot in flight
                     // (and whatever the scope table is doing).
-                    if self.admit_sender(&event, peer, verdict) {
+                    if self.admit_sender(&event, &peer, verdict) {
                         self.handle(event, peer).await;
                     }
                     continue;
@@ -370,7 +370,7 @@ where
     }
 
     /// Counts one received item; returns it when it is a valid event.
-    fn admit(&self, peer: PeerCred, item: Result<Method, ReceiveError>) -> Option<PodEvent> {
+    fn admit(&self, peer: &Peer, item: Result<Method, ReceiveError>) -> Option<PodEvent> {
         let counters = &self.counters;
         bump(&counters.received, 1);
         let event = match item {
@@ -415,23 +415,18 @@ where
 
     /// The verdict on `event` from the latest snapshot, when it is recent
     /// and enough to decide.
-    fn quick_check(&self, event: &PodEvent, peer: PeerCred) -> Option<Verdict> {
+    fn quick_check(&self, event: &PodEvent, peer: &Peer) -> Option<Verdict> {
         let snapshot = self.snapshots.current();
         if !snapshot.is_recent(self.parent.table_writes(), self.config.snapshot_max_age) {
             return None;
         }
-        quick_verdict(event, peer_pid(peer), &snapshot, self.config.sender_policy)
+        quick_verdict(event, peer, &snapshot, self.config.sender_policy)
     }
 
     /// Checks the sender of `event`, received when load `ticket` was the
     /// next to start: against a recent snapshot when that decides, else
     /// against one read after the event arrived.
-    async fn check_sender(
-        self: &Arc<Self>,
-        event: &PodEvent,
-        peer: PeerCred,
-        ticket: u64,
-    ) -> Verdict {
+    async fn check_sender(self: &Arc<Self>, event: &PodEvent, peer: &Peer, ticket: u64) -> Verdict {
         if let Some(verdict) = self.quick_check(event, peer) {
             return verdict;
         }
@@ -449,12 +444,12 @@ where
             is_live: &is_live,
             is_registered: &is_registered,
         };
-        context.judge(event, peer_pid(peer), &snapshot)
+        context.judge(event, peer, &snapshot)
     }
 
     /// Counts the verdict; logs a rejection. Whether to go on with the
     /// event.
-    fn admit_sender(&self, event: &PodEvent, peer: PeerCred, verdict: Verdict) -> bool {
+    fn admit_sender(&self, event: &PodEvent, peer: &Peer, verdict: Verdict) -> bool {
         match verdict {
             Verdict::Verified => true,
             Verdict::Unverified => {
@@ -508,8 +503,8 @@ where
     /// Applies one pod's events in arrival order until its queue is empty.
     async fn lane(self: Arc<Self>, key: String, mut job: Job) {
         loop {
-            let verdict = self.check_sender(&job.event, job.peer, job.ticket).await;
-            if self.admit_sender(&job.event, job.peer, verdict) {
+            let verdict = self.check_sender(&job.event, &job.peer, job.ticket).await;
+            if self.admit_sender(&job.event, &job.peer, verdict) {
                 self.handle(job.event, job.peer).await;
             }
             match self.lanes.next(&key) {
@@ -520,7 +515,7 @@ where
     }
 
     /// Applies, renders and delivers one event, in a `pod_event` span.
-    async fn handle(&self, event: PodEvent, peer: PeerCred) {
+    async fn handle(&self, event: PodEvent, peer: Peer) {
         let span = tracing::info_span!("pod_event", pod = %event.subject(), kind = event.kind());
         let effects = self.parent.apply_validated(&event).instrument(span).await;
         bump(&self.counters.failures, effects.failures as u64);
@@ -546,7 +541,7 @@ where
 /// counts it against [`EndpointConfig::max_in_flight`].
 struct Job {
     event: PodEvent,
-    peer: PeerCred,
+    peer: Peer,
     /// The snapshot load the sender check may rest on, at the latest.
     ticket: u64,
     _permit: OwnedSemaphorePermit,
@@ -594,10 +589,6 @@ impl Lanes {
         }
         next
     }
-}
-
-fn peer_pid(peer: PeerCred) -> Option<u32> {
-    peer.pid.and_then(|pid| u32::try_from(pid).ok())
 }
 
 /// Whether applying `event` touches the registry or the scope table (the

@@ -55,6 +55,7 @@ use std::time::{Duration, Instant};
 
 use pod_protocol::{PodEvent, PodName};
 use pod_scope_lock::{Allocation, Table};
+use pod_transport::Peer;
 use tokio::sync::watch;
 
 /// What the endpoint does with a claim the scope table cannot check: an
@@ -88,11 +89,7 @@ pub struct ProcTree;
 
 impl ProcessTree for ProcTree {
     fn parent(&self, pid: u32) -> Option<u32> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The command name (field 2) may hold spaces and parentheses: the
-        // fields after it start after the last ')'.
-        let rest = &stat[stat.rfind(')')? + 1..];
-        rest.split_whitespace().nth(1)?.parse().ok()
+        pod_transport::parent_pid(pid)
     }
 }
 
@@ -229,12 +226,22 @@ pub(crate) struct Context<'a> {
 
 impl Context<'_> {
     /// The peer and its ancestor processes, nearest first (pid 1 and the
-    /// kernel's excluded).
-    fn lineage(&self, pid: Option<u32>) -> Vec<u32> {
-        let mut chain = Vec::new();
-        let mut next = pid.filter(|&p| p > 1);
+    /// kernel's excluded): as the listener recorded them while the peer
+    /// was connected, continued (or, when it recorded none, found) through
+    /// the process tree.
+    fn lineage(&self, peer: &Peer) -> Vec<u32> {
+        let mut chain: Vec<u32> = peer
+            .pid
+            .into_iter()
+            .chain(peer.ancestors.iter().copied())
+            .collect();
+        chain.retain(|&p| p > 1);
+        let mut next = chain
+            .last()
+            .and_then(|&last| self.tree.parent(last))
+            .filter(|&p| p > 1);
         while let Some(pid) = next {
-            if chain.len() == MAX_PROCESS_DEPTH || chain.contains(&pid) {
+            if chain.len() >= MAX_PROCESS_DEPTH || chain.contains(&pid) {
                 break;
             }
             chain.push(pid);
@@ -252,33 +259,30 @@ impl Context<'_> {
 
     /// Decides whether the process `peer_pid` may send `event` (already
     /// validated), per the rules of the module documentation.
-    pub(crate) fn judge(
-        &self,
-        event: &PodEvent,
-        peer_pid: Option<u32>,
-        snapshot: &Snapshot,
-    ) -> Verdict {
+    pub(crate) fn judge(&self, event: &PodEvent, peer: &Peer, snapshot: &Snapshot) -> Verdict {
         let subject = event.subject();
-        let lineage = self.lineage(peer_pid);
+        let lineage = self.lineage(peer);
         // The sender speaks for a pod when the pod's live holder process
         // is the sender or one of its ancestors (the sender is the pod or
         // one of its helpers), or is a child of one of them (the sender is
         // the pod's supervisor, or one of the supervisor's helpers).
+        // Over TLS, the certificate names the pod the sender is.
         let speaks_for = |allocation: &Allocation| {
-            (self.is_live)(allocation)
-                && (lineage.contains(&allocation.pid)
-                    || self
-                        .tree
-                        .parent(allocation.pid)
-                        .is_some_and(|parent| lineage.contains(&parent)))
+            peer.pod_name.as_ref() == Some(&allocation.pod_name)
+                || (self.is_live)(allocation)
+                    && (lineage.contains(&allocation.pid)
+                        || self
+                            .tree
+                            .parent(allocation.pid)
+                            .is_some_and(|parent| lineage.contains(&parent)))
         };
         // Above `of` in the delegation tree, the sender speaks for a pod.
         let speaks_above =
             |of: &Allocation| snapshot.ancestors(of).any(|ancestor| speaks_for(ancestor));
-        let holds_any = lineage.iter().any(|pid| snapshot.by_pid.contains_key(pid));
-        let who = || match lineage.first() {
-            Some(pid) => format!("process {pid}"),
-            None => "a process of unknown pid".to_owned(),
+        let who = || match (&peer.pod_name, lineage.first()) {
+            (Some(name), _) => format!("the holder of a certificate for `{name}`"),
+            (None, Some(pid)) => format!("process {pid}"),
+            (None, None) => "a process of unknown pid".to_owned(),
         };
         match (event, snapshot.get(subject)) {
             (PodEvent::ScopeSubDelegated { .. }, None) => Verdict::Rejected(format!(
@@ -299,7 +303,7 @@ impl Context<'_> {
                 }
                 if sub_incarnation
                     .as_deref()
-                    .is_some_and(|inc| inc != allocation.incarnation)
+                    .is_some_and(|inc| !allocation.matches_incarnation(Some(inc)))
                 {
                     return Verdict::Rejected(format!(
                         "the event names another incarnation of `{subject}` than the table holds"
@@ -316,13 +320,6 @@ impl Context<'_> {
                 };
                 if speaks_for(spawner) || speaks_above(spawner) {
                     Verdict::Verified
-                } else if !holds_any {
-                    self.by_policy(|| {
-                        format!(
-                            "{} holds no allocation and cannot announce `{subject}`",
-                            who()
-                        )
-                    })
                 } else {
                     Verdict::Rejected(format!(
                         "{} speaks neither for `{}`, which delegated to `{subject}`, nor for a pod above it",
@@ -352,11 +349,15 @@ impl Context<'_> {
                 ))
             }
             (PodEvent::ShutDown { .. }, None)
-                if lineage.iter().any(|pid| {
-                    snapshot
-                        .held_by(*pid)
-                        .any(|a| (self.is_live)(a) && (self.is_registered)(a.pod_name.as_str()))
-                }) =>
+                if peer
+                    .pod_name
+                    .as_ref()
+                    .is_some_and(|name| (self.is_registered)(name.as_str()))
+                    || lineage.iter().any(|pid| {
+                        snapshot
+                            .held_by(*pid)
+                            .any(|a| (self.is_live)(a) && (self.is_registered)(a.pod_name.as_str()))
+                    }) =>
             {
                 Verdict::Verified
             }
@@ -387,7 +388,7 @@ fn same_rules(a: &[pod_protocol::ScopeRule], b: &[pod_protocol::ScopeRule]) -> b
 /// none. `None`: judge it in full on a fresh snapshot.
 pub(crate) fn quick_verdict(
     event: &PodEvent,
-    peer_pid: Option<u32>,
+    peer: &Peer,
     snapshot: &Snapshot,
     policy: SenderPolicy,
 ) -> Option<Verdict> {
@@ -395,7 +396,12 @@ pub(crate) fn quick_verdict(
         return None;
     }
     match snapshot.get(event.subject()) {
-        Some(allocation) if Some(allocation.pid) == peer_pid => Some(Verdict::Verified),
+        Some(allocation)
+            if Some(allocation.pid) == peer.pid
+                || peer.pod_name.as_ref() == Some(&allocation.pod_name) =>
+        {
+            Some(Verdict::Verified)
+        }
         None if snapshot.table.is_some() && policy == SenderPolicy::Legacy => {
             Some(Verdict::Unverified)
         }

@@ -384,8 +384,10 @@ where
         };
         match allocation {
             Ok(Some(allocation)) => {
-                incarnations_match(record.incarnation.as_deref(), Some(&allocation.incarnation))
-                    && self.scopes.is_live(&allocation)
+                incarnations_match(
+                    record.incarnation.as_deref(),
+                    allocation.incarnation.as_deref(),
+                ) && self.scopes.is_live(&allocation)
             }
             Ok(None) => self.probe.is_reachable(record.socket_path.as_ref()).await,
             Err(error) => {
@@ -502,10 +504,15 @@ where
         for (allocation, spawner, callback) in descendants {
             let known = self.registry.read(|state| {
                 state
-                    .get(allocation.pod_name.as_str(), Some(&allocation.incarnation))
+                    .get(
+                        allocation.pod_name.as_str(),
+                        allocation.incarnation.as_deref(),
+                    )
                     .is_some()
-                    || state
-                        .is_departed(allocation.pod_name.as_str(), Some(&allocation.incarnation))
+                    || state.is_departed(
+                        allocation.pod_name.as_str(),
+                        allocation.incarnation.as_deref(),
+                    )
             });
             if known || !self.scopes.is_live(&allocation) {
                 continue;
@@ -515,7 +522,7 @@ where
                 socket_path: allocation.socket.clone(),
                 scope_delegated: allocation.scope_allow.clone(),
                 callback_address: callback,
-                incarnation: Some(allocation.incarnation.clone()),
+                incarnation: allocation.incarnation.clone(),
             };
             match self.registry.add(record.clone()).await {
                 Ok(Outcome::Added) => {

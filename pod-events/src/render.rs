@@ -1,10 +1,12 @@
 //! Rendering events as one human-readable line for the parent's LLM.
 //!
 //! A child controls every string in its events, so everything it sent is
-//! escaped (control characters, line and paragraph separators, bidi
-//! overrides) and bounded: whatever arrives, the output is one line of at
+//! escaped and bounded: whatever arrives, the output is one line of at
 //! most [`MAX_LINE_LEN`] bytes. A child can never forge extra lines in its
-//! parent's context.
+//! parent's context, nor hide text in it: every control character, line
+//! or paragraph separator, format character (bidi controls, zero-width
+//! characters, tags) and other invisible code point is written as
+//! `\u{hex}` (the table `INVISIBLE` lists them and cites its source).
 
 use std::fmt::Write as _;
 
@@ -128,15 +130,30 @@ fn push_scope(line: &mut String, scope: &[ScopeRule]) {
     }
 }
 
-/// Appends `text` with every character that could break the line or
-/// reorder what a reader sees escaped, truncated to [`MAX_FIELD_LEN`].
+/// Appends `text` with every character that could break the line, hide
+/// text or reorder what a reader sees escaped, truncated to
+/// [`MAX_FIELD_LEN`] (checked before each character, so an escape that
+/// starts below the limit is written whole).
 fn push_escaped(line: &mut String, text: &str) {
     let start = line.len();
-    for c in text.chars() {
+    let mut rest = text;
+    loop {
+        let budget = MAX_FIELD_LEN.saturating_sub(line.len() - start);
+        // Most text is printable ASCII: copy such runs whole.
+        let plain = rest
+            .bytes()
+            .take(budget)
+            .take_while(|&b| matches!(b, b' '..=b'~') && b != b'\\')
+            .count();
+        line.push_str(&rest[..plain]);
+        rest = &rest[plain..];
+        let mut chars = rest.chars();
+        let Some(c) = chars.next() else { return };
         if line.len() - start >= MAX_FIELD_LEN {
             line.push('…');
             return;
         }
+        rest = chars.as_str();
         match c {
             '\n' => line.push_str("\\n"),
             '\r' => line.push_str("\\r"),
@@ -150,15 +167,66 @@ fn push_escaped(line: &mut String, text: &str) {
     }
 }
 
+/// Whether `c` is written as an escape: a control character (Cc, which
+/// includes U+0085 NEL) or a code point of [`INVISIBLE`]: a binary search
+/// of its sorted ranges.
 fn needs_escape(c: char) -> bool {
     c.is_control()
-        || matches!(c,
-            '\u{2028}' | '\u{2029}'              // line / paragraph separator
-            | '\u{200e}' | '\u{200f}'            // LRM / RLM
-            | '\u{202a}'..='\u{202e}'            // bidi embeddings and overrides
-            | '\u{2066}'..='\u{2069}'            // bidi isolates
-            | '\u{feff}') // zero-width no-break space
+        || (c >= '\u{ad}'
+            && INVISIBLE
+                .binary_search_by(|&(lo, hi)| {
+                    if hi < c {
+                        std::cmp::Ordering::Less
+                    } else if lo > c {
+                        std::cmp::Ordering::Greater
+                    } else {
+                        std::cmp::Ordering::Equal
+                    }
+                })
+                .is_ok())
 }
+
+/// Code points besides control characters that [`render`] escapes, as
+/// sorted, disjoint, inclusive ranges: the union of
+///
+/// - General_Category=Cf (format characters: bidi controls, zero-width
+///   characters, invisible operators, tags, ...), from Unicode 16.0.0
+///   `extracted/DerivedGeneralCategory.txt`;
+/// - Default_Ignorable_Code_Point (code points that render as nothing:
+///   variation selectors, Hangul fillers, the combining grapheme joiner,
+///   Khmer inherent vowels, the unassigned rest of their blocks), from
+///   Unicode 16.0.0 `DerivedCoreProperties.txt`;
+/// - General_Category=Zl and Zp (U+2028, U+2029), which many readers
+///   treat as line breaks.
+///
+/// Adjacent ranges are merged; each line notes what it holds.
+const INVISIBLE: &[(char, char)] = &[
+    ('\u{ad}', '\u{ad}'),       // soft hyphen (Cf)
+    ('\u{34f}', '\u{34f}'),     // combining grapheme joiner (DI)
+    ('\u{600}', '\u{605}'),     // Arabic number signs (Cf)
+    ('\u{61c}', '\u{61c}'),     // Arabic letter mark (Cf)
+    ('\u{6dd}', '\u{6dd}'),     // Arabic end of ayah (Cf)
+    ('\u{70f}', '\u{70f}'),     // Syriac abbreviation mark (Cf)
+    ('\u{890}', '\u{891}'),     // Arabic pound / piastre mark above (Cf)
+    ('\u{8e2}', '\u{8e2}'),     // Arabic disputed end of ayah (Cf)
+    ('\u{115f}', '\u{1160}'),   // Hangul choseong / jungseong fillers (DI)
+    ('\u{17b4}', '\u{17b5}'),   // Khmer inherent vowels (DI)
+    ('\u{180b}', '\u{180f}'),   // Mongolian variation selectors, vowel separator (DI, Cf)
+    ('\u{200b}', '\u{200f}'),   // ZWSP, ZWNJ, ZWJ, LRM, RLM (Cf)
+    ('\u{2028}', '\u{202e}'), // line / paragraph separators (Zl, Zp), bidi embeddings and overrides (Cf)
+    ('\u{2060}', '\u{206f}'), // word joiner, invisible operators, bidi isolates, deprecated format controls (Cf, DI)
+    ('\u{3164}', '\u{3164}'), // Hangul filler (DI)
+    ('\u{fe00}', '\u{fe0f}'), // variation selectors (DI)
+    ('\u{feff}', '\u{feff}'), // zero-width no-break space, BOM (Cf)
+    ('\u{ffa0}', '\u{ffa0}'), // halfwidth Hangul filler (DI)
+    ('\u{fff0}', '\u{fffb}'), // unassigned (DI), interlinear annotation controls (Cf)
+    ('\u{110bd}', '\u{110bd}'), // Kaithi number sign (Cf)
+    ('\u{110cd}', '\u{110cd}'), // Kaithi number sign above (Cf)
+    ('\u{13430}', '\u{1343f}'), // Egyptian hieroglyph format controls (Cf)
+    ('\u{1bca0}', '\u{1bca3}'), // shorthand format controls (Cf)
+    ('\u{1d173}', '\u{1d17a}'), // musical symbol beam / tie / slur / phrase controls (Cf)
+    ('\u{e0000}', '\u{e0fff}'), // tags (Cf), variation selectors supplement, the rest of the block (DI)
+];
 
 /// Caps the line at [`MAX_LINE_LEN`] bytes on a char boundary, with an
 /// ellipsis.
@@ -178,6 +246,7 @@ fn bound(mut line: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn errored(message: &str) -> PodEvent {
         PodEvent::Errored {
@@ -208,6 +277,143 @@ mod tests {
         };
         let line = render_event(&event);
         assert!(line.ends_with("write /r7/** and 12 more rules"), "{line}");
+    }
+
+    /// Issue 13's list, written out on its own (not from [`INVISIBLE`]),
+    /// plus every range of General_Category=Cf in Unicode 16.0.0.
+    const MUST_ESCAPE: &[(u32, u32)] = &[
+        (0x85, 0x85),
+        (0x2028, 0x2029),
+        (0xe0000, 0xe007f),
+        (0x200b, 0x200f),
+        (0xad, 0xad),
+        (0x61c, 0x61c),
+        (0x180e, 0x180e),
+        (0x2060, 0x2064),
+        (0x2066, 0x206f),
+        (0xfeff, 0xfeff),
+        (0xfff9, 0xfffb),
+        (0xfe00, 0xfe0f),
+        (0xe0100, 0xe01ef),
+        (0x115f, 0x1160),
+        (0x3164, 0x3164),
+        (0xffa0, 0xffa0),
+        (0x34f, 0x34f),
+        (0x17b4, 0x17b5),
+        // Cf, Unicode 16.0.0 (extracted/DerivedGeneralCategory.txt).
+        (0x600, 0x605),
+        (0x6dd, 0x6dd),
+        (0x70f, 0x70f),
+        (0x890, 0x891),
+        (0x8e2, 0x8e2),
+        (0x202a, 0x202e),
+        (0x110bd, 0x110bd),
+        (0x110cd, 0x110cd),
+        (0x13430, 0x1343f),
+        (0x1bca0, 0x1bca3),
+        (0x1d173, 0x1d17a),
+        (0xe0001, 0xe0001),
+        (0xe0020, 0xe007f),
+    ];
+
+    fn must_escape() -> impl Iterator<Item = char> {
+        MUST_ESCAPE
+            .iter()
+            .flat_map(|&(lo, hi)| lo..=hi)
+            .filter_map(char::from_u32)
+    }
+
+    #[test]
+    fn every_listed_invisible_code_point_is_escaped() {
+        let mut count = 0;
+        for c in must_escape() {
+            let line = render_event(&errored(&format!("a{c}b")));
+            assert_eq!(
+                line,
+                format!("pod `w` errored: a\\u{{{:x}}}b", c as u32),
+                "U+{:04X}",
+                c as u32
+            );
+            let name = render_event(&PodEvent::ShutDown {
+                pod_name: format!("{c}"),
+                incarnation: None,
+            });
+            assert!(!name.contains(c), "U+{:04X} in a name", c as u32);
+            count += 1;
+        }
+        assert!(count > 400, "{count} code points checked");
+    }
+
+    #[test]
+    fn the_table_is_sorted_and_its_neighbours_pass_unchanged() {
+        for pair in INVISIBLE.windows(2) {
+            assert!(pair[0].1 < pair[1].0, "{pair:?}");
+        }
+        for &(lo, hi) in INVISIBLE {
+            assert!(lo <= hi && needs_escape(lo) && needs_escape(hi));
+            for outside in [lo as u32 - 1, hi as u32 + 1] {
+                let c = char::from_u32(outside).unwrap();
+                assert!(!needs_escape(c), "U+{outside:04X} escaped");
+            }
+        }
+        let text = "héllo, 世界 — ok ✓ 🎉 ~!@#$%^&*()_+{}|:\"<>?`[];',./";
+        assert_eq!(
+            render_event(&errored(text)),
+            format!("pod `w` errored: {text}")
+        );
+    }
+
+    /// Escaping one character at a time with a linear scan of
+    /// [`MUST_ESCAPE`] (and the control characters), cut as `push_escaped`
+    /// cuts: the model the fast path must match.
+    fn model(text: &str) -> String {
+        let mut out = String::new();
+        for c in text.chars() {
+            if out.len() >= MAX_FIELD_LEN {
+                out.push('…');
+                break;
+            }
+            let listed = MUST_ESCAPE
+                .iter()
+                .any(|&(lo, hi)| (lo..=hi).contains(&(c as u32)));
+            match c {
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() || listed || needs_escape(c) => {
+                    out.push_str(&format!("\\u{{{:x}}}", c as u32))
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    fn arb_text() -> impl Strategy<Value = String> {
+        let listed: Vec<char> = must_escape().collect();
+        let piece = prop_oneof![
+            3 => "[ -~]{0,40}",
+            1 => any::<String>(),
+            2 => proptest::sample::select(listed).prop_map(String::from),
+            1 => Just("\\\n\r\t\u{7f}".to_owned()),
+        ];
+        proptest::collection::vec(piece, 0..40).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn escaping_matches_the_model_and_hides_nothing(text in arb_text()) {
+            let mut line = String::new();
+            push_escaped(&mut line, &text);
+            proptest::prop_assert_eq!(&line, &model(&text));
+            let rendered = render_event(&errored(&text));
+            proptest::prop_assert!(rendered.len() <= MAX_LINE_LEN);
+            proptest::prop_assert!(
+                !rendered.chars().any(|c| c.is_control() || must_escape().any(|m| m == c)),
+                "{:?}", rendered
+            );
+        }
     }
 
     #[test]

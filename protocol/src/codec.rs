@@ -6,7 +6,7 @@
 //! `tokio-codec` feature, [`MethodCodec`](crate::MethodCodec) adapts the
 //! same logic to tokio-util's `FramedRead`/`FramedWrite`.
 
-use crate::Method;
+use crate::{Dialect, Method};
 
 /// Default maximum length of one frame (64 KiB), newline excluded.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 64 * 1024;
@@ -22,6 +22,10 @@ pub const METHOD_NAMES: &[&str] = &[
     "pause",
     "get_history",
 ];
+
+/// Method names of the later dialect ([`Dialect::Worker`]) that are not in
+/// [`METHOD_NAMES`]; each decodes as the original method it renames.
+pub const WORKER_METHOD_NAMES: &[&str] = &["worker_event"];
 
 /// Every `kind` of `pod_event` this crate decodes.
 pub const EVENT_KINDS: &[&str] = &["turn_ended", "errored", "shut_down", "scope_sub_delegated"];
@@ -86,39 +90,39 @@ pub enum DecodeError {
     },
 }
 
-/// Encodes `method` as one compact JSON line with a trailing `\n`.
+/// Encodes `method` as one compact JSON line with a trailing `\n`, in the
+/// original dialect (see [`Dialect::encode`] for the other).
 ///
 /// serde_json escapes control characters inside strings, so the only
 /// newline in the output is the terminator.
 pub fn encode(method: &Method) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
-    encode_into(method, &mut out);
-    out
+    Dialect::Original.encode(method)
 }
 
-/// Appends the frame of `method` to `out`.
+/// Appends the frame of `method` to `out`, in the original dialect.
 pub fn encode_into(method: &Method, out: &mut Vec<u8>) {
-    // Serializing these types into memory cannot fail: every map key is a
-    // string and no Serialize impl of ours returns an error.
-    serde_json::to_writer(&mut *out, method).expect("Method serializes infallibly");
-    out.push(b'\n');
+    Dialect::Original.encode_into(method, out);
 }
 
-/// Decodes one frame (without its `\n`; a trailing `\r` is tolerated).
+/// Decodes one frame (without its `\n`; a trailing `\r` is tolerated), in
+/// either dialect.
+///
+/// A frame that is not UTF-8 anywhere, even inside a field that decoding
+/// ignores, is [`DecodeError::NotUtf8`]: JSON text is UTF-8 (RFC 8259).
 pub fn decode(frame: &[u8]) -> Result<Method, DecodeError> {
     let frame = frame.strip_suffix(b"\r").unwrap_or(frame);
-    serde_json::from_slice(frame).map_err(|err| classify(frame, err))
+    // One validation of the whole frame, then a parse that trusts it:
+    // cheaper than serde_json's check of every string on its own.
+    let text = std::str::from_utf8(frame).map_err(|utf8| DecodeError::NotUtf8 {
+        valid_up_to: utf8.valid_up_to(),
+    })?;
+    serde_json::from_str(text).map_err(|err| classify(text, err))
 }
 
 /// Works out which [`DecodeError`] a failed decode is. Runs only on the
 /// error path, so the common case pays for one parse.
-fn classify(frame: &[u8], err: serde_json::Error) -> DecodeError {
-    if let Err(utf8) = std::str::from_utf8(frame) {
-        return DecodeError::NotUtf8 {
-            valid_up_to: utf8.valid_up_to(),
-        };
-    }
-    let value: serde_json::Value = match serde_json::from_slice(frame) {
+fn classify(frame: &str, err: serde_json::Error) -> DecodeError {
+    let value: serde_json::Value = match serde_json::from_str(frame) {
         Ok(value) => value,
         Err(_) => {
             return DecodeError::Syntax {
@@ -132,12 +136,13 @@ fn classify(frame: &[u8], err: serde_json::Error) -> DecodeError {
         Some(serde_json::Value::String(method)) => method,
         Some(_) => return malformed(err),
     };
-    if !METHOD_NAMES.contains(&method.as_str()) {
+    let method = method.as_str();
+    if !METHOD_NAMES.contains(&method) && !WORKER_METHOD_NAMES.contains(&method) {
         return DecodeError::UnknownMethod {
-            method: method.clone(),
+            method: method.to_owned(),
         };
     }
-    if method == "pod_event" {
+    if method == "pod_event" || method == "worker_event" {
         let Some(params) = value.get("params") else {
             return missing("params");
         };

@@ -2,9 +2,9 @@
 //!
 //! This crate owns the bytes on a Pod's control socket: the [`Method`] and
 //! [`PodEvent`] types with their newline-delimited JSON encoding (byte
-//! compatible with existing Pods), content validation ([`PodName`],
-//! [`validate_path`]), and a pure frame codec ([`encode`], [`decode`],
-//! [`FrameSplitter`]). It does no I/O and has no async runtime dependency:
+//! compatible with existing Pods, in both [`Dialect`]s), content validation
+//! ([`PodName`], [`validate_path`], socket [`Address`]es), and a pure frame
+//! codec ([`encode`], [`decode`], [`FrameSplitter`]). It does no I/O and has no async runtime dependency:
 //! moving frames between processes is `pod-transport`'s job, and what a
 //! parent does with an event is `pod-events`'.
 //!
@@ -24,16 +24,22 @@
 //! method" ([`DecodeError`]) from "a method with unacceptable content"
 //! ([`ValidationError`]).
 
+mod address;
+mod buffer;
 mod codec;
+mod de;
+mod dialect;
 #[cfg(feature = "tokio-codec")]
 mod tokio_codec;
 mod validate;
 mod wire;
 
+pub use address::{Address, AddressError, Host};
 pub use codec::{
     decode, encode, encode_into, DecodeError, FrameSplitter, FrameTooLong, DEFAULT_MAX_FRAME_LEN,
-    EVENT_KINDS, METHOD_NAMES,
+    EVENT_KINDS, METHOD_NAMES, WORKER_METHOD_NAMES,
 };
+pub use dialect::{Dialect, UnknownDialect};
 #[cfg(feature = "tokio-codec")]
 pub use tokio_codec::{FrameError, MethodCodec};
 pub use validate::{

@@ -3,8 +3,8 @@
 use bytes::{BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::codec::{decode, encode, find_frame, DecodeError, FrameTooLong};
-use crate::{Method, DEFAULT_MAX_FRAME_LEN};
+use crate::codec::{decode, find_frame, DecodeError, FrameTooLong};
+use crate::{Dialect, Method, DEFAULT_MAX_FRAME_LEN};
 
 /// A fatal error of a framed stream: the stream ends after it.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,7 @@ pub enum FrameError {
 pub struct MethodCodec {
     max_len: usize,
     scanned: usize,
+    dialect: Dialect,
 }
 
 impl Default for MethodCodec {
@@ -53,12 +54,36 @@ impl MethodCodec {
         MethodCodec {
             max_len,
             scanned: 0,
+            dialect: Dialect::Original,
         }
+    }
+
+    /// This codec, encoding in `dialect` (decoding accepts both).
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use pod_protocol::{Dialect, Method, MethodCodec, PodEvent};
+    /// use tokio_util::codec::Encoder;
+    ///
+    /// let mut codec = MethodCodec::default().with_dialect(Dialect::Worker);
+    /// let event = PodEvent::ShutDown { pod_name: "w".into(), incarnation: None };
+    /// let mut buf = BytesMut::new();
+    /// codec.encode(&Method::PodEvent(event), &mut buf).unwrap();
+    /// assert!(buf.starts_with(b"{\"method\":\"worker_event\""));
+    /// ```
+    pub fn with_dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
+        self
     }
 
     /// The configured maximum frame length.
     pub fn max_len(&self) -> usize {
         self.max_len
+    }
+
+    /// The dialect the encoder writes.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 }
 
@@ -96,7 +121,7 @@ impl Encoder<&Method> for MethodCodec {
     type Error = FrameError;
 
     fn encode(&mut self, method: &Method, dst: &mut BytesMut) -> Result<(), FrameError> {
-        dst.put_slice(&encode(method));
+        dst.put_slice(&self.dialect.encode(method));
         Ok(())
     }
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::address::validate_socket;
 use crate::{Method, PodEvent, ScopeRule};
 
 /// Longest accepted pod name, in bytes.
@@ -38,6 +39,17 @@ pub enum ValidationError {
         path: String,
         /// What is wrong with it.
         reason: &'static str,
+    },
+    /// A socket field that names a `unix:` or `tls://` address is not a
+    /// valid [`Address`](crate::Address).
+    #[error("invalid address {address:?} in `{field}`: {source}")]
+    Address {
+        /// The field that held the address.
+        field: &'static str,
+        /// The rejected address.
+        address: String,
+        /// What is wrong with it.
+        source: crate::AddressError,
     },
     /// A scope with no rules.
     #[error("empty scope: at least one rule is required")]
@@ -156,21 +168,35 @@ pub fn validate_path<'a>(field: &'static str, path: &'a str) -> Result<&'a Path,
     if path.len() > MAX_PATH_LEN {
         return Err(fail("longer than 4096 bytes"));
     }
-    if path.contains('\0') {
-        return Err(fail("contains a NUL byte"));
+    if path.len() == 1 {
+        return Ok(Path::new(path));
     }
-    if path.len() > 1 && path.ends_with('/') {
-        return Err(fail("has a trailing `/`"));
-    }
-    if path.contains("//") {
-        return Err(fail("has an empty component (`//`)"));
-    }
+    // One pass over the components (this runs for every path of every
+    // event received); the reasons keep their order of precedence below.
     // The raw text, not `Path::components`, which silently drops interior
     // `.` components.
-    if path.split('/').any(|c| c == "..") {
+    let (mut nul, mut empty, mut dot_dot, mut dot) = (false, false, false, false);
+    for component in path[1..].split('/') {
+        match component.as_bytes() {
+            b"" => empty = true,
+            b".." => dot_dot = true,
+            b"." => dot = true,
+            bytes => nul |= bytes.contains(&0),
+        }
+    }
+    if nul {
+        return Err(fail("contains a NUL byte"));
+    }
+    if path.ends_with('/') {
+        return Err(fail("has a trailing `/`"));
+    }
+    if empty {
+        return Err(fail("has an empty component (`//`)"));
+    }
+    if dot_dot {
         return Err(fail("has a `..` component"));
     }
-    if path.split('/').any(|c| c == ".") {
+    if dot {
         return Err(fail("has a `.` component"));
     }
     Ok(Path::new(path))
@@ -190,7 +216,9 @@ pub fn validate_scope(scope: &[ScopeRule]) -> Result<(), ValidationError> {
 
 impl PodEvent {
     /// Checks names and paths: every pod name is a valid [`PodName`], every
-    /// path passes [`validate_path`], a sub-delegated scope is non-empty.
+    /// scope path passes [`validate_path`], a socket field is such a path
+    /// or a `unix:` / `tls://` [`Address`](crate::Address), a
+    /// sub-delegated scope is non-empty.
     /// Message text and incarnation ids are free-form (the renderer escapes
     /// them).
     pub fn validate(&self) -> Result<(), ValidationError> {
@@ -208,9 +236,9 @@ impl PodEvent {
             } => {
                 check_name(parent_pod)?;
                 check_name(sub_pod)?;
-                validate_path("sub_socket", sub_socket)?;
+                validate_socket("sub_socket", sub_socket)?;
                 if let Some(socket) = spawner_socket {
-                    validate_path("spawner_socket", socket)?;
+                    validate_socket("spawner_socket", socket)?;
                 }
                 validate_scope(scope)
             }

@@ -1,4 +1,8 @@
 //! The wire types: what travels on a Pod's socket, one JSON object per line.
+//!
+//! `Method` derives `Deserialize`; `PodEvent`'s is hand-written (`crate::de`)
+//! and both `Serialize` impls are hand-written (`crate::dialect`), because
+//! the encoding depends on the peer's [`Dialect`](crate::Dialect).
 
 use serde::{Deserialize, Serialize};
 
@@ -9,15 +13,27 @@ use serde::{Deserialize, Serialize};
 /// layer; the other variants exist so that every line an existing Pod sends
 /// decodes, and a receiver that does not handle one can reject it by name
 /// instead of failing to parse it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Both dialects decode (`worker_event` is `pod_event`, see
+/// [`Dialect`](crate::Dialect)); `Serialize` writes the original one. A
+/// method without parameters is written without `params`
+/// (`{"method":"resume"}`), as existing Pods write it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "method", content = "params", rename_all = "snake_case")]
 pub enum Method {
-    /// A lifecycle event from a child Pod.
+    /// A lifecycle event from a child Pod (`worker_event` in the later
+    /// dialect).
+    #[serde(alias = "worker_event")]
     PodEvent(PodEvent),
     /// A free-form message for the Pod's operator.
     Notify {
         /// The message text, untrusted.
         message: String,
+        /// Whether the receiving Pod starts a turn on it (the later
+        /// dialect's field; absent means `true`, and `true` is not
+        /// written).
+        #[serde(default = "default_true")]
+        auto_run: bool,
     },
     /// Ask the Pod to shut down.
     Shutdown,
@@ -34,7 +50,17 @@ pub enum Method {
 }
 
 impl Method {
-    /// The wire name of this method (`"pod_event"`, `"notify"`, ...).
+    /// A [`Method::Notify`] with `auto_run` at its default, `true`.
+    pub fn notify(message: impl Into<String>) -> Self {
+        Method::Notify {
+            message: message.into(),
+            auto_run: true,
+        }
+    }
+
+    /// The wire name of this method in the original dialect
+    /// (`"pod_event"`, `"notify"`, ...); see
+    /// [`Dialect::method_name`](crate::Dialect::method_name) for others.
     pub fn name(&self) -> &'static str {
         match self {
             Method::PodEvent(_) => "pod_event",
@@ -57,18 +83,19 @@ impl From<PodEvent> for Method {
 
 /// A lifecycle event a child Pod reports to its parent.
 ///
-/// Internally tagged by `kind` (snake_case). Field values are exactly what
-/// the sender wrote: decoding checks the shape, [`PodEvent::validate`]
-/// checks the content (names and paths).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+/// Internally tagged by `kind` (snake_case), fields in any order, unknown
+/// fields ignored; the later dialect's `worker_name`, `parent_worker` and
+/// `sub_worker` decode as `pod_name`, `parent_pod` and `sub_pod`. Optional
+/// fields are written only when present. Field values are exactly what the
+/// sender wrote: decoding checks the shape, [`PodEvent::validate`] checks
+/// the content (names and paths).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PodEvent {
     /// The pod finished one turn and is idle.
     TurnEnded {
         /// The pod the event is about.
         pod_name: String,
         /// Incarnation of that pod, when the sender knows it.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         incarnation: Option<String>,
     },
     /// The pod's worker hit a runtime error.
@@ -78,7 +105,6 @@ pub enum PodEvent {
         /// The error text, untrusted.
         message: String,
         /// Incarnation of that pod, when the sender knows it.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         incarnation: Option<String>,
     },
     /// The pod's controller loop is exiting.
@@ -86,7 +112,6 @@ pub enum PodEvent {
         /// The pod the event is about.
         pod_name: String,
         /// Incarnation of that pod, when the sender knows it.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         incarnation: Option<String>,
     },
     /// `parent_pod` spawned `sub_pod` and delegated `scope` to it.
@@ -100,11 +125,9 @@ pub enum PodEvent {
         /// The rules delegated to `sub_pod`.
         scope: Vec<ScopeRule>,
         /// Incarnation of `sub_pod`, when the sender knows it.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         sub_incarnation: Option<String>,
         /// The socket `sub_pod` reports to, set by the original sender and
         /// preserved by every relay.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         spawner_socket: Option<String>,
     },
 }
@@ -165,11 +188,11 @@ pub struct ScopeRule {
     /// What the rule allows.
     pub permission: Permission,
     /// Whether the rule reaches below the direct children of `target`.
-    #[serde(default = "default_recursive")]
+    #[serde(default = "default_true")]
     pub recursive: bool,
 }
 
-fn default_recursive() -> bool {
+fn default_true() -> bool {
     true
 }
 

@@ -6,6 +6,15 @@ use pod_protocol::{
 };
 use proptest::prelude::*;
 
+// Modules of this one test binary live in `tests/tests/`, where cargo
+// does not take them for test binaries of their own.
+#[path = "tests/address.rs"]
+mod address;
+#[path = "tests/decoder.rs"]
+mod decoder;
+#[path = "tests/dialect.rs"]
+mod dialect;
+
 const GOLDEN: &str = include_str!("golden/design-section-3.jsonl");
 
 /// Decodes `line`, re-encodes it, and checks the bytes are unchanged.
@@ -55,9 +64,7 @@ fn golden_lines_decode_to_the_expected_values() {
                 sub_incarnation: None,
                 spawner_socket: None,
             }),
-            Method::Notify {
-                message: "text".into()
-            },
+            Method::notify("text"),
             Method::Shutdown,
         ]
     );
@@ -295,9 +302,7 @@ fn the_name_lists_match_the_wire_names() {
             pod_name: "p".into(),
             incarnation: None,
         }),
-        Method::Notify {
-            message: "m".into(),
-        },
+        Method::notify("m"),
         Method::Shutdown,
         Method::Run(None),
         Method::Resume(None),
@@ -396,10 +401,50 @@ proptest! {
     }
 
     #[test]
+    fn path_validation_matches_the_reference(path in "[/.a\\x00]{0,10}") {
+        prop_assert_eq!(validate_path("t", &path), reference_validate_path("t", &path));
+    }
+
+    #[test]
     fn a_dotdot_component_never_validates(prefix in "(/[a-z]{1,3}){0,3}", suffix in "(/[a-z]{1,3}){0,3}") {
         let path = format!("{prefix}/..{suffix}");
         prop_assert!(validate_path("t", &path).is_err());
     }
+}
+
+/// `validate_path` as it was before it became one pass: checks in order of
+/// precedence, each over the whole path.
+fn reference_validate_path<'a>(
+    field: &'static str,
+    path: &'a str,
+) -> Result<&'a std::path::Path, ValidationError> {
+    let fail = |reason| ValidationError::Path {
+        field,
+        path: path.to_owned(),
+        reason,
+    };
+    if !path.starts_with('/') {
+        return Err(fail("must be absolute"));
+    }
+    if path.len() > pod_protocol::MAX_PATH_LEN {
+        return Err(fail("longer than 4096 bytes"));
+    }
+    if path.contains('\0') {
+        return Err(fail("contains a NUL byte"));
+    }
+    if path.len() > 1 && path.ends_with('/') {
+        return Err(fail("has a trailing `/`"));
+    }
+    if path.contains("//") {
+        return Err(fail("has an empty component (`//`)"));
+    }
+    if path.split('/').any(|c| c == "..") {
+        return Err(fail("has a `..` component"));
+    }
+    if path.split('/').any(|c| c == ".") {
+        return Err(fail("has a `.` component"));
+    }
+    Ok(std::path::Path::new(path))
 }
 
 // Regressions found by the fuzz targets (`fuzz/`, `cargo xtask fuzz`); the

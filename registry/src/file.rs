@@ -1,132 +1,33 @@
 //! [`FileRegistry`]: the registry persisted as two JSON files, written by a
 //! group-committing thread.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, DirBuilder, File};
 use std::future::Future;
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::error::copy_io_error;
+use crate::fsio::{check_private_dir, create_temp, remove_leftover_temps, write_synced};
+use crate::limits::{encoded_len, file_bytes_after, file_bytes_of};
+use crate::load::{load_files, InvalidRecord};
+use crate::lock::OwnerLock;
 use crate::state::Changed;
 use crate::{
-    Mutation, Outcome, Record, Registry, RegistryError, RegistryState, Tombstone,
-    DEFAULT_DEPARTED_CAPACITY,
+    FaultInjector, Mutation, Outcome, Record, Registry, RegistryError, RegistryLimits,
+    RegistryOptions, RegistryState,
 };
 
 /// The records file's name in the state directory.
 pub const RECORDS_FILE: &str = "spawned_pods.json";
 /// The departed set's file name in the state directory.
 pub const DEPARTED_FILE: &str = "departed_pods.json";
-
-/// Options of [`FileRegistry::open_with`].
-#[derive(Debug, Clone)]
-pub struct RegistryOptions {
-    departed_capacity: usize,
-    faults: Option<FaultInjector>,
-}
-
-impl Default for RegistryOptions {
-    fn default() -> Self {
-        RegistryOptions {
-            departed_capacity: DEFAULT_DEPARTED_CAPACITY,
-            faults: None,
-        }
-    }
-}
-
-impl RegistryOptions {
-    /// The defaults: [`DEFAULT_DEPARTED_CAPACITY`] departures, no fault
-    /// injection.
-    pub fn new() -> Self {
-        RegistryOptions::default()
-    }
-
-    /// How many departures to remember (see [`RegistryState::new`]). When
-    /// the departed file holds more, the oldest are dropped at open.
-    pub fn departed_capacity(mut self, departed_capacity: usize) -> Self {
-        self.departed_capacity = departed_capacity;
-        self
-    }
-
-    /// **For tests only**: makes file writes fail on demand (see
-    /// [`FaultInjector`]). Production code never sets this.
-    pub fn fault_injector(mut self, faults: FaultInjector) -> Self {
-        self.faults = Some(faults);
-        self
-    }
-}
-
-/// **For tests only**: a shared plan of file writes to fail.
-///
-/// Each write of one file (the departed file or the records file) consumes
-/// one step of the plan: first the writes to let through, then the writes
-/// to fail. A failing write fails as an I/O error would: after the
-/// temporary file was written and before it is synced and renamed over the
-/// real file, so the real file is unchanged. Clones share the plan, so a
-/// test keeps one and passes a clone to [`RegistryOptions::fault_injector`].
-///
-/// When both files changed, one commit writes the departed file then the
-/// records file: `fail_file_writes(1, 1)` fails the records file after the
-/// departed file was written, as a crash between the two would.
-#[derive(Debug, Clone, Default)]
-pub struct FaultInjector {
-    plan: Arc<Mutex<FaultPlan>>,
-}
-
-#[derive(Debug, Default)]
-struct FaultPlan {
-    pass: usize,
-    fail: usize,
-}
-
-impl FaultInjector {
-    /// An injector with nothing planned: every write goes through.
-    pub fn new() -> Self {
-        FaultInjector::default()
-    }
-
-    /// Makes the next `n` file writes fail (replacing any plan pending).
-    pub fn fail_next_file_writes(&self, n: usize) {
-        self.fail_file_writes(0, n);
-    }
-
-    /// Lets the next `pass` file writes through, then makes the `fail`
-    /// after them fail (replacing any plan pending).
-    pub fn fail_file_writes(&self, pass: usize, fail: usize) {
-        *self.plan() = FaultPlan { pass, fail };
-    }
-
-    /// How many injected failures are still pending.
-    pub fn remaining(&self) -> usize {
-        self.plan().fail
-    }
-
-    /// Consumes one step of the plan: whether this write must fail.
-    fn take(&self) -> bool {
-        let mut plan = self.plan();
-        if plan.pass > 0 {
-            plan.pass -= 1;
-            false
-        } else if plan.fail > 0 {
-            plan.fail -= 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn plan(&self) -> MutexGuard<'_, FaultPlan> {
-        self.plan.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
 
 /// The registry persisted in a state directory: `spawned_pods.json` (the
 /// records) and `departed_pods.json` (the departed set).
@@ -144,11 +45,16 @@ impl FaultInjector {
 /// otherwise with the next write, so its outcome never rests on state that
 /// could still be lost.
 ///
-/// One process owns a state directory at a time: two `FileRegistry`s
-/// writing the same directory would overwrite each other's files. Other
-/// processes may read the files at any time (each file is replaced
-/// atomically), or open a `FileRegistry` only to read it: opening and
-/// reading never write, except to create missing files.
+/// One registry owns a state directory at a time: it holds an exclusive
+/// lock on `<state dir>/registry.lock` for its whole life, and a second
+/// `FileRegistry` on the same directory (in any process) is refused at
+/// once with [`RegistryError::Locked`], naming the holder's pid. Others
+/// read the registry with [`crate::RegistrySnapshot`], which takes no lock
+/// (each file is replaced atomically).
+///
+/// Elements of the records file that are not valid records (written by
+/// other tools) are kept verbatim and reported, never acted on: see
+/// [`FileRegistry::invalid_records`].
 ///
 /// Dropping the registry stops the committer thread after it has served the
 /// writes already requested, and blocks until then: only a write whose
@@ -166,7 +72,14 @@ struct Shared {
     records_path: PathBuf,
     departed_path: PathBuf,
     faults: Option<FaultInjector>,
+    limits: RegistryLimits,
+    /// Never changes after open: invalid records are never acted on.
+    invalid: Vec<InvalidRecord>,
+    /// The owner lock, held for the registry's life: dropped with the last
+    /// `Arc<Shared>`, after the committer thread's last write.
+    _lock: OwnerLock,
     durable_writes: AtomicU64,
+    refused: AtomicU64,
     inner: Mutex<Inner>,
     /// Signals the committer: a waiter arrived, or the registry is closing.
     wake: Condvar,
@@ -180,6 +93,8 @@ struct Inner {
     applied: u64,
     /// Sequence number covered by the last successful write.
     durable: u64,
+    /// The records file's size as the next write would write it.
+    file_bytes: u64,
     /// Callers waiting for the next write.
     waiters: Vec<oneshot::Sender<Result<(), WriteFailure>>>,
     closing: bool,
@@ -242,20 +157,29 @@ impl FileRegistry {
     }
 
     /// Opens the registry in `state_dir`: creates the directory (mode 0700)
-    /// if missing, loads `spawned_pods.json` and `departed_pods.json`,
-    /// creates each missing one as an empty array (mode 0600), and starts
-    /// the committer thread.
+    /// if missing and checks that it is private, takes the directory's
+    /// owner lock, removes temporary files a crash left, loads
+    /// `spawned_pods.json` and `departed_pods.json`, creates each missing
+    /// one as an empty array (mode 0600), and starts the committer thread.
     ///
     /// Records matched by a tombstone (what a crash between the writes of
     /// the two files leaves) are dropped from memory; the records file is
-    /// rewritten by the next write. Blocking: call it from a synchronous
-    /// context or `spawn_blocking`.
+    /// rewritten by the next write. Elements of the records file that are
+    /// not valid records are kept (see [`FileRegistry::invalid_records`]).
+    /// Blocking: call it from a synchronous context or `spawn_blocking`.
     ///
     /// # Errors
     ///
-    /// [`RegistryError::Corrupt`] if a file does not parse (it is left
-    /// untouched, and no file is created); [`RegistryError::Io`] if the
-    /// directory or a file cannot be created or read.
+    /// - [`RegistryError::InsecureDir`] if the directory is not owned by
+    ///   this user or is group- or world-writable;
+    /// - [`RegistryError::Locked`] if another registry owns the directory;
+    /// - [`RegistryError::Corrupt`] if a file is not a JSON array (it is
+    ///   left untouched, and no data file is created);
+    /// - [`RegistryError::NotRegularFile`] if a file is a link, FIFO,
+    ///   device or directory, [`RegistryError::TooLarge`] if it is over
+    ///   [`RegistryLimits::max_file_bytes`] (neither is read);
+    /// - [`RegistryError::Io`] if the directory or a file cannot be created
+    ///   or read.
     pub fn open_with(
         state_dir: impl AsRef<Path>,
         options: RegistryOptions,
@@ -266,36 +190,62 @@ impl FileRegistry {
             .mode(0o700)
             .create(&dir)
             .map_err(|e| RegistryError::io(&dir, e))?;
+        check_private_dir(&dir)?;
+        // Before reading: the previous owner is gone, so what we read is
+        // its last word, and no write of another owner can follow.
+        let lock = OwnerLock::acquire(&dir)?;
+        remove_leftover_temps(&dir);
         let records_path = dir.join(RECORDS_FILE);
         let departed_path = dir.join(DEPARTED_FILE);
         // Parse both before creating either, so an error leaves the
-        // directory exactly as it was.
-        let records: Option<Vec<Record>> = load(&records_path)?;
-        let departed: Option<Vec<Tombstone>> = load(&departed_path)?;
+        // data files exactly as they were.
+        let loaded = load_files(&records_path, &departed_path, &options.limits)?;
         for (path, missing) in [
-            (&departed_path, departed.is_none()),
-            (&records_path, records.is_none()),
+            (&departed_path, loaded.departed.is_none()),
+            (&records_path, loaded.records.is_none()),
         ] {
             if missing {
                 write_durably(&dir, path, b"[]\n", None).map_err(|f| f.to_error())?;
             }
         }
+        let records = loaded.records.unwrap_or_default();
+        // The owner reports them (a snapshot's reader shows them itself).
+        for invalid in &records.invalid {
+            tracing::warn!(
+                file = %records_path.display(),
+                index = invalid.index(),
+                reason = invalid.reason(),
+                "kept an invalid registry record as it is; it is never matched or acted on"
+            );
+        }
         let (state, dirty) = RegistryState::from_parts(
             options.departed_capacity,
-            records.unwrap_or_default(),
-            departed.unwrap_or_default(),
+            options.limits.file_bytes(),
+            records.records,
+            loaded.departed.unwrap_or_default(),
+        );
+        let file_bytes = file_bytes_of(
+            state
+                .records()
+                .map(encoded_len)
+                .chain(records.invalid.iter().map(|r| r.raw().len() as u64)),
         );
         let shared = Arc::new(Shared {
             dir,
             records_path,
             departed_path,
             faults: options.faults,
+            limits: options.limits,
+            invalid: records.invalid,
+            _lock: lock,
             durable_writes: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 state,
                 dirty,
                 applied: 0,
                 durable: 0,
+                file_bytes,
                 waiters: Vec::new(),
                 closing: false,
                 stopped: false,
@@ -337,6 +287,26 @@ impl FileRegistry {
         self.shared.durable_writes.load(Ordering::SeqCst)
     }
 
+    /// The elements of the records file that are not valid records (a
+    /// name or path this crate refuses, or not a record at all), each with
+    /// its exact JSON text and the reason. They are never matched, removed
+    /// or acted on, and every write keeps them, byte for byte, after the
+    /// valid records. Each was also logged at warn level at open.
+    pub fn invalid_records(&self) -> &[InvalidRecord] {
+        &self.shared.invalid
+    }
+
+    /// The caps in effect.
+    pub fn limits(&self) -> RegistryLimits {
+        self.shared.limits
+    }
+
+    /// How many mutations were refused for exceeding a cap (see
+    /// [`RegistryLimits`]) since open.
+    pub fn refused_mutations(&self) -> u64 {
+        self.shared.refused.load(Ordering::SeqCst)
+    }
+
     /// Resolves once memory is durable: at once when it already is,
     /// otherwise with the next write, which retries whatever a failed write
     /// left dirty.
@@ -358,7 +328,20 @@ impl FileRegistry {
         }
         let outcome = match mutation {
             Some(mutation) => {
+                let added = match self
+                    .shared
+                    .limits
+                    .admit(&inner.state, mutation, inner.file_bytes)
+                {
+                    Ok(added) => added,
+                    Err(refused) => {
+                        self.shared.refused.fetch_add(1, Ordering::SeqCst);
+                        tracing::warn!(error = %refused, "refused a registry mutation over a cap");
+                        return Submitted::Done(Err(refused));
+                    }
+                };
                 let (outcome, changed) = inner.state.apply_tracked(mutation);
+                inner.file_bytes = file_bytes_after(inner.file_bytes, added, &outcome);
                 if changed.any() {
                     inner.applied += 1;
                     inner.dirty.records |= changed.records;
@@ -457,7 +440,9 @@ fn commit_loop(shared: &Shared) {
         let target = inner.applied;
         let dirty = std::mem::take(&mut inner.dirty);
         let departed = dirty.departed.then(|| encode_array(inner.state.departed()));
-        let records = dirty.records.then(|| encode_array(inner.state.records()));
+        let records = dirty
+            .records
+            .then(|| encode_records(inner.state.records(), &shared.invalid));
         drop(inner);
 
         // The departed file first: a crash between the two writes then
@@ -513,35 +498,26 @@ fn encode_array<'a, T: Serialize + 'a>(items: impl Iterator<Item = &'a T>) -> io
     Ok(out)
 }
 
-/// Reads and parses `path`; `None` if it does not exist.
-fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<Vec<T>>, RegistryError> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(RegistryError::io(path, e)),
-    };
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-        let (line, column) = (e.line(), e.column());
-        let message = e.to_string();
-        let suffix = format!(" at line {line} column {column}");
-        let message = message.strip_suffix(&suffix).unwrap_or(&message).to_owned();
-        RegistryError::Corrupt {
-            path: path.to_path_buf(),
-            line,
-            column,
-            message,
-        }
-    })
-}
-
-/// The temporary file a write of `path` goes through: `<path>.tmp`, in the
-/// same directory so the rename is atomic. One writer per directory, so a
-/// fixed name suffices, and a crash leaves at most one, which the next
-/// write reuses.
-fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".tmp");
-    PathBuf::from(name)
+/// The records file: the valid records (one per line, as
+/// [`encode_array`]), then each invalid record's exact text, in file order.
+fn encode_records<'a>(
+    records: impl Iterator<Item = &'a Record>,
+    invalid: &[InvalidRecord],
+) -> io::Result<Vec<u8>> {
+    let mut out = encode_array(records)?;
+    if invalid.is_empty() {
+        return Ok(out);
+    }
+    // Reopen the array: drop `]\n` (and the `\n` before it unless empty).
+    let keep = if out.len() == 3 { 1 } else { out.len() - 3 };
+    out.truncate(keep);
+    for (i, element) in invalid.iter().enumerate() {
+        let separator: &[u8] = if i == 0 && keep == 1 { b"\n" } else { b",\n" };
+        out.extend_from_slice(separator);
+        out.extend_from_slice(element.raw().as_bytes());
+    }
+    out.extend_from_slice(b"\n]\n");
+    Ok(out)
 }
 
 /// Writes `encoded` (if the file changed) to `path` with [`write_durably`].
@@ -558,8 +534,10 @@ fn write_encoded(
     }
 }
 
-/// Replaces `path` with `bytes` atomically and durably: write a temporary
-/// file, fsync it, rename it over `path`, fsync the directory.
+/// Replaces `path` with `bytes` atomically and durably: write a new
+/// temporary file (exclusive, unpredictable name, never through a link),
+/// fsync it, rename it over `path` (which replaces a link planted there
+/// rather than following it), fsync the directory.
 fn write_durably(
     dir: &Path,
     path: &Path,
@@ -567,11 +545,13 @@ fn write_durably(
     faults: Option<&FaultInjector>,
 ) -> Result<(), WriteFailure> {
     let fail = WriteFailure::new;
-    let temp = temp_path(path);
-    let result = write_synced(&temp, bytes, faults).map_err(|e| fail(&temp, e));
+    let (temp, file) = create_temp(path).map_err(|e| fail(path, e))?;
+    let inject = faults.is_some_and(FaultInjector::take);
+    let result = write_synced(&file, bytes, inject).map_err(|e| fail(&temp, e));
+    drop(file);
     if result.is_err() {
-        // Best effort: a leftover temporary file is harmless (the next
-        // write truncates it), only untidy.
+        // Best effort: a leftover temporary file is never read, and the
+        // next owner's open removes it.
         let _ = fs::remove_file(&temp);
         return result;
     }
@@ -579,21 +559,4 @@ fn write_durably(
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| fail(dir, e))
-}
-
-fn write_synced(temp: &Path, bytes: &[u8], faults: Option<&FaultInjector>) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(temp)?;
-    // A leftover temporary file keeps its old mode; the real file must be
-    // 0600 whatever created the leftover.
-    file.set_permissions(fs::Permissions::from_mode(0o600))?;
-    file.write_all(bytes)?;
-    if faults.is_some_and(FaultInjector::take) {
-        return Err(io::Error::other("injected write failure (FaultInjector)"));
-    }
-    file.sync_all()
 }

@@ -59,14 +59,27 @@
 //! `spawned_pods.json` is a JSON array of [`Record`]s, sorted by name then
 //! incarnation, one per line; a name may appear more than once, with
 //! different incarnations. `departed_pods.json` is a JSON array of
-//! [`Tombstone`]s, oldest first. Both are mode 0600 in a 0700 directory and
-//! replaced atomically (temporary file, fsync, rename, fsync of the
-//! directory). A file that does not parse is reported as
-//! [`RegistryError::Corrupt`] and never overwritten. The crate README has
-//! the details.
+//! [`Tombstone`]s, oldest first. Both are mode 0600 in a private directory
+//! and replaced atomically (a new temporary file with a random name,
+//! fsync, rename, fsync of the directory). A file that is not a JSON array
+//! is reported as [`RegistryError::Corrupt`] and never overwritten; an
+//! element of the records file that is not a valid record is kept verbatim
+//! and reported ([`InvalidRecord`]), never acted on.
+//!
+//! One [`FileRegistry`] owns a state directory at a time (an exclusive lock
+//! on [`LOCK_FILE`]; a second is refused with [`RegistryError::Locked`]);
+//! [`RegistrySnapshot`] reads one without owning it. Reads are capped and
+//! only from regular files, and adds are capped ([`RegistryLimits`]). The
+//! crate README has the details.
 
 mod error;
 mod file;
+mod fsio;
+mod keys;
+mod limits;
+mod load;
+mod lock;
+mod options;
 mod record;
 mod state;
 pub mod testing;
@@ -75,7 +88,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use error::RegistryError;
-pub use file::{FaultInjector, FileRegistry, RegistryOptions, DEPARTED_FILE, RECORDS_FILE};
+pub use file::{FileRegistry, DEPARTED_FILE, RECORDS_FILE};
+pub use limits::RegistryLimits;
+pub use load::{InvalidRecord, RegistrySnapshot};
+pub use lock::LOCK_FILE;
+pub use options::{FaultInjector, RegistryOptions};
 pub use pod_protocol::{PodName, ScopeRule};
 pub use record::{incarnations_match, Record, Tombstone};
 pub use state::{Mutation, Outcome, RegistryState, DEFAULT_DEPARTED_CAPACITY};

@@ -1,18 +1,16 @@
 //! [`RegistryState`]: the registry's pure in-memory state machine, and the
 //! [`Mutation`]s it applies.
 
-use std::borrow::Borrow;
-use std::cmp::Ordering;
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::fmt;
-use std::hash::{Hash, Hasher};
-use std::ops::Bound;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use pod_protocol::PodName;
 
+use crate::keys::{tombstone_key, Entry, Key, Records, TombstoneKey};
+use crate::limits::{element_bytes, tombstone_len, EMPTY_FILE_BYTES};
 #[cfg(doc)]
 use crate::record::incarnations_match;
 use crate::record::{Record, Tombstone};
+use crate::RegistryLimits;
 
 /// How many departures a registry remembers by default.
 pub const DEFAULT_DEPARTED_CAPACITY: usize = 4096;
@@ -108,9 +106,12 @@ impl Changed {
 /// set in between). Invariant: no record is matched by a tombstone of the
 /// departed set.
 ///
-/// The departed set keeps at most `departed_capacity` tombstones; when full,
-/// the oldest is dropped first. Re-inserting a tombstone it already holds
-/// does not refresh its age.
+/// The departed set keeps at most `departed_capacity` tombstones, and no
+/// more than fit in a departed file of
+/// [`RegistryLimits::max_file_bytes`](crate::RegistryLimits::max_file_bytes)
+/// (the default cap unless a registry's limits say otherwise), so the file
+/// is always readable back; when full, the oldest is dropped first.
+/// Re-inserting a tombstone it already holds does not refresh its age.
 ///
 /// ```
 /// use pod_registry::{Mutation, Outcome, PodName, Record, RegistryState};
@@ -143,6 +144,10 @@ pub struct RegistryState {
     /// How many tombstones of the departed set each name has (never 0).
     departed_names: HashMap<PodName, usize>,
     departed_capacity: usize,
+    /// The size of the departed file holding the departed set.
+    departed_bytes: u64,
+    /// The most `departed_bytes` may be.
+    departed_max_bytes: u64,
 }
 
 impl Default for RegistryState {
@@ -163,7 +168,16 @@ impl RegistryState {
             departed_keys: HashSet::new(),
             departed_names: HashMap::new(),
             departed_capacity,
+            departed_bytes: EMPTY_FILE_BYTES,
+            departed_max_bytes: RegistryLimits::DEFAULT_MAX_FILE_BYTES,
         }
+    }
+
+    /// Caps the departed file's size at `max_bytes`, dropping the oldest
+    /// tombstones now if it is over.
+    pub(crate) fn cap_departed_bytes(&mut self, max_bytes: u64) {
+        self.departed_max_bytes = max_bytes;
+        self.evict_departed();
     }
 
     /// Applies `mutation` and says what it did.
@@ -318,10 +332,12 @@ impl RegistryState {
     /// returned [`Changed`] says which loaded file differs from the state.
     pub(crate) fn from_parts(
         departed_capacity: usize,
+        departed_max_bytes: u64,
         records: Vec<Record>,
         departed: Vec<Tombstone>,
     ) -> (Self, Changed) {
         let mut state = RegistryState::new(departed_capacity);
+        state.departed_max_bytes = departed_max_bytes;
         let mut changed = Changed::default();
         let departed_loaded = departed.len();
         for tombstone in departed {
@@ -371,7 +387,7 @@ impl RegistryState {
 
     /// Inserts `tombstone` into the departed set. Returns whether it was new
     /// and whether the set changed (a new tombstone does not change a set
-    /// of capacity 0).
+    /// of capacity 0, nor one whose file could not hold it alone).
     fn insert_tombstone(&mut self, tombstone: Tombstone) -> (bool, bool) {
         if self
             .departed_keys
@@ -379,7 +395,8 @@ impl RegistryState {
         {
             return (false, false);
         }
-        if self.departed_capacity == 0 {
+        let bytes = element_bytes(tombstone_len(&tombstone));
+        if self.departed_capacity == 0 || EMPTY_FILE_BYTES + bytes > self.departed_max_bytes {
             return (true, false);
         }
         *self
@@ -388,15 +405,27 @@ impl RegistryState {
             .or_default() += 1;
         self.departed_keys.insert(TombstoneKey(tombstone.clone()));
         self.departed.push_back(tombstone);
-        while self.departed.len() > self.departed_capacity {
-            if let Some(oldest) = self.departed.pop_front() {
-                self.forget_tombstone(&oldest);
-            }
-        }
+        self.departed_bytes += bytes;
+        self.evict_departed();
         (true, true)
     }
 
+    /// Drops the oldest tombstones while the set is over its capacity or
+    /// its file over its cap. The newest always fits alone (see
+    /// [`RegistryState::insert_tombstone`]).
+    fn evict_departed(&mut self) {
+        while self.departed.len() > self.departed_capacity
+            || self.departed_bytes > self.departed_max_bytes
+        {
+            let Some(oldest) = self.departed.pop_front() else {
+                break;
+            };
+            self.forget_tombstone(&oldest);
+        }
+    }
+
     fn forget_tombstone(&mut self, tombstone: &Tombstone) {
+        self.departed_bytes -= element_bytes(tombstone_len(tombstone));
         self.departed_keys
             .remove(&tombstone_key(tombstone) as &dyn Key);
         if let Some(count) = self.departed_names.get_mut(tombstone.pod_name.as_str()) {
@@ -407,169 +436,3 @@ impl RegistryState {
         }
     }
 }
-
-/// A `(pod_name, incarnation)` key, borrowed: what the records and the
-/// departed set are looked up by without building an owned key.
-///
-/// Ordered by name, then incarnation (`None` first); hashed and compared
-/// as the pair. Every type that borrows as `dyn Key` orders, compares and
-/// hashes exactly as its `dyn Key` form, as [`Borrow`] requires.
-trait Key {
-    fn name(&self) -> &str;
-    fn incarnation(&self) -> Option<&str>;
-}
-
-impl Key for (&str, Option<&str>) {
-    fn name(&self) -> &str {
-        self.0
-    }
-
-    fn incarnation(&self) -> Option<&str> {
-        self.1
-    }
-}
-
-impl PartialEq for dyn Key + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.name() == other.name() && self.incarnation() == other.incarnation()
-    }
-}
-
-impl Eq for dyn Key + '_ {}
-
-impl PartialOrd for dyn Key + '_ {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for dyn Key + '_ {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.name()
-            .cmp(other.name())
-            .then_with(|| self.incarnation().cmp(&other.incarnation()))
-    }
-}
-
-impl Hash for dyn Key + '_ {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.name().hash(state);
-        self.incarnation().hash(state);
-    }
-}
-
-/// The borrowed key of a tombstone.
-fn tombstone_key(tombstone: &Tombstone) -> (&str, Option<&str>) {
-    (
-        tombstone.pod_name.as_str(),
-        tombstone.incarnation.as_deref(),
-    )
-}
-
-/// Implements [`Key`], `Borrow<dyn Key>`, equality, order and hashing for a
-/// newtype over a value with `pod_name` and `incarnation` fields, all as its
-/// `dyn Key` form.
-macro_rules! keyed_by_pod {
-    ($wrapper:ident) => {
-        impl Key for $wrapper {
-            fn name(&self) -> &str {
-                self.0.pod_name.as_str()
-            }
-
-            fn incarnation(&self) -> Option<&str> {
-                self.0.incarnation.as_deref()
-            }
-        }
-
-        impl<'a> Borrow<dyn Key + 'a> for $wrapper {
-            fn borrow(&self) -> &(dyn Key + 'a) {
-                self
-            }
-        }
-
-        impl PartialEq for $wrapper {
-            fn eq(&self, other: &Self) -> bool {
-                (self as &dyn Key) == (other as &dyn Key)
-            }
-        }
-
-        impl Eq for $wrapper {}
-
-        impl PartialOrd for $wrapper {
-            fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-                Some(self.cmp(other))
-            }
-        }
-
-        impl Ord for $wrapper {
-            fn cmp(&self, other: &Self) -> Ordering {
-                (self as &dyn Key).cmp(other as &dyn Key)
-            }
-        }
-
-        impl Hash for $wrapper {
-            fn hash<H: Hasher>(&self, state: &mut H) {
-                (self as &dyn Key).hash(state);
-            }
-        }
-    };
-}
-
-/// A record in the record set: ordered and compared by its key alone.
-#[derive(Debug, Clone)]
-struct Entry(Record);
-
-keyed_by_pod!(Entry);
-
-/// The records, one flat set sorted by `(pod_name, incarnation)`: no
-/// per-name allocation, and the key is the record's own fields.
-///
-/// Two sets are equal when their records are, field by field (an
-/// [`Entry`] alone compares only its key).
-#[derive(Clone, Default)]
-struct Records(BTreeSet<Entry>);
-
-impl Records {
-    /// The records from the first one named `name` (or the first after
-    /// where it would be) to the end.
-    fn starting_at(&self, name: &str) -> std::collections::btree_set::Range<'_, Entry> {
-        let start: &dyn Key = &(name, None);
-        self.0
-            .range::<dyn Key, _>((Bound::Included(start), Bound::Unbounded))
-    }
-
-    fn get(&self, name: &str, incarnation: Option<&str>) -> Option<&Record> {
-        self.0
-            .get(&(name, incarnation) as &dyn Key)
-            .map(|entry| &entry.0)
-    }
-
-    fn take(&mut self, name: &str, incarnation: Option<&str>) -> Option<Record> {
-        self.0
-            .take(&(name, incarnation) as &dyn Key)
-            .map(|entry| entry.0)
-    }
-}
-
-impl PartialEq for Records {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|(a, b)| a.0 == b.0)
-    }
-}
-
-impl Eq for Records {}
-
-impl fmt::Debug for Records {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.0.iter().map(|entry| &entry.0))
-            .finish()
-    }
-}
-
-/// A tombstone in the departed set's index: compared and hashed by its
-/// key, as its `dyn Key` form.
-#[derive(Debug, Clone)]
-struct TombstoneKey(Tombstone);
-
-keyed_by_pod!(TombstoneKey);

@@ -4,7 +4,8 @@
 use std::future::{ready, Future};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::{Mutation, Outcome, Registry, RegistryError, RegistryState};
+use crate::limits::{file_bytes_after, EMPTY_FILE_BYTES};
+use crate::{Mutation, Outcome, Registry, RegistryError, RegistryLimits, RegistryState};
 
 /// An in-memory [`Registry`]: every mutation is "durable" at once.
 ///
@@ -42,12 +43,30 @@ pub struct MemoryRegistry {
     inner: Arc<Mutex<Inner>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
     state: RegistryState,
     dirty: bool,
     fail_next: usize,
     writes: u64,
+    limits: RegistryLimits,
+    /// The size the records file would have, for the file cap.
+    file_bytes: u64,
+    refused: u64,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            state: RegistryState::default(),
+            dirty: false,
+            fail_next: 0,
+            writes: 0,
+            limits: RegistryLimits::default(),
+            file_bytes: EMPTY_FILE_BYTES,
+            refused: 0,
+        }
+    }
 }
 
 impl MemoryRegistry {
@@ -66,6 +85,46 @@ impl MemoryRegistry {
                 ..Inner::default()
             })),
         }
+    }
+
+    /// Applies `limits` from now on, as [`crate::FileRegistry`] applies
+    /// [`crate::RegistryOptions::limits`]: an add over a cap is refused
+    /// with its typed error, changes nothing and writes nothing, and is
+    /// counted in [`MemoryRegistry::refused_mutations`]. The file cap is
+    /// checked against the size the records file would have.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use pod_registry::testing::MemoryRegistry;
+    /// use pod_registry::{PodName, Record, Registry, RegistryError, RegistryLimits};
+    ///
+    /// let registry = MemoryRegistry::new().with_limits(RegistryLimits::new().max_records(1));
+    /// let record = |name: &str| Record {
+    ///     pod_name: PodName::new(name).unwrap(),
+    ///     socket_path: format!("/run/pods/{name}.sock"),
+    ///     scope_delegated: vec![],
+    ///     callback_address: String::new(),
+    ///     incarnation: None,
+    /// };
+    /// registry.add(record("w1")).await.unwrap();
+    /// let full = registry.add(record("w2")).await;
+    /// assert!(matches!(full, Err(RegistryError::Full { limit: 1, .. })));
+    /// assert_eq!(registry.list().len(), 1);
+    /// assert_eq!(registry.refused_mutations(), 1);
+    /// # });
+    /// ```
+    pub fn with_limits(self, limits: RegistryLimits) -> Self {
+        let mut inner = self.lock();
+        inner.limits = limits;
+        // Tombstones that no longer fit are dropped as a reopen would.
+        inner.state.cap_departed_bytes(limits.file_bytes());
+        drop(inner);
+        self
+    }
+
+    /// How many mutations were refused for exceeding a cap.
+    pub fn refused_mutations(&self) -> u64 {
+        self.lock().refused
     }
 
     /// Makes the next `n` simulated writes fail with
@@ -87,7 +146,15 @@ impl MemoryRegistry {
 
     fn apply_now(&self, mutation: &Mutation) -> Result<Outcome, RegistryError> {
         let mut inner = self.lock();
+        let added = match inner.limits.admit(&inner.state, mutation, inner.file_bytes) {
+            Ok(added) => added,
+            Err(refused) => {
+                inner.refused += 1;
+                return Err(refused);
+            }
+        };
         let (outcome, changed) = inner.state.apply_tracked(mutation);
+        inner.file_bytes = file_bytes_after(inner.file_bytes, added, &outcome);
         if !changed.any() && !inner.dirty {
             return Ok(outcome);
         }

@@ -62,3 +62,23 @@ pub(crate) fn records_on_disk(dir: &Path) -> Vec<Record> {
 pub(crate) fn departed_on_disk(dir: &Path) -> Vec<Tombstone> {
     serde_json::from_slice(&std::fs::read(dir.join(DEPARTED_FILE)).unwrap()).unwrap()
 }
+
+/// The exact text of every element of the records file of `dir`.
+pub(crate) fn elements_on_disk(dir: &Path) -> Vec<String> {
+    let bytes = std::fs::read(dir.join(RECORDS_FILE)).unwrap();
+    let elements: Vec<Box<serde_json::value::RawValue>> = serde_json::from_slice(&bytes).unwrap();
+    elements.iter().map(|e| e.get().to_owned()).collect()
+}
+
+/// What [`elements_on_disk`] must say for these valid records followed by
+/// these invalid elements.
+pub(crate) fn expected_elements<'a>(
+    records: impl IntoIterator<Item = &'a Record>,
+    invalid: &[impl AsRef<str>],
+) -> Vec<String> {
+    records
+        .into_iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .chain(invalid.iter().map(|raw| raw.as_ref().to_owned()))
+        .collect()
+}

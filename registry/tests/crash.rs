@@ -2,7 +2,8 @@
 //! stream of mutations and prints each one it got acknowledged; the parent
 //! kills it with SIGKILL at a random moment, many times over the same
 //! state directory, and checks after each kill that the registry opens,
-//! its files parse, and every acknowledged mutation is there.
+//! its files parse, every acknowledged mutation is there, and an invalid
+//! record another tool wrote is still there byte for byte.
 
 use std::collections::BTreeSet;
 use std::hash::BuildHasher;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 use pod_registry::{FileRegistry, Mutation, Record, Registry, RegistryOptions, RegistryState};
 
-use crate::common::{departed_on_disk, departure, record, records_on_disk, removal};
+use crate::common::{departed_on_disk, departure, elements_on_disk, record, removal};
 
 /// The child role: set to the state directory.
 const CHILD_DIR: &str = "POD_REGISTRY_CRASH_DIR";
@@ -23,6 +24,8 @@ const CHILD_RUN: &str = "POD_REGISTRY_CRASH_RUN";
 const RUNS_VAR: &str = "POD_REGISTRY_CRASH_RUNS";
 
 const RUNS: usize = 40;
+/// A record with a name this crate refuses, as another tool wrote it.
+const INVALID: &str = r#"{"pod_name": "worker 1", "socket_path": "/run/pods/worker-1.sock", "scope_delegated": [], "callback_address": ""}"#;
 const TASKS: usize = 4;
 const OPS_PER_TASK: usize = 50;
 const NAMES_PER_TASK: usize = 5;
@@ -186,6 +189,13 @@ fn acknowledged_mutations_survive_sigkill() {
     );
     eprintln!("crash test: {runs} runs, {CHILD_SEED}={seed} replays it");
     let dir = tempfile::tempdir().unwrap();
+    // Another tool's record this crate refuses: every write, killed or
+    // not, must keep it.
+    std::fs::write(
+        dir.path().join(pod_registry::RECORDS_FILE),
+        format!("[\n{INVALID}\n]\n"),
+    )
+    .unwrap();
     let mut rng = Rng(seed);
     let mut earlier: Summary = Default::default();
     let mut killed = 0;
@@ -195,9 +205,17 @@ fn acknowledged_mutations_survive_sigkill() {
         killed += usize::from(acked.iter().sum::<usize>() < TASKS * OPS_PER_TASK);
 
         let registry = FileRegistry::open_with(dir.path(), options()).unwrap();
-        // Both files parse as plain JSON arrays.
-        records_on_disk(dir.path());
+        // Both files parse as plain JSON arrays: the records, then the
+        // invalid element, byte for byte.
+        let elements = elements_on_disk(dir.path());
+        let (invalid, records) = elements.split_last().unwrap();
+        assert_eq!(invalid, INVALID, "seed {seed} run {run}");
+        for record in records {
+            serde_json::from_str::<Record>(record).unwrap();
+        }
         departed_on_disk(dir.path());
+        let kept: Vec<&str> = registry.invalid_records().iter().map(|r| r.raw()).collect();
+        assert_eq!(kept, [INVALID]);
         registry.read(|state| {
             for (task, &acked) in acked.iter().enumerate() {
                 let ops = task_ops(seed, run, task);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use pod_registry::{
     FaultInjector, FileRegistry, Outcome, Registry, RegistryError, RegistryOptions, DEPARTED_FILE,
-    RECORDS_FILE,
+    LOCK_FILE, RECORDS_FILE,
 };
 
 use crate::common::{block_on, departed_on_disk, name, record, records_on_disk, tombstone};
@@ -19,6 +19,29 @@ fn mode(path: &Path) -> u32 {
 
 fn inode(path: &Path) -> u64 {
     fs::metadata(path).unwrap().ino()
+}
+
+/// The names in `dir`, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Whether `path`'s file name is a temporary name of `file`'s writes.
+fn is_temp_of(path: &Path, file: &str) -> bool {
+    let name = path.file_name().unwrap().to_str().unwrap();
+    name.strip_prefix(&format!("{file}.tmp."))
+        .is_some_and(|suffix| suffix.len() == 16 && suffix.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// No temporary file is left in `dir`.
+fn no_temp_left(dir: &Path) {
+    let names = entries(dir);
+    assert!(names.iter().all(|n| !n.contains(".tmp")), "{names:?}");
 }
 
 /// Opens `dir` with a fault injector; returns both.
@@ -71,7 +94,7 @@ fn records_file_is_a_json_array_one_record_per_line() {
         ]
     );
     assert_eq!(mode(registry.path()), 0o600);
-    assert!(!dir.path().join("spawned_pods.json.tmp").exists());
+    no_temp_left(dir.path());
 }
 
 #[test]
@@ -156,8 +179,10 @@ fn check_corrupt(file: &str, bytes: &[u8], line: usize, column: usize) {
     );
     assert_eq!(fs::read(&path).unwrap(), bytes);
     assert_eq!(mode(&path), 0o644);
-    // Nothing was created beside it either.
-    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    // Nothing was created beside it but the (empty) owner lock file.
+    let mut expected = vec![file.to_owned(), LOCK_FILE.to_owned()];
+    expected.sort();
+    assert_eq!(entries(dir.path()), expected);
 }
 
 #[test]
@@ -167,13 +192,8 @@ fn a_corrupt_file_is_an_error_naming_file_and_position_and_is_left_untouched() {
     check_corrupt(RECORDS_FILE, b"{}", 1, 0);
     check_corrupt(RECORDS_FILE, b"[]\n[]", 2, 1);
     check_corrupt(RECORDS_FILE, b"[\"\xff\"]", 1, 3);
-    // A name that is not a valid pod name is not what this crate writes.
-    check_corrupt(
-        RECORDS_FILE,
-        br#"[{"pod_name":"../x","socket_path":"","scope_delegated":[],"callback_address":""}]"#,
-        1,
-        19,
-    );
+    // The departed file is this crate's alone: every element must be a
+    // tombstone.
     check_corrupt(DEPARTED_FILE, b"[{\"pod_name\": 7}]", 1, 15);
 }
 
@@ -298,7 +318,8 @@ fn a_failed_write_keeps_memory_ahead_and_the_next_write_persists_it() {
         let error = registry.add(record("w1", None)).await.unwrap_err();
         match &error {
             RegistryError::Io { path, source } => {
-                assert_eq!(path, &dir.path().join("spawned_pods.json.tmp"));
+                assert!(is_temp_of(path, RECORDS_FILE), "{path:?}");
+                assert_eq!(path.parent(), Some(dir.path()));
                 assert!(source.to_string().contains("injected"), "{source}");
             }
             other => panic!("expected Io, got {other:?}"),
@@ -307,7 +328,7 @@ fn a_failed_write_keeps_memory_ahead_and_the_next_write_persists_it() {
         // Applied in memory, not on disk, no temporary file left.
         assert_eq!(registry.list(), [record("w1", None)]);
         assert_eq!(records_on_disk(dir.path()), []);
-        assert!(!dir.path().join("spawned_pods.json.tmp").exists());
+        no_temp_left(dir.path());
         assert_eq!(registry.durable_writes(), 0);
         assert_eq!(faults.remaining(), 0);
 
@@ -329,7 +350,7 @@ fn flush_retries_a_failed_write_of_both_files() {
         // records file is not attempted.
         let error = registry.depart(name("w1"), None).await.unwrap_err();
         assert!(
-            matches!(&error, RegistryError::Io { path, .. } if path.ends_with("departed_pods.json.tmp")),
+            matches!(&error, RegistryError::Io { path, .. } if is_temp_of(path, DEPARTED_FILE)),
             "{error:?}"
         );
         assert_eq!(faults.remaining(), 1);
@@ -357,7 +378,7 @@ fn a_failure_between_the_two_files_is_repaired_at_open() {
         faults.fail_file_writes(1, 1);
         let error = registry.depart(name("w1"), None).await.unwrap_err();
         assert!(
-            matches!(&error, RegistryError::Io { path, .. } if path.ends_with("spawned_pods.json.tmp")),
+            matches!(&error, RegistryError::Io { path, .. } if is_temp_of(path, RECORDS_FILE)),
             "{error:?}"
         );
     });

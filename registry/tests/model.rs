@@ -1,6 +1,8 @@
 //! Model-based test: random add / remove / depart / reopen sequences, with
 //! injected write failures, against a simple `BTreeMap` model of memory and
-//! of each file on disk.
+//! of each file on disk; the records file starts with invalid elements
+//! (issue 16), which must survive everything byte for byte; a small cap on
+//! records refuses adds beyond it without changing anything (issue 13).
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
@@ -8,15 +10,37 @@ use std::path::Path;
 
 use pod_registry::{
     FaultInjector, FileRegistry, Mutation, Outcome, Record, Registry, RegistryError,
-    RegistryOptions, Tombstone,
+    RegistryLimits, RegistryOptions, Tombstone,
 };
 use proptest::prelude::*;
 
 use crate::common::{
-    block_on, departed_on_disk, departure, name, record, records_on_disk, removal,
+    block_on, departed_on_disk, departure, elements_on_disk, expected_elements, name, record,
+    removal,
 };
 
 const CAPACITY: usize = 4;
+/// The cap on records: 9 keys are possible (3 names × 3 incarnations), so
+/// generated adds reach it often.
+const MAX_RECORDS: usize = 5;
+
+/// Elements another tool may have written that this crate refuses: kept
+/// verbatim, odd spacing and all.
+const INVALID: &[&str] = &[
+    r#"{"pod_name":"worker 1","socket_path":"/run/pods/w1.sock","scope_delegated":[],"callback_address":""}"#,
+    "{\n    \"pod_name\": \"a\",\n    \"socket_path\": \"relative\",\n    \"scope_delegated\": [],\n    \"callback_address\": \"\"\n  }",
+    "7",
+    r#"{ "pod_name" : "b" , "n": 1.50e0 }"#,
+    r#"["c", null]"#,
+];
+
+/// The records file another tool left: `invalid`, one per line.
+fn write_initial(dir: &Path, invalid: &[&str]) {
+    if !invalid.is_empty() {
+        let text = format!("[\n{}\n]\n", invalid.join(",\n"));
+        std::fs::write(dir.join(pod_registry::RECORDS_FILE), text).unwrap();
+    }
+}
 
 type Key = (String, Option<String>);
 
@@ -98,8 +122,21 @@ impl Model {
         keys.iter().filter_map(|k| self.records.remove(k)).collect()
     }
 
-    /// Applies `op`; the outcome and which parts changed.
-    fn apply(&mut self, op: &Op) -> (Outcome, bool, bool) {
+    /// Applies `op`; the outcome and which parts changed, or `None` when
+    /// the add is refused by the cap on records (nothing changes, nothing
+    /// is written).
+    fn apply(&mut self, op: &Op) -> Option<(Outcome, bool, bool)> {
+        if let Op::Add { pod, inc, .. } = *op {
+            let key = (pod.to_owned(), inc.map(str::to_owned));
+            let inserts = !self.is_departed(&key) && !self.records.contains_key(&key);
+            if inserts && self.records.len() >= MAX_RECORDS {
+                return None;
+            }
+        }
+        Some(self.apply_admitted(op))
+    }
+
+    fn apply_admitted(&mut self, op: &Op) -> (Outcome, bool, bool) {
         match *op {
             Op::Add {
                 pod,
@@ -220,30 +257,43 @@ fn mutation(op: &Op) -> Mutation {
     }
 }
 
-fn open(dir: &Path, faults: &FaultInjector) -> FileRegistry {
-    let options = RegistryOptions::new()
+fn options() -> RegistryOptions {
+    RegistryOptions::new()
         .departed_capacity(CAPACITY)
-        .fault_injector(faults.clone());
+        .limits(RegistryLimits::new().max_records(MAX_RECORDS))
+}
+
+fn open(dir: &Path, faults: &FaultInjector) -> FileRegistry {
+    let options = options().fault_injector(faults.clone());
     FileRegistry::open_with(dir, options).unwrap()
 }
 
-fn check_memory(registry: &FileRegistry, model: &Model) -> Result<(), TestCaseError> {
+fn check_memory(
+    registry: &FileRegistry,
+    model: &Model,
+    invalid: &[&str],
+) -> Result<(), TestCaseError> {
     let expected: Vec<Record> = model.records.values().cloned().collect();
     prop_assert_eq!(registry.list(), expected);
+    let kept: Vec<&str> = registry.invalid_records().iter().map(|r| r.raw()).collect();
+    prop_assert_eq!(kept, invalid);
     let departed: Vec<Tombstone> = registry.read(|s| s.departed().cloned().collect());
     prop_assert_eq!(departed, tombstones(&model.departed));
     Ok(())
 }
 
-fn check_disk(dir: &Path, model: &Model) -> Result<(), TestCaseError> {
-    let expected: Vec<Record> = model.disk_records.values().cloned().collect();
-    prop_assert_eq!(records_on_disk(dir), expected);
+fn check_disk(dir: &Path, model: &Model, invalid: &[&str]) -> Result<(), TestCaseError> {
+    prop_assert_eq!(
+        elements_on_disk(dir),
+        expected_elements(model.disk_records.values(), invalid)
+    );
     prop_assert_eq!(departed_on_disk(dir), tombstones(&model.disk_departed));
     Ok(())
 }
 
-fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+fn run(invalid: &[&str], ops: &[Op]) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
+    write_initial(dir.path(), invalid);
     let faults = FaultInjector::new();
     let mut registry = open(dir.path(), &faults);
     let mut model = Model::default();
@@ -251,7 +301,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         match op {
             Op::Reopen => {
                 drop(registry);
-                check_disk(dir.path(), &model)?;
+                check_disk(dir.path(), &model, invalid)?;
                 registry = open(dir.path(), &faults);
                 model.reopen();
             }
@@ -260,7 +310,22 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 (model.pass, model.fail) = (*pass, *fail);
             }
             _ => {
-                let (expected, records, departed) = model.apply(op);
+                let Some((expected, records, departed)) = model.apply(op) else {
+                    let refused = block_on(registry.apply(mutation(op)));
+                    prop_assert!(
+                        matches!(
+                            refused,
+                            Err(RegistryError::Full {
+                                limit: MAX_RECORDS,
+                                ..
+                            })
+                        ),
+                        "{op:?}: expected Full, got {refused:?}"
+                    );
+                    check_disk(dir.path(), &model, invalid)?;
+                    check_memory(&registry, &model, invalid)?;
+                    continue;
+                };
                 model.dirty_records |= records;
                 model.dirty_departed |= departed;
                 let writes = model.dirty_records || model.dirty_departed;
@@ -279,21 +344,17 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     }
                     Err(other) => prop_assert!(false, "{op:?}: {other:?}"),
                 }
-                check_disk(dir.path(), &model)?;
+                check_disk(dir.path(), &model, invalid)?;
             }
         }
-        check_memory(&registry, &model)?;
+        check_memory(&registry, &model, invalid)?;
     }
     drop(registry);
-    check_disk(dir.path(), &model)?;
+    check_disk(dir.path(), &model, invalid)?;
     // A final clean reopen sees the model's files.
-    let registry = FileRegistry::open_with(
-        dir.path(),
-        RegistryOptions::new().departed_capacity(CAPACITY),
-    )
-    .unwrap();
+    let registry = FileRegistry::open_with(dir.path(), options()).unwrap();
     model.reopen();
-    check_memory(&registry, &model)
+    check_memory(&registry, &model, invalid)
 }
 
 proptest! {
@@ -301,9 +362,14 @@ proptest! {
 
     /// Every outcome equals the model's, memory equals the model after
     /// every step, and each file on disk equals the model's file after
-    /// every write, failed or not, and after every reopen.
+    /// every write, failed or not, and after every reopen; the invalid
+    /// elements the records file started with are in it, byte for byte
+    /// and in order, after the valid records, at every step.
     #[test]
-    fn file_registry_matches_the_model(ops in prop::collection::vec(op(), 1..40)) {
-        run(&ops)?;
+    fn file_registry_matches_the_model(
+        invalid in prop::collection::vec(prop::sample::select(INVALID.to_vec()), 0..4),
+        ops in prop::collection::vec(op(), 1..40),
+    ) {
+        run(&invalid, &ops)?;
     }
 }

@@ -51,10 +51,11 @@ fn build_table(n: usize) -> Table {
                 socket: format!("/run/pods/{pod}.sock"),
                 pod_name: name(&pod),
                 pid: PID,
-                start_time: START,
+                start_time: Some(START),
                 scope_allow: vec![ScopeRule::write(target), ScopeRule::read("/usr")],
                 delegated_from: parent,
-                incarnation: "0123456789abcdef0123456789abcdef".into(),
+                incarnation: Some("0123456789abcdef0123456789abcdef".into()),
+                pending_until: None,
             }
         })
         .collect()

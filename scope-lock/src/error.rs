@@ -7,10 +7,13 @@ use pod_protocol::{Permission, PodName, ScopeRule, ValidationError};
 
 /// Why a scope-table operation was refused or failed.
 ///
-/// Refusals (`DuplicateName` .. `DeadProcess`) leave the table exactly as it
+/// Refusals (`DuplicateName` .. `ReservationExpired`) leave the table exactly as it
 /// was, apart from stale allocations that were reclaimed on the way. Failures
-/// of the storage (`Corrupt`, `InvalidTable`, `UnsupportedVersion`, `Io`)
-/// leave the stored table untouched.
+/// of the storage (`Corrupt`, `InvalidTable`, `UnsupportedVersion`,
+/// `LockTimeout`, `NotARegularFile`, `TooLarge`, `UnsafeDirectory`) leave
+/// the stored table untouched; so does `Io`, except when a write fails
+/// after its journal was made durable: the next transaction may complete
+/// that write from the journal.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ScopeError {
@@ -66,6 +69,24 @@ pub enum ScopeError {
         /// The pid asked for.
         pid: u32,
     },
+    /// The allocation is not a pending reservation: it was adopted already
+    /// (or made by register or delegate).
+    #[error(
+        "pod `{name}` holds no pending reservation: it was adopted already, or was never reserved"
+    )]
+    NotReserved {
+        /// The pod's name.
+        name: PodName,
+    },
+    /// The reservation's deadline passed before the child adopted it; it
+    /// is stale and will be reclaimed.
+    #[error("the reservation of pod `{name}` expired at {deadline_unix_ms} (Unix ms) before the child adopted it: the spawner must reserve again")]
+    ReservationExpired {
+        /// The pod's name.
+        name: PodName,
+        /// Its deadline (Unix time, ms).
+        deadline_unix_ms: u64,
+    },
     /// The stored table is not valid JSON of the expected shape. It was not
     /// modified.
     #[error("scope table {} is corrupt at line {line}, column {column}: {message}; it was left untouched: inspect it, then repair or remove it (every pod must then register again)", .path.display())]
@@ -106,6 +127,55 @@ pub enum ScopeError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process held the table's lock longer than the store waits
+    /// ([`FileStore::with_lock_timeout`](crate::FileStore::with_lock_timeout)).
+    /// Nothing was read or changed.
+    #[error("scope table {} is locked by {}: gave up after {waited:?}; if that process is stopped or hung, resume or kill it (the lock goes with it), then retry", .path.display(), DisplayHolder(*.holder))]
+    LockTimeout {
+        /// The flocked file (the table file itself).
+        path: PathBuf,
+        /// How long the store waited.
+        waited: std::time::Duration,
+        /// The pid holding the lock, from `/proc/locks` (`None` if it could
+        /// not be found, e.g. it was released meanwhile or `/proc` is not
+        /// mounted).
+        holder: Option<u32>,
+    },
+    /// The table path (or its journal) is not a regular file: a FIFO, a
+    /// device, a directory, a socket or a symbolic link. It was not opened
+    /// for reading or writing through.
+    #[error("scope table {} is a {kind}, not a regular file: refusing to use it; remove it or point the table elsewhere", .path.display())]
+    NotARegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
+    /// The table file is larger than the store reads
+    /// ([`FileStore::with_max_table_bytes`](crate::FileStore::with_max_table_bytes)).
+    /// It was not read.
+    #[error("scope table {} is {size} bytes, over the limit of {limit}: it is not a table this store wrote; inspect it, or raise the limit", .path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The table's directory could be written by someone else: it is not
+    /// owned by this process's uid, or is group- or world-writable.
+    #[error("directory {} of the scope table has owner uid {owner} and mode {mode:04o}, but must be owned by uid {uid} and not writable by group or others (another user could replace the table): chmod go-w it, or point the table elsewhere", .path.display())]
+    UnsafeDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Its permission bits.
+        mode: u32,
+        /// This process's uid.
+        uid: u32,
+    },
     /// The operating system could not supply random bytes for an
     /// incarnation id.
     #[error("cannot mint an incarnation id: the OS random source failed: {0}")]
@@ -117,6 +187,18 @@ impl ScopeError {
         ScopeError::Io {
             path: path.into(),
             source,
+        }
+    }
+}
+
+/// Formats a lock holder: `process 4242`, or `another process`.
+struct DisplayHolder(Option<u32>);
+
+impl fmt::Display for DisplayHolder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(pid) => write!(f, "process {pid}"),
+            None => f.write_str("another process"),
         }
     }
 }

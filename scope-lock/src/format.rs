@@ -28,13 +28,20 @@ pub(crate) enum DecodeError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TableFile {
+    /// Existing Pods write no version: theirs is version 1.
+    #[serde(default = "legacy_version")]
     version: u64,
     allocations: Vec<Allocation>,
 }
 
 #[derive(Deserialize)]
 struct VersionOnly {
+    #[serde(default = "legacy_version")]
     version: u64,
+}
+
+fn legacy_version() -> u64 {
+    VERSION
 }
 
 /// Serializes `table`: compact, one allocation per line, so a human can read
@@ -66,7 +73,8 @@ fn encoded_size_hint(table: &Table) -> usize {
             160 + 40
                 + a.pod_name.as_str().len()
                 + a.socket.len()
-                + a.incarnation.len()
+                + a.incarnation.as_ref().map_or(0, String::len)
+                + a.pending_until.map_or(0, |_| 40)
                 + a.delegated_from.as_ref().map_or(0, |p| p.as_str().len())
                 + a.scope_allow
                     .iter()
@@ -141,7 +149,7 @@ mod tests {
             .map(|i| Allocation {
                 pod_name: name(&format!("pod{i}")),
                 pid: u32::MAX - i,
-                start_time: u64::MAX - u64::from(i),
+                start_time: (i % 3 != 0).then(|| u64::MAX - u64::from(i)),
                 socket: format!("/run/pods/pod{i}.sock"),
                 scope_allow: vec![
                     ScopeRule::write(if i == 0 {
@@ -155,7 +163,8 @@ mod tests {
                     },
                 ],
                 delegated_from: (i > 0).then(|| name("pod0")),
-                incarnation: "0123456789abcdef0123456789abcdef".into(),
+                incarnation: (i % 3 != 0).then(|| "0123456789abcdef0123456789abcdef".into()),
+                pending_until: (i % 4 == 1).then(|| u64::MAX - u64::from(i)),
             })
             .collect();
         let bytes = encode(&table);

@@ -4,8 +4,10 @@
 //! allocations (pod name, process, scope rules, the pod it was delegated
 //! from, incarnation id), the rules that keep write scope exclusive
 //! ([`Table::register`], [`Table::delegate`], [`Table::release`],
-//! [`Table::reclaim`]), their storage as one flock-guarded file shared by
-//! every process on the machine ([`FileStore`]), and the probe that tells a
+//! [`Table::reclaim`], and the spawn handshake's
+//! [`Table::reserve_reclaiming`] and [`Table::adopt`]), their storage as one
+//! flock-guarded file shared by every process on the machine, existing Pods
+//! included ([`FileStore`]), and the probe that tells a
 //! live pod from a dead one or from a later process reusing its pid
 //! ([`ProcLiveness`]). [`ScopeTable`] ties them together.
 //!
@@ -70,6 +72,7 @@
 
 pub mod coverage;
 mod error;
+mod file_store;
 mod format;
 mod liveness;
 mod store;
@@ -78,13 +81,16 @@ pub mod testing;
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use pod_protocol::{Permission, PodName, ScopeRule};
 
 pub use error::ScopeError;
+pub use file_store::{FileStore, FileStoreStats};
 pub use liveness::{Liveness, ProcLiveness};
-pub use store::{FileStore, TableStore};
+pub use store::TableStore;
 pub use table::{Allocation, EffectiveScope, Exclusion, PodSpec, Table};
 
 /// The README's example, compiled and run as a doctest.
@@ -106,6 +112,9 @@ pub struct ScopeTable<S: TableStore, L: Liveness = ProcLiveness> {
 struct Inner<S, L> {
     store: S,
     liveness: L,
+    /// How long a reservation waits for its child (ms); see
+    /// [`ScopeTable::with_reservation_deadline`].
+    reservation_deadline_ms: AtomicU64,
 }
 
 impl<S: TableStore, L: Liveness> Clone for ScopeTable<S, L> {
@@ -136,8 +145,29 @@ impl<S: TableStore, L: Liveness> ScopeTable<S, L> {
     /// A table on `store`, probing processes with `liveness`.
     pub fn new(store: S, liveness: L) -> Self {
         ScopeTable {
-            inner: Arc::new(Inner { store, liveness }),
+            inner: Arc::new(Inner {
+                store,
+                liveness,
+                reservation_deadline_ms: AtomicU64::new(
+                    Self::DEFAULT_RESERVATION_DEADLINE.as_millis() as u64,
+                ),
+            }),
         }
+    }
+
+    /// Default of
+    /// [`with_reservation_deadline`](Self::with_reservation_deadline): 30 s.
+    pub const DEFAULT_RESERVATION_DEADLINE: Duration = Duration::from_secs(30);
+
+    /// How long a [`reserve`](Self::reserve)d allocation waits for its
+    /// child to [`adopt`](Self::adopt) it before it is stale (for this
+    /// table and its clones).
+    pub fn with_reservation_deadline(self, deadline: Duration) -> Self {
+        let ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
+        self.inner
+            .reservation_deadline_ms
+            .store(ms, Ordering::Relaxed);
+        self
     }
 
     /// The store.
@@ -195,6 +225,43 @@ impl<S: TableStore, L: Liveness> ScopeTable<S, L> {
         self.inner.store.transact(|table| {
             Ok(table.delegate_reclaiming(from, spec, start_time, incarnation, |a| self.is_live(a)))
         })?
+    }
+
+    /// Reserves scope from the pod `from` for a child whose process does
+    /// not exist yet (DESIGN section 11): the rules, refusals and reclaims
+    /// of [`delegate`](Self::delegate), and the incarnation is minted, but
+    /// the allocation is held under the spawner's pid and start time
+    /// (`spec.pid` is ignored) with `pending_until` = now + the
+    /// [reservation deadline](Self::with_reservation_deadline). The child
+    /// then calls [`adopt`](Self::adopt) with the incarnation. Until then
+    /// it counts as live while the spawner is and the deadline has not
+    /// passed; after, it is stale and reclaimed like a dead pod's.
+    pub fn reserve(&self, from: &PodName, spec: PodSpec) -> Result<Allocation, ScopeError> {
+        spec.validate()?;
+        let incarnation = mint_incarnation()?;
+        let deadline = self.inner.reservation_deadline_ms.load(Ordering::Relaxed);
+        let until = self.inner.liveness.now_unix_ms().saturating_add(deadline);
+        self.inner.store.transact(|table| {
+            Ok(table.reserve_reclaiming(from, spec, incarnation, until, |a| self.is_live(a)))
+        })?
+    }
+
+    /// The child's half of the handshake: its process `pid` (running:
+    /// else [`ScopeError::DeadProcess`]) takes over the reservation `name`
+    /// minted as `incarnation`, in one transaction ([`Table::adopt`]:
+    /// refused for a wrong incarnation, an adopted or expired
+    /// reservation).
+    pub fn adopt(
+        &self,
+        name: &PodName,
+        incarnation: &str,
+        pid: u32,
+    ) -> Result<Allocation, ScopeError> {
+        let start_time = self.start_time(pid)?;
+        let now = self.inner.liveness.now_unix_ms();
+        self.inner
+            .store
+            .transact(|table| table.adopt(name, incarnation, pid, start_time, now))
     }
 
     /// Releases `name` if `incarnation` matches (equal, or either `None`);
@@ -265,11 +332,20 @@ impl<S: TableStore, L: Liveness> ScopeTable<S, L> {
     }
 
     /// Whether the allocation's process is alive with the recorded start
-    /// time.
+    /// time (a legacy allocation records none: whether its pid is alive).
+    /// A reservation not yet adopted is held by its spawner's process, and
+    /// is stale once its deadline has passed.
     pub fn is_live(&self, allocation: &Allocation) -> bool {
-        self.inner
-            .liveness
-            .is_same_process(allocation.pid, allocation.start_time)
+        let liveness = &self.inner.liveness;
+        if let Some(deadline) = allocation.pending_until {
+            if liveness.now_unix_ms() > deadline {
+                return false;
+            }
+        }
+        match allocation.start_time {
+            Some(start_time) => liveness.is_same_process(allocation.pid, start_time),
+            None => liveness.is_alive(allocation.pid),
+        }
     }
 
     fn start_time(&self, pid: u32) -> Result<u64, ScopeError> {

@@ -8,7 +8,9 @@ use rustix::process::{test_kill_process, Pid};
 /// Whether a recorded process is still the one that holds an allocation.
 ///
 /// Required method: [`start_time`](Self::start_time). Provided:
-/// [`is_same_process`](Self::is_same_process). Implementations:
+/// [`is_same_process`](Self::is_same_process), [`is_alive`](Self::is_alive),
+/// [`now_unix_ms`](Self::now_unix_ms) (the clock reservations expire by).
+/// Implementations:
 /// [`ProcLiveness`] (reads `/proc`), [`FakeLiveness`] (for tests, with
 /// injected deaths and pid reuse).
 ///
@@ -24,6 +26,21 @@ pub trait Liveness: Send + Sync + 'static {
     fn is_same_process(&self, pid: u32, start_time: u64) -> bool {
         self.start_time(pid) == Some(start_time)
     }
+
+    /// Whether some live process has pid `pid`, whatever its start time:
+    /// the liveness of a legacy allocation, which records none.
+    fn is_alive(&self, pid: u32) -> bool {
+        self.start_time(pid).is_some()
+    }
+
+    /// The time now, in milliseconds since the Unix epoch: what a
+    /// reservation's `pending_until` is compared with. Default: the system
+    /// clock (a clock before 1970 reads as 0).
+    fn now_unix_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
 }
 
 impl<T: Liveness> Liveness for Arc<T> {
@@ -33,6 +50,14 @@ impl<T: Liveness> Liveness for Arc<T> {
 
     fn is_same_process(&self, pid: u32, start_time: u64) -> bool {
         (**self).is_same_process(pid, start_time)
+    }
+
+    fn is_alive(&self, pid: u32) -> bool {
+        (**self).is_alive(pid)
+    }
+
+    fn now_unix_ms(&self) -> u64 {
+        (**self).now_unix_ms()
     }
 }
 
@@ -115,6 +140,18 @@ impl Liveness for ProcLiveness {
         }
         match read_stat(pid) {
             Ok(Some(stat)) => stat.running && stat.start_time == start_time,
+            Ok(None) | Err(_) => exists(pid),
+        }
+    }
+
+    /// As [`is_same_process`](Liveness::is_same_process) without the start
+    /// time: a running process by the stat line, else `kill(pid, 0)`.
+    fn is_alive(&self, pid: u32) -> bool {
+        if !is_plausible(pid) {
+            return false;
+        }
+        match read_stat(pid) {
+            Ok(Some(stat)) => stat.running,
             Ok(None) | Err(_) => exists(pid),
         }
     }

@@ -1,15 +1,9 @@
-//! Transactional storage of the whole table: the [`TableStore`] seam and the
-//! flock-guarded [`FileStore`].
+//! Transactional storage of the whole table: the [`TableStore`] seam. The
+//! file implementation is [`FileStore`](crate::FileStore).
 
-use std::ffi::OsString;
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::ScopeError;
-use crate::format::{self, DecodeError};
 use crate::table::Table;
 
 /// Transactional storage of the whole table.
@@ -20,7 +14,7 @@ use crate::table::Table;
 ///
 /// A transaction sees the whole table and either persists all of its
 /// changes or none, and no two transactions on the same table (in any
-/// process sharing the store) interleave. Implementations: [`FileStore`]
+/// process sharing the store) interleave. Implementations: [`FileStore`](crate::FileStore)
 /// (a flock-guarded JSON file), [`MemoryStore`](crate::testing::MemoryStore)
 /// (for tests). A networked store would map `transact` onto a
 /// compare-and-swap of one key.
@@ -40,9 +34,10 @@ pub trait TableStore: Send + Sync + 'static {
     }
 
     /// Runs `f` on the current table and returns its answer, without
-    /// copying the table where the store can lend it: [`FileStore`] parses
-    /// the file (as [`load`](Self::load), without the lock) and hands `f`
-    /// that table; [`MemoryStore`](crate::testing::MemoryStore) lends its
+    /// copying the table where the store can lend it:
+    /// [`FileStore`](crate::FileStore) reads the file under a shared lock
+    /// (parsing it only if its bytes changed since the table it caches)
+    /// and hands `f` that table; [`MemoryStore`](crate::testing::MemoryStore) lends its
     /// own under its mutex. The lookups of [`ScopeTable`](crate::ScopeTable)
     /// (`find`, `list`, `owner_of`, `effective_write_scope`) go through
     /// here, so in memory a lookup costs a binary search and the copy of
@@ -81,173 +76,5 @@ impl<T: TableStore> TableStore for Arc<T> {
 
     fn may_block(&self) -> bool {
         (**self).may_block()
-    }
-}
-
-/// The table as a JSON file, shared by every process on the machine.
-///
-/// Three files live side by side (for a data path `scope.lock`):
-///
-/// - `scope.lock`: the table, mode 0600, only ever replaced whole by
-///   `rename`, so it always holds a complete old or new table, even after a
-///   SIGKILL or power loss at any instant;
-/// - `scope.lock.lck`: the lock file, mode 0600, never renamed or removed.
-///   Every transaction holds an exclusive `flock` on it from before reading
-///   the table until after the new table is durable. (Locking the data file
-///   itself would not work: a process waiting on the old inode would wake up
-///   holding a lock on a file that was already renamed away.)
-/// - `scope.lock.tmp`: the next table while it is being written (only
-///   touched under the lock); left behind by a writer killed mid-write and
-///   overwritten by the next one.
-///
-/// A transaction: flock the lock file; read and check the table (a missing
-/// file is an empty table; a file that does not parse or breaks the
-/// invariant is an error, and is never overwritten); run the closure; if it
-/// changed the table, write the temp file, fsync it, rename it over the data
-/// file, fsync the directory; unlock. The directory is created with mode
-/// 0700 if missing.
-#[derive(Debug, Clone)]
-pub struct FileStore {
-    path: PathBuf,
-    lock_path: PathBuf,
-    temp_path: PathBuf,
-}
-
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = OsString::from(path.as_os_str());
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
-impl FileStore {
-    /// A store for the table at `path` (nothing is touched until the first
-    /// transaction).
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        let path = path.into();
-        FileStore {
-            lock_path: with_suffix(&path, ".lck"),
-            temp_path: with_suffix(&path, ".tmp"),
-            path,
-        }
-    }
-
-    /// The table file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The lock file beside it (`<path>.lck`).
-    pub fn lock_path(&self) -> &Path {
-        &self.lock_path
-    }
-
-    fn dir(&self) -> &Path {
-        match self.path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        }
-    }
-
-    /// Opens (creating it, and its directory, if needed) and flocks the
-    /// lock file; the lock is held until the returned file is dropped.
-    fn lock(&self) -> Result<File, ScopeError> {
-        let dir = self.dir();
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| ScopeError::io(dir, e))?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&self.lock_path)
-            .map_err(|e| ScopeError::io(&self.lock_path, e))?;
-        file.lock()
-            .map_err(|e| ScopeError::io(&self.lock_path, e))?;
-        Ok(file)
-    }
-
-    fn read_file(&self) -> Result<Table, ScopeError> {
-        let bytes = match fs::read(&self.path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Table::default()),
-            Err(e) => return Err(ScopeError::io(&self.path, e)),
-        };
-        format::decode(&bytes).map_err(|e| match e {
-            DecodeError::Syntax {
-                line,
-                column,
-                message,
-            } => ScopeError::Corrupt {
-                path: self.path.clone(),
-                line,
-                column,
-                message,
-            },
-            DecodeError::Version(version) => ScopeError::UnsupportedVersion {
-                path: self.path.clone(),
-                version,
-            },
-            DecodeError::Invalid(message) => ScopeError::InvalidTable {
-                path: self.path.clone(),
-                message,
-            },
-        })
-    }
-
-    fn write(&self, table: &Table) -> Result<(), ScopeError> {
-        let bytes = format::encode(table);
-        let temp_error = |e| ScopeError::io(&self.temp_path, e);
-        let mut temp = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&self.temp_path)
-            .map_err(temp_error)?;
-        // A temp file left by someone else may have another mode.
-        temp.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(temp_error)?;
-        temp.write_all(&bytes).map_err(temp_error)?;
-        temp.sync_all().map_err(temp_error)?;
-        drop(temp);
-        fs::rename(&self.temp_path, &self.path).map_err(|e| ScopeError::io(&self.path, e))?;
-        let dir = self.dir();
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| ScopeError::io(dir, e))
-    }
-}
-
-impl TableStore for FileStore {
-    fn transact<R>(
-        &self,
-        f: impl FnOnce(&mut Table) -> Result<R, ScopeError>,
-    ) -> Result<R, ScopeError> {
-        let lock = self.lock()?;
-        let mut table = self.read_file()?;
-        let before = table.stamp();
-        let result = f(&mut table)?;
-        if table.stamp() != before {
-            self.write(&table)?;
-        }
-        drop(lock);
-        Ok(result)
-    }
-
-    /// Reads the table without taking the lock: the data file is only ever
-    /// replaced whole, so a reader sees a complete table and never waits for
-    /// (or delays) a writer.
-    fn load(&self) -> Result<Table, ScopeError> {
-        self.read_file()
-    }
-
-    /// Parses the table as [`load`](TableStore::load) does (without the
-    /// lock) and runs `f` on it: no copy besides the parse.
-    fn read<R>(&self, f: impl FnOnce(&Table) -> R) -> Result<R, ScopeError> {
-        Ok(f(&self.read_file()?))
     }
 }

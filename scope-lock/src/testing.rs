@@ -207,6 +207,7 @@ mod tests;
 struct FakeState {
     processes: HashMap<u32, u64>,
     last_start_time: u64,
+    now_unix_ms: u64,
 }
 
 impl FakeState {
@@ -218,8 +219,9 @@ impl FakeState {
 
 /// A [`Liveness`] whose processes are whatever the test says. Clones share
 /// the state. Every pid is dead until [`spawn`](Self::spawn)ed or
-/// [`set`](Self::set).
-#[derive(Debug, Clone, Default)]
+/// [`set`](Self::set). Its clock ([`Liveness::now_unix_ms`]) stands still at
+/// 1,000,000 ms until [`advance_ms`](Self::advance_ms).
+#[derive(Debug, Clone)]
 pub struct FakeLiveness {
     state: Arc<Mutex<FakeState>>,
 }
@@ -227,7 +229,18 @@ pub struct FakeLiveness {
 impl FakeLiveness {
     /// No process is alive.
     pub fn new() -> Self {
-        FakeLiveness::default()
+        FakeLiveness {
+            state: Arc::new(Mutex::new(FakeState {
+                now_unix_ms: 1_000_000,
+                ..FakeState::default()
+            })),
+        }
+    }
+
+    /// Moves the clock forward by `ms`.
+    pub fn advance_ms(&self, ms: u64) {
+        let mut state = lock(&self.state);
+        state.now_unix_ms = state.now_unix_ms.saturating_add(ms);
     }
 
     /// Makes `pid` alive with a start time no process had before; returns
@@ -265,8 +278,18 @@ impl FakeLiveness {
     }
 }
 
+impl Default for FakeLiveness {
+    fn default() -> Self {
+        FakeLiveness::new()
+    }
+}
+
 impl Liveness for FakeLiveness {
     fn start_time(&self, pid: u32) -> Option<u64> {
         lock(&self.state).processes.get(&pid).copied()
+    }
+
+    fn now_unix_ms(&self) -> u64 {
+        lock(&self.state).now_unix_ms
     }
 }

@@ -6,8 +6,11 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use pod_scope_lock::{
-    default_table_path, FileStore, Liveness, ProcLiveness, ScopeError, ScopeTable, TableStore,
+    default_table_path, FileStore, FileStoreStats, Liveness, ProcLiveness, ScopeError, ScopeTable,
+    TableStore,
 };
+
+use pod_scope_lock::testing::FakeLiveness;
 
 use crate::{name, spec};
 
@@ -26,16 +29,28 @@ fn a_missing_file_is_an_empty_table_and_writes_create_private_files() {
     let store = FileStore::new(dir.join("scope.lock"));
     assert!(store.load().unwrap().is_empty());
     assert!(!dir.exists(), "a read creates nothing");
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(store.load().unwrap().is_empty());
+    assert_eq!(
+        fs::read_dir(&dir).unwrap().count(),
+        0,
+        "nor in its directory"
+    );
+    fs::remove_dir(&dir).unwrap();
     let table = ScopeTable::with_proc_liveness(store.clone());
     table.register(spec("w1", me(), &["w:/srv/a/**"])).unwrap();
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(store.path()), 0o600);
-    assert_eq!(mode(store.lock_path()), 0o600);
-    assert_eq!(store.lock_path(), dir.join("scope.lock.lck"));
-    assert!(
-        !dir.join("scope.lock.tmp").exists(),
-        "the temp file was renamed"
-    );
+    // The data file is its own lock (as existing Pods lock it): no lock
+    // file, and the journal is gone once the write is durable.
+    assert_eq!(store.lock_path(), store.path());
+    assert_eq!(store.journal_path(), dir.join("scope.lock.journal"));
+    let names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["scope.lock"]);
     assert_eq!(table.list().unwrap().len(), 1);
 }
 
@@ -61,8 +76,8 @@ fn the_format_is_versioned_json_with_one_allocation_per_line() {
     let root_json = &json["allocations"][1];
     assert_eq!(root_json["pod_name"], "root");
     assert_eq!(root_json["delegated_from"], serde_json::Value::Null);
-    assert_eq!(root_json["incarnation"], root.incarnation.as_str());
-    assert_eq!(root_json["start_time"], root.start_time);
+    assert_eq!(root_json["incarnation"], root.incarnation.unwrap().as_str());
+    assert_eq!(root_json["start_time"], root.start_time.unwrap());
     assert_eq!(
         root_json["scope_allow"],
         serde_json::json!([{"target": "/srv", "permission": "write", "recursive": true}])
@@ -94,7 +109,7 @@ fn refused_untouched(content: &str, check: impl Fn(&ScopeError)) {
     }
     assert_eq!(fs::read_to_string(store.path()).unwrap(), content);
     assert_eq!(fs::metadata(store.path()).unwrap().ino(), inode);
-    assert!(!temp.path().join("scope.lock.tmp").exists());
+    assert!(!store.journal_path().exists());
 }
 
 #[test]
@@ -102,7 +117,7 @@ fn a_corrupt_file_is_reported_with_its_position_and_never_overwritten() {
     let cases = [
         ("{\"version\":1,\"allocations\":[\n{\"pod_name\":\"a\",\"pid\":", 2),
         ("garbage", 1),
-        ("", 1),
+        (" ", 1),
         ("{\"version\":1,\"allocations\":[\n{}\n]}", 2),
         // A misspelt or missing key is an error, never a top-level pod.
         ("{\"version\":1,\"allocations\":[\n{\"pod_name\":\"a\",\"pid\":1,\"start_time\":1,\"socket\":\"/s\",\"scope_allow\":[],\"delegated_frm\":\"b\",\"incarnation\":\"x\"}\n]}", 2),
@@ -185,19 +200,36 @@ fn a_newer_format_version_is_refused() {
 }
 
 #[test]
-fn refusals_and_reads_do_not_rewrite_the_file() {
+fn refusals_and_reads_do_not_rewrite_the_file_and_writes_keep_its_inode() {
     let temp = tempfile::tempdir().unwrap();
     let store = FileStore::new(temp.path().join("scope.lock"));
     let table = ScopeTable::with_proc_liveness(store.clone());
     table.register(spec("w", me(), &["w:/a/**"])).unwrap();
     let inode = fs::metadata(store.path()).unwrap().ino();
+    let content = fs::read(store.path()).unwrap();
+    let writes = store.stats().durable_writes;
     assert!(table.register(spec("v", me(), &["w:/a/b/**"])).is_err());
     assert!(table.release(&name("v"), None).is_err());
     assert!(table.reclaim_stale().unwrap().is_empty());
     table.list().unwrap();
-    assert_eq!(fs::metadata(store.path()).unwrap().ino(), inode);
+    assert_eq!(fs::read(store.path()).unwrap(), content);
+    assert_eq!(store.stats().durable_writes, writes);
     table.release(&name("w"), None).unwrap();
-    assert_ne!(fs::metadata(store.path()).unwrap().ino(), inode);
+    assert_ne!(fs::read(store.path()).unwrap(), content);
+    // Rewritten in place, never renamed over: a process waiting for the
+    // lock holds it on the same inode.
+    assert_eq!(fs::metadata(store.path()).unwrap().ino(), inode);
+}
+
+#[test]
+fn an_empty_file_is_an_empty_table() {
+    let temp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(temp.path().join("scope.lock"));
+    fs::write(store.path(), "").unwrap();
+    assert!(store.load().unwrap().is_empty());
+    let table = ScopeTable::with_proc_liveness(store.clone());
+    table.register(spec("w", me(), &["w:/a/**"])).unwrap();
+    assert_eq!(table.list().unwrap().len(), 1);
 }
 
 #[test]
@@ -282,4 +314,164 @@ fn the_default_path_is_absolute() {
     let path = default_table_path();
     assert!(path.is_absolute());
     assert!(path.ends_with("scope.lock"));
+}
+
+#[test]
+fn stats_count_loads_and_durable_writes_across_clones() {
+    let temp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(temp.path().join("scope.lock"));
+    let table = ScopeTable::with_proc_liveness(store.clone());
+    assert_eq!(store.stats(), FileStoreStats::default());
+    table.register(spec("w", me(), &["w:/a/**"])).unwrap();
+    // The file did not exist: nothing to load, one write.
+    assert_eq!(store.stats().durable_writes, 1);
+    assert_eq!(store.stats().loads, 0);
+    table.list().unwrap();
+    assert!(table.register(spec("v", me(), &["w:/a/**"])).is_err());
+    let stats = store.clone().stats();
+    assert_eq!(stats.loads + stats.cached_loads, 2);
+    assert_eq!(stats.durable_writes, 1, "a refusal writes nothing");
+}
+
+/// The table of existing Pods, as their code writes it: pretty-printed, no
+/// `version`, allocations without `start_time` and `incarnation`.
+const LEGACY_FIXTURE: &str = include_str!("fixtures/legacy-scope.lock");
+
+#[test]
+fn a_table_written_by_existing_pods_is_read_and_stays_legacy_when_written_back() {
+    let temp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(temp.path().join("scope.lock"));
+    fs::write(store.path(), LEGACY_FIXTURE).unwrap();
+    let liveness = FakeLiveness::new();
+    liveness.spawn(4241);
+    liveness.spawn(4242);
+    liveness.spawn(7);
+    let table = ScopeTable::new(store.clone(), liveness.clone());
+
+    let listed = table.list().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|a| a.is_legacy()));
+    assert!(listed[0].matches_incarnation(Some("any")) && listed[0].matches_incarnation(None));
+    // Not a reservation: there is nothing to adopt.
+    assert!(matches!(
+        table.adopt(&name("docs"), "any", 7),
+        Err(ScopeError::NotReserved { .. })
+    ));
+    assert_eq!(
+        table
+            .owner_of("/srv/repo/docs/a.md")
+            .unwrap()
+            .unwrap()
+            .pod_name,
+        name("docs")
+    );
+    // Their pods' scope is respected, and ours can be delegated from theirs.
+    assert!(matches!(
+        table.register(spec("ours", 7, &["w:/srv/repo/docs/x/**"])),
+        Err(ScopeError::WriteConflict { ref competitor, .. }) if competitor.as_str() == "docs"
+    ));
+    let ours = table
+        .delegate(&name("root"), spec("ours", 7, &["w:/srv/repo/src/**"]))
+        .unwrap();
+    assert!(!ours.is_legacy());
+
+    // Written back: theirs stay legacy (the fields stay absent), ours keep
+    // theirs.
+    let text = fs::read_to_string(store.path()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["version"], 1);
+    for a in json["allocations"].as_array().unwrap() {
+        let ours = a["pod_name"] == "ours";
+        assert_eq!(a.get("start_time").is_some(), ours, "{a}");
+        assert_eq!(a.get("incarnation").is_some(), ours, "{a}");
+    }
+    assert_eq!(table.find(&name("docs")).unwrap(), listed.first().cloned());
+
+    // Liveness by pid alone: a reused pid keeps a legacy allocation (there
+    // is no start time to tell), a dead one frees it.
+    liveness.reuse(4242);
+    assert!(table.reclaim_stale().unwrap().is_empty());
+    liveness.kill(4242);
+    let reclaimed = table.reclaim_stale().unwrap();
+    assert_eq!(reclaimed.len(), 1);
+    assert_eq!(reclaimed[0].pod_name, name("docs"));
+
+    // A legacy allocation matches any incarnation, as on the wire.
+    table.release(&name("root"), Some("0123abcd")).unwrap();
+    let left = table.list().unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].delegated_from, None, "reparented to root's parent");
+}
+
+#[test]
+fn loads_reuse_the_cached_table_only_while_the_bytes_are_unchanged() {
+    let temp = tempfile::tempdir().unwrap();
+    let path = temp.path().join("scope.lock");
+    let store = FileStore::new(&path);
+    let table = ScopeTable::with_proc_liveness(store.clone());
+    table.register(spec("w", me(), &["w:/a/**"])).unwrap();
+    // After our own write the cache holds what we wrote: no parse.
+    let before = store.stats();
+    assert_eq!(table.find(&name("w")).unwrap().unwrap().pid, me());
+    table.list().unwrap();
+    let after = store.stats();
+    assert_eq!(after.loads, before.loads);
+    assert_eq!(after.cached_loads, before.cached_loads + 2);
+
+    // Another store (another process, as far as this one knows) writes:
+    // the bytes differ, so the next load parses and sees its change.
+    let other = ScopeTable::with_proc_liveness(FileStore::new(&path));
+    other.register(spec("v", me(), &["w:/b/**"])).unwrap();
+    assert!(table.find(&name("v")).unwrap().is_some());
+    assert_eq!(store.stats().loads, after.loads + 1);
+
+    // A change that keeps the length and the mtime's granularity out of
+    // the picture: one digit of a pid, written by hand.
+    let text = fs::read_to_string(&path).unwrap();
+    let pid = format!("\"pid\":{}", me());
+    let changed_pid = if me() % 10 == 9 { me() - 1 } else { me() + 1 };
+    let edited = text.replacen(&pid, &format!("\"pid\":{changed_pid}"), 1);
+    assert_eq!(edited.len(), text.len());
+    fs::write(&path, &edited).unwrap();
+    let pids: Vec<u32> = table.list().unwrap().iter().map(|a| a.pid).collect();
+    assert!(pids.contains(&changed_pid), "{pids:?}");
+
+    // Without the cache every load parses.
+    let uncached = FileStore::new(&path).with_cache(false);
+    uncached.load().unwrap();
+    uncached.load().unwrap();
+    assert_eq!(uncached.stats().loads, 2);
+    assert_eq!(uncached.stats().cached_loads, 0);
+}
+
+#[test]
+fn a_reservation_is_stored_with_its_deadline_and_adopted_without() {
+    let temp = tempfile::tempdir().unwrap();
+    let store = FileStore::new(temp.path().join("scope.lock"));
+    let table = ScopeTable::with_proc_liveness(store.clone());
+    table.register(spec("root", me(), &["w:/srv/**"])).unwrap();
+    let kid = table
+        .reserve(&name("root"), spec("kid", 0, &["w:/srv/a/**"]))
+        .unwrap();
+    let json = |pod: &str| -> serde_json::Value {
+        let text = fs::read_to_string(store.path()).unwrap();
+        let table: serde_json::Value = serde_json::from_str(&text).unwrap();
+        table["allocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["pod_name"] == pod)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(json("kid")["pending_until"], kid.pending_until.unwrap());
+    assert_eq!(json("kid")["pid"], me(), "held under the spawner's pid");
+    assert!(
+        json("root").get("pending_until").is_none(),
+        "absent when absent"
+    );
+    table
+        .adopt(&name("kid"), kid.incarnation.as_deref().unwrap(), me())
+        .unwrap();
+    assert!(json("kid").get("pending_until").is_none());
 }

@@ -9,6 +9,7 @@
 //! checks that this answers as a full reclaim first would.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 use pod_scope_lock::testing::{FakeLiveness, MemoryStore};
 use pod_scope_lock::{
@@ -97,6 +98,8 @@ struct ModelPod {
     rules: Vec<ScopeRule>,
     parent: Option<String>,
     incarnation: String,
+    /// A reservation's deadline, until adopted.
+    pending: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -116,6 +119,8 @@ enum Outcome {
     Conflict(String, ScopeRule),
     Invalid,
     Dead,
+    NotReserved,
+    Expired,
     Io,
 }
 
@@ -137,6 +142,8 @@ fn error_outcome(error: &ScopeError) -> Outcome {
         }
         ScopeError::InvalidRule(_) => Outcome::Invalid,
         ScopeError::DeadProcess { .. } => Outcome::Dead,
+        ScopeError::NotReserved { .. } => Outcome::NotReserved,
+        ScopeError::ReservationExpired { .. } => Outcome::Expired,
         ScopeError::Io { .. } => Outcome::Io,
         other => panic!("unexpected error {other}"),
     }
@@ -150,8 +157,16 @@ fn valid(rules: &[ScopeRule]) -> bool {
     !rules.is_empty() && rules.iter().all(|r| !r.target.contains(".."))
 }
 
+/// Not a pid: the key under which `procs` keeps the fake clock's time
+/// (every liveness question of the model is a look-up in `procs`).
+const CLOCK: u32 = u32::MAX;
+
+/// How long a reservation waits (ms) in the model harness.
+const DEADLINE_MS: u64 = 100;
+
 fn is_live(procs: &BTreeMap<u32, u64>, pod: &ModelPod) -> bool {
-    procs.get(&pod.pid) == Some(&pod.start)
+    let now = procs.get(&CLOCK).copied().unwrap_or(0);
+    procs.get(&pod.pid) == Some(&pod.start) && pod.pending.is_none_or(|until| now <= until)
 }
 
 impl Model {
@@ -211,13 +226,92 @@ impl Model {
                     .any(|held| sets.overlap(held, rule))
                 {
                     if is_live(procs, pod) {
-                        return Some(Outcome::Conflict(n.clone(), rule.clone()));
+                        let owner = self.deepest(sets, procs, n, rule, dead);
+                        return Some(Outcome::Conflict(owner, rule.clone()));
                     }
                     dead.insert(n.clone());
                 }
             }
         }
         None
+    }
+
+    /// Whom the conflict names: from the first live pod found, step down
+    /// to the first child by name (live pods whose nearest live ancestor
+    /// it is) holding, for every write rule of it that overlaps `rule`, a
+    /// write rule covering that rule or all of `rule`; probing (and
+    /// marking dead) in the order the real table does: each candidate's
+    /// pods between it and the owner, then the candidate.
+    fn deepest(
+        &self,
+        sets: &mut Sets,
+        procs: &BTreeMap<u32, u64>,
+        first: &str,
+        rule: &ScopeRule,
+        dead: &mut BTreeSet<String>,
+    ) -> String {
+        let writes = |p: &ModelPod| {
+            p.rules
+                .iter()
+                .filter(|r| is_write(r))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let mut owner = first.to_owned();
+        'descend: loop {
+            let held = writes(&self.pods[&owner]);
+            for (c, pod) in &self.pods {
+                let theirs = writes(pod);
+                if !theirs.iter().any(|w| sets.overlap(w, rule)) {
+                    continue;
+                }
+                let mut takes_over = true;
+                for h in &held {
+                    if sets.overlap(h, rule)
+                        && !theirs
+                            .iter()
+                            .any(|w| sets.cover(w, h) || sets.cover(w, rule))
+                    {
+                        takes_over = false;
+                    }
+                }
+                if !takes_over {
+                    continue;
+                }
+                let mut between = Vec::new();
+                let mut parent = pod.parent.clone();
+                let descends = loop {
+                    match parent {
+                        None => break false,
+                        Some(p) if p == owner => break true,
+                        Some(p) => {
+                            parent = self.pods[&p].parent.clone();
+                            between.push(p);
+                        }
+                    }
+                };
+                if !descends {
+                    continue;
+                }
+                let mut live_between = false;
+                for b in &between {
+                    if is_live(procs, &self.pods[b]) {
+                        live_between = true;
+                        break;
+                    }
+                    dead.insert(b.clone());
+                }
+                if live_between {
+                    continue;
+                }
+                if is_live(procs, pod) {
+                    owner = c.clone();
+                    continue 'descend;
+                }
+                dead.insert(c.clone());
+            }
+            return owner;
+        }
     }
 
     fn lineage(&self, name: &str) -> BTreeSet<String> {
@@ -279,6 +373,17 @@ enum Op {
         name: usize,
         incarnation: IncarnationChoice,
     },
+    Reserve {
+        from: usize,
+        name: usize,
+        rules: Vec<ScopeRule>,
+    },
+    Adopt {
+        name: usize,
+        stale: bool,
+        pid: u32,
+    },
+    Advance(u64),
     Reclaim,
     Kill(u32),
     Reuse(u32),
@@ -319,12 +424,17 @@ fn arb_op() -> impl Strategy<Value = Op> {
             .prop_map(|(name, pid, rules)| Op::Register { name, pid, rules }),
         6 => (name.clone(), name.clone(), pid.clone(), arb_rules())
             .prop_map(|(from, name, pid, rules)| Op::Delegate { from, name, pid, rules }),
-        3 => (name, prop_oneof![
+        3 => (name.clone(), prop_oneof![
                 Just(IncarnationChoice::Omitted),
                 Just(IncarnationChoice::Current),
                 Just(IncarnationChoice::Stale)
             ])
             .prop_map(|(name, incarnation)| Op::Release { name, incarnation }),
+        3 => (name.clone(), name.clone(), arb_rules())
+            .prop_map(|(from, name, rules)| Op::Reserve { from, name, rules }),
+        3 => (name, proptest::bool::weighted(0.2), pid.clone())
+            .prop_map(|(name, stale, pid)| Op::Adopt { name, stale, pid }),
+        1 => prop_oneof![Just(30u64), Just(80)].prop_map(Op::Advance),
         1 => Just(Op::Reclaim),
         1 => pid.clone().prop_map(Op::Kill),
         1 => pid.clone().prop_map(Op::Reuse),
@@ -351,8 +461,10 @@ impl Harness {
         for pid in 1..=PIDS {
             procs.insert(pid, live.spawn(pid));
         }
+        procs.insert(CLOCK, live.now_unix_ms());
         Harness {
-            table: ScopeTable::new(store.clone(), live.clone()),
+            table: ScopeTable::new(store.clone(), live.clone())
+                .with_reservation_deadline(Duration::from_millis(DEADLINE_MS)),
             live,
             store,
             procs,
@@ -396,6 +508,7 @@ impl Harness {
                         rules: rules.clone(),
                         parent: None,
                         incarnation: String::new(),
+                        pending: None,
                     },
                 );
                 Outcome::Ok
@@ -453,6 +566,7 @@ impl Harness {
                         rules: rules.clone(),
                         parent: Some(NAMES[*from].to_owned()),
                         incarnation: String::new(),
+                        pending: None,
                     },
                 );
                 Outcome::Ok
@@ -472,8 +586,80 @@ impl Harness {
                 }
                 Outcome::Ok
             }
+            Op::Reserve { from, name, rules } => {
+                if !valid(rules) {
+                    return Outcome::Invalid;
+                }
+                // As delegate (no process of its own to check), held under
+                // the spawner's process.
+                let Some(spawner) = next.pods.get(NAMES[*from]).cloned() else {
+                    return Outcome::Unknown;
+                };
+                if !is_live(&procs, &spawner) {
+                    next.remove(&BTreeSet::from([NAMES[*from].to_owned()]));
+                    return Outcome::Unknown;
+                }
+                let mut dead = BTreeSet::new();
+                if let Some(holder) = next.pods.get(NAMES[*name]) {
+                    if is_live(&procs, holder) {
+                        return Outcome::Duplicate;
+                    }
+                    dead.insert(NAMES[*name].to_owned());
+                }
+                for rule in rules {
+                    let covered = spawner
+                        .rules
+                        .iter()
+                        .any(|s| s.permission >= rule.permission && self.sets.cover(s, rule));
+                    if !covered {
+                        next.remove(&dead);
+                        return Outcome::NotSubset(rule.clone());
+                    }
+                }
+                let lineage = next.lineage(NAMES[*from]);
+                let conflict = next.conflict(&mut self.sets, &procs, rules, &lineage, &mut dead);
+                next.remove(&dead);
+                if let Some(conflict) = conflict {
+                    return conflict;
+                }
+                next.pods.insert(
+                    NAMES[*name].to_owned(),
+                    ModelPod {
+                        pid: spawner.pid,
+                        start: spawner.start,
+                        rules: rules.clone(),
+                        parent: Some(NAMES[*from].to_owned()),
+                        incarnation: String::new(),
+                        pending: Some(procs[&CLOCK] + DEADLINE_MS),
+                    },
+                );
+                Outcome::Ok
+            }
+            Op::Adopt { name, stale, pid } => {
+                let Some(&start) = procs.get(pid) else {
+                    return Outcome::Dead;
+                };
+                let Some(pod) = next.pods.get_mut(NAMES[*name]) else {
+                    return Outcome::Unknown;
+                };
+                if *stale {
+                    return Outcome::Mismatch;
+                }
+                let Some(until) = pod.pending else {
+                    return Outcome::NotReserved;
+                };
+                if procs[&CLOCK] > until {
+                    return Outcome::Expired;
+                }
+                pod.pid = *pid;
+                pod.start = start;
+                pod.pending = None;
+                Outcome::Ok
+            }
             Op::Reclaim => Outcome::Reclaimed(next.reclaim(&procs)),
-            Op::Kill(_) | Op::Reuse(_) | Op::Spawn(_) | Op::FailNextWrite => Outcome::Ok,
+            Op::Advance(_) | Op::Kill(_) | Op::Reuse(_) | Op::Spawn(_) | Op::FailNextWrite => {
+                Outcome::Ok
+            }
         }
     }
 
@@ -516,6 +702,31 @@ impl Harness {
                     .table
                     .release(&crate::name(NAMES[*name]), requested.as_deref());
                 (outcome(r.map(drop)), None)
+            }
+            Op::Reserve { from, name, rules } => {
+                // The pid is ignored: the spawner's holds the reservation.
+                alloc(
+                    self.table
+                        .reserve(&crate::name(NAMES[*from]), spec(*name, 1, rules)),
+                )
+            }
+            Op::Adopt { name, stale, pid } => {
+                let current = self
+                    .model
+                    .pods
+                    .get(NAMES[*name])
+                    .map(|p| p.incarnation.clone())
+                    .unwrap_or_default();
+                let incarnation = if *stale { "stale".to_owned() } else { current };
+                alloc(
+                    self.table
+                        .adopt(&crate::name(NAMES[*name]), &incarnation, *pid),
+                )
+            }
+            Op::Advance(ms) => {
+                self.live.advance_ms(*ms);
+                *self.procs.entry(CLOCK).or_default() += ms;
+                (Outcome::Ok, None)
             }
             Op::Reclaim => match self.table.reclaim_stale() {
                 Ok(pods) => (
@@ -560,7 +771,7 @@ impl Harness {
         prop_assert_eq!(&actual, &expected, "op {:?}", op);
         if let Some(a) = allocation {
             let pod = next.pods.get_mut(a.pod_name.as_str()).unwrap();
-            pod.incarnation = a.incarnation;
+            pod.incarnation = a.incarnation.expect("ours carry an incarnation");
         }
         self.model = next;
         self.compare()
@@ -575,10 +786,11 @@ impl Harness {
                     a.pod_name.to_string(),
                     ModelPod {
                         pid: a.pid,
-                        start: a.start_time,
+                        start: a.start_time.expect("ours carry a start time"),
                         rules: a.scope_allow.clone(),
                         parent: a.delegated_from.as_ref().map(|p| p.to_string()),
-                        incarnation: a.incarnation.clone(),
+                        incarnation: a.incarnation.clone().unwrap_or_default(),
+                        pending: a.pending_until,
                     },
                 )
             })
@@ -805,7 +1017,19 @@ fn build_table(build: &[Request]) -> Table {
             Some(from) => table.delegate(&from, spec, start, incarnation),
         };
     }
+    // Pods with an even pid are legacy allocations, as existing Pods write
+    // them: no start time (liveness by pid alone), no incarnation.
     table
+        .allocations()
+        .cloned()
+        .map(|mut a| {
+            if a.pid % 2 == 0 {
+                a.start_time = None;
+                a.incarnation = None;
+            }
+            a
+        })
+        .collect()
 }
 
 proptest! {
@@ -850,7 +1074,11 @@ proptest! {
         // incarnation, so that the tables compare equal).
         let mut reference = table.clone();
         reference.reclaim(is_live);
-        let incarnation = got.as_ref().map(|a| a.incarnation.clone()).unwrap_or_default();
+        let incarnation = got
+            .as_ref()
+            .ok()
+            .and_then(|a| a.incarnation.clone())
+            .unwrap_or_default();
         let expected = match (spec.validate(), live.start_time(pid), &from) {
             (Err(invalid), _, _) => Err(invalid),
             (Ok(()), None, _) => Err(ScopeError::DeadProcess { pid }),

@@ -238,13 +238,13 @@ fn delegation_may_overlap_the_lineage_but_not_other_children_or_their_subtrees()
     env.delegate("root", "c1", 2, &["w:/a/b/**"]).unwrap();
     env.delegate("c1", "g1", 3, &["w:/a/b/**"]).unwrap();
     env.delegate("g1", "gg1", 4, &["w:/a/b/c/*"]).unwrap();
-    // Siblings and their subtrees are off limits; the conflict names a pod
-    // that holds the scope.
+    // Siblings and their subtrees are off limits; the conflict names the
+    // pod that writes there itself: c1 handed all of /a/b to g1.
     assert_eq!(
         competitor(env.delegate("root", "c2", 5, &["w:/a/b/c/**"])),
-        "c1"
+        "g1"
     );
-    assert_eq!(competitor(env.delegate("root", "c2", 5, &["w:/a/*"])), "c1");
+    assert_eq!(competitor(env.delegate("root", "c2", 5, &["w:/a/*"])), "g1");
     assert_eq!(
         competitor(env.delegate("c1", "g2", 5, &["w:/a/b/c/d/**"])),
         "g1"
@@ -344,20 +344,20 @@ fn release_checks_the_incarnation() {
     let env = env();
     let first = env.register("w", 1, &["w:/a/**"]).unwrap();
     env.table
-        .release(&name("w"), Some(&first.incarnation))
+        .release(&name("w"), first.incarnation.as_deref())
         .unwrap();
     let second = env.register("w", 2, &["w:/a/**"]).unwrap();
     assert_ne!(first.incarnation, second.incarnation);
     let writes = env.store.writes();
-    match env.table.release(&name("w"), Some(&first.incarnation)) {
+    match env.table.release(&name("w"), first.incarnation.as_deref()) {
         Err(ScopeError::IncarnationMismatch {
             name,
             held,
             requested,
         }) => {
             assert_eq!(name.as_str(), "w");
-            assert_eq!(held, second.incarnation);
-            assert_eq!(requested, first.incarnation);
+            assert_eq!(Some(held), second.incarnation.clone());
+            assert_eq!(Some(requested), first.incarnation);
         }
         other => panic!("expected a mismatch, got {other:?}"),
     }
@@ -378,9 +378,10 @@ fn incarnations_are_128_bit_hex_and_distinct() {
         let a = env
             .register(&format!("p{i}"), 1, &[&format!("w:/x/{i}/**")])
             .unwrap();
-        assert_eq!(a.incarnation.len(), 32);
-        assert!(a.incarnation.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert!(seen.insert(a.incarnation));
+        let incarnation = a.incarnation.unwrap();
+        assert_eq!(incarnation.len(), 32);
+        assert!(incarnation.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(seen.insert(incarnation));
     }
 }
 
@@ -553,11 +554,12 @@ fn allocation(pod: &str, parent: Option<&str>, rules: &[&str]) -> Allocation {
     Allocation {
         pod_name: name(pod),
         pid: 1,
-        start_time: 1,
+        start_time: Some(1),
         socket: format!("/run/{pod}.sock"),
         scope_allow: rules.iter().map(|r| rule(r)).collect(),
         delegated_from: parent.map(name),
-        incarnation: "00".into(),
+        incarnation: Some("00".into()),
+        pending_until: None,
     }
 }
 
@@ -654,4 +656,247 @@ fn errors_say_what_to_do() {
     );
     let dead = env.register("d", 77, &["w:/d/**"]).unwrap_err().to_string();
     assert!(dead.contains("process 77 is not running"), "{dead}");
+}
+
+/// One blame case: the tree (name, parent, rules; pids 1.. in order), the
+/// request (`from` is `None` for a register), the pods dead at request
+/// time, and the competitor the conflict must name.
+struct Blame {
+    tree: &'static [(&'static str, Option<&'static str>, &'static [&'static str])],
+    from: Option<&'static str>,
+    request: &'static str,
+    dead: &'static [&'static str],
+    blamed: &'static str,
+}
+
+#[test]
+fn a_write_conflict_names_the_pod_whose_effective_scope_overlaps() {
+    const NESTED: &[(&str, Option<&str>, &[&str])] = &[
+        ("root", None, &["w:/srv/**"]),
+        ("c1", Some("root"), &["w:/srv/p1/sub/**"]),
+        ("c5", Some("c1"), &["w:/srv/p1/sub/deeper/**"]),
+        ("g", Some("c5"), &["w:/srv/p1/sub/deeper/x/y/**"]),
+    ];
+    const WHOLE: &[(&str, Option<&str>, &[&str])] =
+        &[("a", None, &["w:/x/**"]), ("b", Some("a"), &["w:/x/**"])];
+    let cases = [
+        // The issue's example: c1 delegated /srv/p1/sub/deeper to c5.
+        Blame {
+            tree: NESTED,
+            from: None,
+            request: "w:/srv/p1/sub/deeper/x/**",
+            dead: &[],
+            blamed: "c5",
+        },
+        // Deeper still, inside g's rule.
+        Blame {
+            tree: NESTED,
+            from: None,
+            request: "w:/srv/p1/sub/deeper/x/y/z/**",
+            dead: &[],
+            blamed: "g",
+        },
+        // Inside c1 but outside what it delegated: c1 writes there itself.
+        Blame {
+            tree: NESTED,
+            from: None,
+            request: "w:/srv/p1/sub/other/**",
+            dead: &[],
+            blamed: "c1",
+        },
+        // Straddling c1's own scope and c5's: c1's effective scope overlaps.
+        Blame {
+            tree: NESTED,
+            from: None,
+            request: "w:/srv/p1/sub/**",
+            dead: &[],
+            blamed: "c1",
+        },
+        // Above everything: root and c1 both write there themselves (c5 and
+        // g too); the scan meets c1 first (by name), and c5 does not take
+        // all of c1's part.
+        Blame {
+            tree: NESTED,
+            from: None,
+            request: "w:/**",
+            dead: &[],
+            blamed: "c1",
+        },
+        // Delegating from root: c1 is outside root's lineage, c5 below it.
+        Blame {
+            tree: NESTED,
+            from: Some("root"),
+            request: "w:/srv/p1/sub/deeper/q/**",
+            dead: &[],
+            blamed: "c5",
+        },
+        // A dead c5 is reclaimed: its scope returns to c1, whom it names;
+        // g, c5's child, is reparented to c1 and still owns its part.
+        Blame {
+            tree: NESTED,
+            from: None,
+            request: "w:/srv/p1/sub/deeper/q/**",
+            dead: &["c5"],
+            blamed: "c1",
+        },
+        Blame {
+            tree: NESTED,
+            from: None,
+            request: "w:/srv/p1/sub/deeper/x/y/**",
+            dead: &["c5"],
+            blamed: "g",
+        },
+        // Everything a holds is delegated whole to b: a writes nowhere.
+        Blame {
+            tree: WHOLE,
+            from: None,
+            request: "w:/x/y/**",
+            dead: &[],
+            blamed: "b",
+        },
+        Blame {
+            tree: WHOLE,
+            from: None,
+            request: "w:/**",
+            dead: &[],
+            blamed: "b",
+        },
+        // A non-recursive request inside b's rule.
+        Blame {
+            tree: WHOLE,
+            from: None,
+            request: "w:/x/*",
+            dead: &[],
+            blamed: "b",
+        },
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let env = env();
+        for (pid, (pod, parent, rules)) in (1..).zip(case.tree) {
+            match parent {
+                None => env.register(pod, pid, rules).unwrap(),
+                Some(parent) => env.delegate(parent, pod, pid, rules).unwrap(),
+            };
+        }
+        for dead in case.dead {
+            let pid = 1 + case.tree.iter().position(|(p, _, _)| p == dead).unwrap() as u32;
+            env.live.kill(pid);
+        }
+        let result = match case.from {
+            None => env.register("new", 20, &[case.request]),
+            Some(from) => env.delegate(from, "new", 20, &[case.request]),
+        };
+        assert_eq!(
+            competitor(result),
+            case.blamed,
+            "case {i}: {}",
+            case.request
+        );
+        let held: Vec<String> = env.tree().into_iter().map(|(n, _)| n).collect();
+        for dead in case.dead {
+            assert!(
+                !held.contains(&dead.to_string()),
+                "case {i}: {dead} was reclaimed"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_reservation_is_held_by_the_spawner_until_adopted_and_stale_after_its_deadline() {
+    let env = env();
+    let table = env
+        .table
+        .clone()
+        .with_reservation_deadline(std::time::Duration::from_millis(500));
+    let root = env.register("root", 1, &["w:/srv/**"]).unwrap();
+    let now = {
+        use pod_scope_lock::Liveness;
+        env.live.now_unix_ms()
+    };
+    // The rules of delegate apply.
+    assert!(matches!(
+        table.reserve(&name("root"), spec("kid", 9, &["w:/etc/**"])),
+        Err(ScopeError::NotSubset { .. })
+    ));
+    assert!(matches!(
+        table.reserve(&name("nobody"), spec("kid", 9, &["w:/srv/a/**"])),
+        Err(ScopeError::UnknownPod { .. })
+    ));
+    // Held under the spawner's process (the spec's pid, 19, plays no
+    // part: the child is not running yet), with a deadline.
+    let kid = table
+        .reserve(&name("root"), spec("kid", 19, &["w:/srv/a/**"]))
+        .unwrap();
+    assert_eq!((kid.pid, kid.start_time), (root.pid, root.start_time));
+    assert_eq!(kid.pending_until, Some(now + 500));
+    assert_eq!(kid.incarnation.as_ref().map(String::len), Some(32));
+    assert_eq!(env.owner("/srv/a/x").as_deref(), Some("kid"));
+    let incarnation = kid.incarnation.clone().unwrap();
+
+    // Adopting: the incarnation must be the minted one, the process live.
+    assert!(matches!(
+        table.adopt(&name("kid"), "0000", 3),
+        Err(ScopeError::IncarnationMismatch { .. })
+    ));
+    assert!(matches!(
+        table.adopt(&name("kid"), &incarnation, 99),
+        Err(ScopeError::DeadProcess { pid: 99 })
+    ));
+    assert!(matches!(
+        table.adopt(&name("nobody"), &incarnation, 3),
+        Err(ScopeError::UnknownPod { .. })
+    ));
+    let adopted = table.adopt(&name("kid"), &incarnation, 3).unwrap();
+    assert_eq!(adopted.pid, 3);
+    assert_eq!(
+        adopted.start_time,
+        pod_scope_lock::Liveness::start_time(&env.live, 3)
+    );
+    assert_eq!(adopted.pending_until, None);
+    assert_eq!(adopted.incarnation.as_deref(), Some(incarnation.as_str()));
+    assert_eq!(table.find(&name("kid")).unwrap(), Some(adopted));
+    assert!(matches!(
+        table.adopt(&name("kid"), &incarnation, 3),
+        Err(ScopeError::NotReserved { .. })
+    ));
+    // Adopted, it lives by its own process, not by the deadline.
+    env.live.advance_ms(10_000);
+    assert!(table.reclaim_stale().unwrap().is_empty());
+
+    // An expired reservation cannot be adopted and is reclaimed.
+    let late = table
+        .reserve(&name("root"), spec("late", 19, &["w:/srv/b/**"]))
+        .unwrap();
+    env.live.advance_ms(501);
+    match table.adopt(&name("late"), late.incarnation.as_deref().unwrap(), 4) {
+        Err(ScopeError::ReservationExpired {
+            deadline_unix_ms, ..
+        }) => assert_eq!(Some(deadline_unix_ms), late.pending_until),
+        other => panic!("expected ReservationExpired, got {other:?}"),
+    }
+    let reclaimed: Vec<String> = table
+        .reclaim_stale()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.pod_name.to_string())
+        .collect();
+    assert_eq!(reclaimed, ["late"]);
+
+    // A reservation whose spawner dies is stale at once.
+    let orphan = table
+        .reserve(&name("kid"), spec("orphan", 19, &["w:/srv/a/o/**"]))
+        .unwrap();
+    assert_eq!(
+        orphan.pid, 3,
+        "held under its spawner's (the kid's) process"
+    );
+    env.live.kill(3);
+    let reclaimed: Vec<String> = table
+        .reclaim_stale()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.pod_name.to_string())
+        .collect();
+    assert_eq!(reclaimed, ["kid", "orphan"]);
 }

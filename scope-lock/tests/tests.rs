@@ -3,7 +3,9 @@
 //! environment (see `multiprocess`).
 
 mod coverage;
+mod file_safety;
 mod file_store;
+mod legacy_race;
 mod model;
 mod multiprocess;
 mod table;

@@ -53,9 +53,7 @@ async fn measure_ours(
 ) -> Result<Duration, Box<dyn std::error::Error>> {
     let mut listener = Listener::bind(path, ListenConfig::default()).await?;
     let sender = Arc::new(UnixSender::default());
-    let method = Method::Notify {
-        message: "benchmark event".into(),
-    };
+    let method = Method::notify("benchmark event");
     let start = Instant::now();
     let tasks: Vec<_> = shares(events, senders)
         .map(|share| {
@@ -100,9 +98,7 @@ async fn measure_raw(
             });
         }
     });
-    let frame = pod_protocol::encode(&Method::Notify {
-        message: "benchmark event".into(),
-    });
+    let frame = pod_protocol::encode(&Method::notify("benchmark event"));
     let start = Instant::now();
     let tasks: Vec<_> = shares(events, senders)
         .map(|share| {

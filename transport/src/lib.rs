@@ -19,8 +19,11 @@
 //! a stream of received methods. Each has a real implementation
 //! ([`UnixSender`], [`Listener`]) and an in-memory one in [`testing`]
 //! ([`testing::MemorySender`], [`testing::MemorySource`]) so upper layers
-//! can be tested without sockets. An address is a [`Path`] today; a
-//! networked transport can implement the same traits later.
+//! can be tested without sockets. An address is a [`Path`] today. The
+//! `tls` feature adds a networked implementation of the same traits,
+//! `tls::TlsListener` and `tls::TlsSender` (TCP with mutual TLS, the peer's
+//! pod name read from its certificate), which pass the same behavioural
+//! test suite.
 //!
 //! ```
 //! use pod_transport::testing::MemoryNetwork;
@@ -28,7 +31,7 @@
 //!
 //! /// Code under test depends on the seams only.
 //! async fn report<S: MethodSender>(sender: &S, parent: &std::path::Path) {
-//!     let done = Method::Notify { message: "done".into() };
+//!     let done = Method::notify("done");
 //!     if let Err(err) = sender.send(parent, &done).await {
 //!         eprintln!("warning: {err}"); // fire-and-forget
 //!     }
@@ -40,7 +43,7 @@
 //! let mut parent = net.bind("/run/pods/parent.sock");
 //! report(&net.sender(), "/run/pods/parent.sock".as_ref()).await;
 //! let received = parent.recv().await.unwrap();
-//! assert_eq!(received.item.unwrap(), Method::Notify { message: "done".into() });
+//! assert_eq!(received.item.unwrap(), Method::notify("done"));
 //! # }
 //! ```
 //!
@@ -67,17 +70,23 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod claim;
 mod listen;
+mod process;
 mod send;
+mod serve;
 pub mod testing;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use pod_protocol::Method;
+pub use pod_protocol::{Method, PodName};
 
 pub use listen::{ListenConfig, ListenError, ListenStats, Listener, ShutdownHandle};
+pub use process::parent_pid;
 pub use send::{SendConfig, SendError, UnixSender};
 
 /// Credentials of the peer process, from `SO_PEERCRED` at connect time.
@@ -99,6 +108,113 @@ impl PeerCred {
             gid: rustix::process::getgid().as_raw(),
             pid: i32::try_from(std::process::id()).ok(),
         }
+    }
+}
+
+/// Who sent a received item, as far as the transport could establish it.
+///
+/// Over a Unix socket, the kernel's `SO_PEERCRED` gives the peer's uid, gid
+/// and pid at connect time ([`Peer::local`]); over a networked transport
+/// (the `tls` feature), there is no uid or pid, and the pod name comes from
+/// the peer's verified client certificate ([`Peer::certified`]). The struct
+/// is `#[non_exhaustive]`: a future transport may establish more.
+///
+/// What is certain is what is here: a field is `Some` only when the
+/// transport verified it. Deciding whether this peer may send what it sent
+/// (say, an event about pod `n`) is the receiver's job (`pod-events`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Peer {
+    /// Effective user id of a local peer.
+    pub uid: Option<u32>,
+    /// Effective group id of a local peer.
+    pub gid: Option<u32>,
+    /// Process id of a local peer, when the platform reports it.
+    pub pid: Option<u32>,
+    /// The pod name a verified TLS client certificate names (its URI SAN
+    /// `pod://<name>`).
+    pub pod_name: Option<PodName>,
+    /// A local peer's ancestor processes, parent first (a few levels,
+    /// stopping before pid 1), read from `/proc` when its connection's
+    /// first frame arrived; empty when unknown.
+    pub ancestors: Arc<[u32]>,
+}
+
+impl Peer {
+    /// A local peer with the credentials `SO_PEERCRED` reported.
+    pub fn local(cred: PeerCred) -> Self {
+        Peer {
+            uid: Some(cred.uid),
+            gid: Some(cred.gid),
+            pid: cred.pid.and_then(|pid| u32::try_from(pid).ok()),
+            pod_name: None,
+            ancestors: Arc::from([]),
+        }
+    }
+
+    /// The calling process, as a local peer.
+    pub fn current() -> Self {
+        Peer::local(PeerCred::current())
+    }
+
+    /// A remote peer whose verified certificate names `pod_name`.
+    pub fn certified(pod_name: PodName) -> Self {
+        Peer {
+            uid: None,
+            gid: None,
+            pid: None,
+            pod_name: Some(pod_name),
+            ancestors: Arc::from([]),
+        }
+    }
+
+    /// Records the ancestors of a local peer's process (see
+    /// [`ancestors`](Self::ancestors)), if not done yet.
+    pub(crate) fn record_ancestors(&mut self) {
+        if let (Some(pid), true) = (self.pid, self.ancestors.is_empty()) {
+            self.ancestors = process::ancestors(pid, process::RECORDED_ANCESTORS);
+        }
+    }
+
+    /// The local credentials, when this is a local peer.
+    pub fn cred(&self) -> Option<PeerCred> {
+        Some(PeerCred {
+            uid: self.uid?,
+            gid: self.gid?,
+            pid: self.pid.and_then(|pid| i32::try_from(pid).ok()),
+        })
+    }
+}
+
+impl From<PeerCred> for Peer {
+    fn from(cred: PeerCred) -> Self {
+        Peer::local(cred)
+    }
+}
+
+/// Comparing with local credentials: equal when this is that local peer.
+impl PartialEq<PeerCred> for Peer {
+    fn eq(&self, cred: &PeerCred) -> bool {
+        self.pod_name.is_none() && self.cred() == Some(*cred)
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(name) = &self.pod_name {
+            parts.push(format!("pod {name}"));
+        }
+        if let Some(uid) = self.uid {
+            parts.push(format!("uid {uid}"));
+        }
+        if let Some(pid) = self.pid {
+            parts.push(format!("pid {pid}"));
+        }
+        if parts.is_empty() {
+            return f.write_str("an unidentified peer");
+        }
+        f.write_str(&parts.join(", "))
     }
 }
 
@@ -125,8 +241,8 @@ pub enum ReceiveError {
 /// One item received by a [`MethodSource`]: who sent it, and what.
 #[derive(Debug)]
 pub struct Received {
-    /// Credentials of the sending process.
-    pub peer: PeerCred,
+    /// Who sent it, as the transport established it.
+    pub peer: Peer,
     /// The method, or why the frame did not yield one.
     pub item: Result<Method, ReceiveError>,
 }

@@ -2,22 +2,18 @@
 //! under bounds, yield methods.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{FutureExt, StreamExt};
-use pod_protocol::{FrameError, MethodCodec};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
-use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::timeout;
-use tokio_util::codec::FramedRead;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{MethodSource, PeerCred, ReceiveError, Received};
+use crate::claim::{self, remove_socket, Claim};
+use crate::serve::{serve, Bounds, Counters, Gate, Shared, Slots};
+use crate::{MethodSource, Peer, PeerCred, Received};
 
 /// Longest socket path Linux accepts (`sun_path` is 108 bytes, NUL included).
 const MAX_SOCKET_PATH_LEN: usize = 107;
@@ -29,19 +25,28 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenConfig {
     /// Longest accepted frame, newline excluded (default 64 KiB). A longer
-    /// frame is yielded as [`ReceiveError::FrameTooLong`] and closes its
+    /// frame is yielded as [`ReceiveError::FrameTooLong`](crate::ReceiveError::FrameTooLong) and closes its
     /// connection.
     pub max_frame_len: usize,
     /// Most connections served at once (default 1024). When that many are
-    /// open, the listener stops accepting until one closes: new connections
-    /// wait in the kernel's listen backlog, and once that is full too,
-    /// senders retry until their backlog deadline (see
+    /// open, a new connection evicts the longest-idle one (see
+    /// [`evict_after`](ListenConfig::evict_after)) or, when none has been
+    /// idle long enough, waits in the kernel's listen backlog; once that is
+    /// full too, senders retry until their backlog deadline (see
     /// [`UnixSender`](crate::UnixSender)). Nothing is refused outright.
+    /// Evicted connections winding down count apart, up to as many again.
     pub max_connections: usize,
     /// How long a connection may go without completing a frame before it
     /// is closed (default 10 s), so neither a silent peer nor one trickling
     /// bytes pins a connection. Also bounds the drain at shutdown.
     pub idle_timeout: Duration,
+    /// When every connection slot is taken, a new connection evicts the
+    /// one that has gone longest without completing a frame, if that is at
+    /// least this long (default 1 s); otherwise it waits in the backlog
+    /// until one is. So peers that hold every slot and send slowly delay a
+    /// fresh sender by about this much, not until they stop, while a
+    /// connection whose frame is being read right now is never evicted.
+    pub evict_after: Duration,
     /// Mode of the socket file (default `0o600`: owner only).
     pub socket_mode: u32,
     /// Uids allowed to send besides the listener's own uid (default none).
@@ -63,10 +68,23 @@ impl Default for ListenConfig {
             max_frame_len: pod_protocol::DEFAULT_MAX_FRAME_LEN,
             max_connections: 1024,
             idle_timeout: Duration::from_secs(10),
+            evict_after: Duration::from_secs(1),
             socket_mode: 0o600,
             allowed_uids: Vec::new(),
             queue: 1024,
             backlog: 4096,
+        }
+    }
+}
+
+impl ListenConfig {
+    /// The bounds every served connection obeys.
+    pub(crate) fn bounds(&self) -> Bounds {
+        Bounds {
+            max_frame_len: self.max_frame_len,
+            max_connections: self.max_connections,
+            idle_timeout: self.idle_timeout,
+            evict_after: self.evict_after,
         }
     }
 }
@@ -112,7 +130,54 @@ pub enum ListenError {
         /// The offending field.
         field: &'static str,
     },
-    /// The socket's parent directory could not be created.
+    /// The socket's directory is not private: another uid owns it, or its
+    /// group or others may write it, so they could replace the socket.
+    #[error(
+        "socket directory {path} is not private (owner uid {owner}, mode {mode:o}): \
+         it must be owned by uid {own_uid} and writable by nobody else, or another \
+         user could replace the socket; chown it and chmod it 0700, or choose \
+         another directory"
+    )]
+    InsecureDir {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// Its owner's uid.
+        owner: u32,
+        /// The uid it must belong to: the listener's own.
+        own_uid: u32,
+    },
+    /// Another listener holds the lock of this socket path.
+    #[error(
+        "{path} is claimed by another listener (pid {}), which holds the lock \
+         file {lock}: stop it first or choose another socket path (nothing was \
+         touched)",
+        .pid.map_or_else(|| "unknown".to_owned(), |pid| pid.to_string())
+    )]
+    Locked {
+        /// The socket path.
+        path: PathBuf,
+        /// The lock file, `<socket path>.lock`.
+        lock: PathBuf,
+        /// The holder's pid, as it wrote it into the lock file (`None` if
+        /// it could not be read).
+        pid: Option<u32>,
+    },
+    /// The lock file could not be opened, checked, locked or written.
+    #[error(
+        "cannot use lock file {path}: {source}; it must be a regular file owned \
+         by the listener's uid (it is never followed as a link)"
+    )]
+    LockFile {
+        /// The lock file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The socket's parent directory could not be created, or is not a
+    /// directory.
     #[error("cannot create socket directory {path}: {source}; check its parent's permissions")]
     CreateDir {
         /// The directory.
@@ -143,66 +208,32 @@ pub struct ListenStats {
     pub rejected_peers: u64,
     /// Frames decoded into a method.
     pub frames: u64,
-    /// Frames that did not decode (yielded as [`ReceiveError::Decode`]).
+    /// Frames that did not decode (yielded as
+    /// [`ReceiveError::Decode`](crate::ReceiveError::Decode)).
     pub decode_errors: u64,
-    /// Over-long frames (yielded as [`ReceiveError::FrameTooLong`]), each
+    /// Over-long frames (yielded as
+    /// [`ReceiveError::FrameTooLong`](crate::ReceiveError::FrameTooLong)), each
     /// closing its connection.
     pub too_long: u64,
     /// Connections closed for completing no frame within the idle timeout.
     pub idle_timeouts: u64,
     /// Connections ended by a read error.
     pub read_errors: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    connections: AtomicU64,
-    rejected_peers: AtomicU64,
-    frames: AtomicU64,
-    decode_errors: AtomicU64,
-    too_long: AtomicU64,
-    idle_timeouts: AtomicU64,
-    read_errors: AtomicU64,
-}
-
-impl Counters {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn snapshot(&self) -> ListenStats {
-        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        ListenStats {
-            connections: get(&self.connections),
-            rejected_peers: get(&self.rejected_peers),
-            frames: get(&self.frames),
-            decode_errors: get(&self.decode_errors),
-            too_long: get(&self.too_long),
-            idle_timeouts: get(&self.idle_timeouts),
-            read_errors: get(&self.read_errors),
-        }
-    }
-}
-
-/// Identity of the socket file this listener bound, so that removal never
-/// unlinks a socket another listener has since bound at the same path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileId {
-    dev: u64,
-    ino: u64,
+    /// Connections closed to make room for a new one while every slot was
+    /// taken: each had gone at least [`ListenConfig::evict_after`] without
+    /// completing a frame, the longest of all.
+    pub evictions: u64,
 }
 
 /// What every connection task shares.
 struct Context {
     path: PathBuf,
-    file: FileId,
+    /// The lock and the socket file's identity; dropped (unlocking) only
+    /// after the socket file is removed.
+    claim: Claim,
     own_uid: u32,
     allowed_uids: Vec<u32>,
-    max_frame_len: usize,
-    max_connections: usize,
-    idle_timeout: Duration,
-    counters: Counters,
-    shutdown: CancellationToken,
+    shared: Arc<Shared>,
 }
 
 /// Stops a [`Listener`] from another task; clones stop the same listener.
@@ -212,6 +243,10 @@ pub struct ShutdownHandle {
 }
 
 impl ShutdownHandle {
+    pub(crate) fn new(token: CancellationToken) -> Self {
+        ShutdownHandle { token }
+    }
+
     /// Starts a graceful shutdown and returns at once: the listener stops
     /// accepting, removes its socket file, serves the connections already
     /// queued or open until each has nothing left unread (a partial frame
@@ -234,7 +269,7 @@ impl ShutdownHandle {
 /// [`ListenConfig::allowed_uids`] (checked with `SO_PEERCRED` before
 /// anything is read; others are counted, logged at warn level and closed),
 /// and spawns one task per connection that reads frames with
-/// [`MethodCodec`] into a bounded queue that [`recv`](MethodSource::recv)
+/// [`MethodCodec`](pod_protocol::MethodCodec) into a bounded queue that [`recv`](MethodSource::recv)
 /// drains.
 ///
 /// Dropping a listener stops it at once (open connections are closed
@@ -261,52 +296,38 @@ impl std::fmt::Debug for Listener {
 impl Listener {
     /// Binds `path` and starts accepting.
     ///
-    /// Creates the parent directory with mode `0700` if it is missing (an
-    /// existing directory is left as it is). If a socket file already
-    /// exists, it is replaced only when nothing answers on it (a stale
-    /// socket left by a crashed listener); a live listener's socket is never
-    /// unlinked ([`ListenError::InUse`]), nor is a file that is not a socket
-    /// ([`ListenError::NotASocket`]). The new socket gets
-    /// [`ListenConfig::socket_mode`].
+    /// Creates the parent directory with mode `0700` if it is missing; an
+    /// existing one must belong to this process's uid and be writable by
+    /// nobody else ([`ListenError::InsecureDir`]), since whoever can write
+    /// it can replace the socket.
+    ///
+    /// Then takes an exclusive lock on `<path>.lock` (created `0600`, never
+    /// through a link, this process's pid written into it) and holds it
+    /// until the listener is gone: a second listener on the same path,
+    /// from any process, is refused with the holder's pid
+    /// ([`ListenError::Locked`]), so racing listeners cannot both start.
+    /// The lock file is left in place afterwards (removing it would let a
+    /// later pair of listeners lock different files under one name).
+    ///
+    /// Under the lock, an existing socket file is replaced only when
+    /// nothing answers on it (a stale socket left by a crashed listener); a
+    /// live listener's socket is never unlinked ([`ListenError::InUse`]:
+    /// one that does not take the lock, such as an existing Pod's), nor is
+    /// a file that is not a socket ([`ListenError::NotASocket`]). The new
+    /// socket gets [`ListenConfig::socket_mode`].
     pub async fn bind(
         path: impl Into<PathBuf>,
         config: ListenConfig,
     ) -> Result<Listener, ListenError> {
         let path = path.into();
         check_config(&path, &config)?;
-        prepare_path(&path).await?;
-        let io_err = |source| ListenError::Io {
-            path: path.clone(),
-            source,
-        };
-        let listener = match UnixListener::bind(&path) {
-            Ok(listener) => listener,
-            // Another listener bound the path since we checked it.
-            Err(err) if err.kind() == io::ErrorKind::AddrInUse => {
-                return Err(ListenError::InUse { path })
-            }
-            Err(err) => return Err(io_err(err)),
-        };
-        let file = match configure(&listener, &path, &config).await {
-            Ok(file) => file,
-            Err(err) => {
-                drop(listener);
-                // The socket is ours and unusable: leave no stale file.
-                let cleanup = path.clone();
-                let _ = blocking(move || std::fs::remove_file(cleanup)).await;
-                return Err(io_err(err));
-            }
-        };
+        let (listener, claim) = claim::bind(&path, &config).await?;
         let context = Arc::new(Context {
             path,
-            file,
+            claim,
             own_uid: rustix::process::getuid().as_raw(),
+            shared: Arc::new(Shared::new(config.bounds())),
             allowed_uids: config.allowed_uids,
-            max_frame_len: config.max_frame_len,
-            max_connections: config.max_connections,
-            idle_timeout: config.idle_timeout,
-            counters: Counters::default(),
-            shutdown: CancellationToken::new(),
         });
         let (tx, rx) = mpsc::channel(config.queue);
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&context), tx));
@@ -325,13 +346,13 @@ impl Listener {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> ListenStats {
-        self.context.counters.snapshot()
+        self.context.shared.counters.snapshot()
     }
 
     /// A handle that starts a graceful shutdown from anywhere.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
-            token: self.context.shutdown.clone(),
+            token: self.context.shared.shutdown.clone(),
         }
     }
 
@@ -342,7 +363,7 @@ impl Listener {
     /// [`ShutdownHandle::shutdown`] and keep calling
     /// [`recv`](MethodSource::recv) until it returns `None`.
     pub async fn shutdown(mut self) {
-        self.context.shutdown.cancel();
+        self.context.shared.shutdown.cancel();
         self.rx.close();
         if let Some(task) = self.accept_task.take() {
             // The accept task does not panic; a cancelled runtime is the only
@@ -367,39 +388,19 @@ impl Drop for Listener {
             return;
         }
         task.abort();
-        let path = self.context.path.clone();
-        let file = self.context.file;
+        // The context holds the lock: moving a reference into the removal
+        // keeps the path claimed until its socket file is gone.
+        let context = Arc::clone(&self.context);
+        let remove = move || remove_socket(&context.path, context.claim.file);
         // Removal is file I/O: keep it off the executor thread when there
         // is a runtime to hand it to.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn_blocking(move || remove_socket(&path, file));
+                runtime.spawn_blocking(remove);
             }
-            Err(_) => remove_socket(&path, file),
+            Err(_) => remove(),
         }
     }
-}
-
-/// Sets the backlog and the socket file's mode; returns the file's identity.
-async fn configure(
-    listener: &UnixListener,
-    path: &Path,
-    config: &ListenConfig,
-) -> io::Result<FileId> {
-    // Linux lets `listen` be called again to resize the backlog.
-    let backlog = i32::try_from(config.backlog).unwrap_or(i32::MAX);
-    rustix::net::listen(listener, backlog)?;
-    let path = path.to_owned();
-    let mode = config.socket_mode;
-    blocking(move || {
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
-        let meta = std::fs::symlink_metadata(&path)?;
-        Ok(FileId {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        })
-    })
-    .await
 }
 
 fn check_config(path: &Path, config: &ListenConfig) -> Result<(), ListenError> {
@@ -423,143 +424,56 @@ fn check_config(path: &Path, config: &ListenConfig) -> Result<(), ListenError> {
     Ok(())
 }
 
-/// Runs blocking file I/O off the executor threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|err| Err(io::Error::other(err)))
-}
-
-/// What is at the socket path before binding.
-enum Existing {
-    Nothing,
-    Socket,
-    Other,
-}
-
-/// Creates the parent directory if missing and removes a stale socket.
-async fn prepare_path(path: &Path) -> Result<(), ListenError> {
-    let io_err = |source| ListenError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let owned = path.to_owned();
-    let existing = tokio::task::spawn_blocking(move || inspect_path(&owned))
-        .await
-        .unwrap_or_else(|err| Err(io_err(io::Error::other(err))))?;
-    match existing {
-        Existing::Nothing => Ok(()),
-        Existing::Other => Err(ListenError::NotASocket {
-            path: path.to_owned(),
-        }),
-        Existing::Socket => {
-            // A non-blocking connect answers at once: accepted or backlog
-            // full means a live listener; refused means nobody listens.
-            match UnixStream::connect(path).await {
-                Ok(_) => Err(ListenError::InUse {
-                    path: path.to_owned(),
-                }),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => Err(ListenError::InUse {
-                    path: path.to_owned(),
-                }),
-                Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
-                    tracing::info!(path = %path.display(), "replacing stale socket");
-                    let owned = path.to_owned();
-                    blocking(move || match std::fs::remove_file(&owned) {
-                        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
-                        _ => Ok(()),
-                    })
-                    .await
-                    .map_err(io_err)
-                }
-                Err(err) => Err(io_err(err)),
-            }
-        }
-    }
-}
-
-/// Creates the parent directory of `path` with mode `0700` if it is missing,
-/// then says what is at `path`. Blocking.
-fn inspect_path(path: &Path) -> Result<Existing, ListenError> {
-    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|source| ListenError::CreateDir {
-                    path: dir.to_owned(),
-                    source,
-                })?;
-        }
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => Ok(Existing::Socket),
-        Ok(_) => Ok(Existing::Other),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Existing::Nothing),
-        Err(source) => Err(ListenError::Io {
-            path: path.to_owned(),
-            source,
-        }),
-    }
-}
-
-/// Removes the socket file at `path` if it is still the one this listener
-/// bound. Best effort: a failure is logged.
-fn remove_socket(path: &Path, file: FileId) {
-    let still_ours = std::fs::symlink_metadata(path)
-        .is_ok_and(|meta| meta.dev() == file.dev && meta.ino() == file.ino);
-    if !still_ours {
-        return;
-    }
-    if let Err(err) = std::fs::remove_file(path) {
-        if err.kind() != io::ErrorKind::NotFound {
-            tracing::warn!(path = %path.display(), error = %err, "cannot remove socket file");
-        }
-    }
-}
-
 async fn accept_loop(listener: UnixListener, context: Arc<Context>, tx: mpsc::Sender<Received>) {
-    let mut connections = JoinSet::new();
+    let shared = &context.shared;
+    let mut slots = Slots::default();
     loop {
-        let full = connections.len() >= context.max_connections;
+        let (open, until) = match slots.gate(shared) {
+            Gate::Open => (true, None),
+            Gate::Until(instant) => (false, Some(instant)),
+            Gate::Closed => (false, None),
+        };
         tokio::select! {
             biased;
-            () = context.shutdown.cancelled() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept(), if !full => match accepted {
-                Ok((stream, _)) => admit(stream, &context, &tx, &mut connections),
+            () = shared.shutdown.cancelled() => break,
+            () = slots.reap() => {}
+            accepted = listener.accept(), if open => match accepted {
+                Ok((stream, _)) => admit(stream, &context, &tx, &mut slots),
                 Err(err) => {
                     tracing::warn!(path = %context.path.display(), error = %err, "accept failed");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 }
             },
+            // Every slot is taken by a connection that completed a frame
+            // recently: look again once the longest-idle may be evicted.
+            () = sleep_until(until) => {}
         }
     }
     tracing::debug!(path = %context.path.display(), "shutting down");
     let path = context.path.clone();
-    let file = context.file;
+    let file = context.claim.file;
     // Unlink first so that no new connection can arrive, then serve the
     // ones the kernel already queued: their senders consider them sent.
     let _ = tokio::task::spawn_blocking(move || remove_socket(&path, file)).await;
-    drain_backlog(listener, &context, &tx, &mut connections);
+    drain_backlog(listener, &context, &tx, &mut slots);
     drop(tx);
-    let drained = timeout(context.idle_timeout, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
+    let aborted = slots.finish(shared.bounds.idle_timeout).await;
+    if aborted > 0 {
         tracing::warn!(
             path = %context.path.display(),
-            open = connections.len(),
-            "connections still open after the drain deadline; closing them"
+            open = aborted,
+            "connections still open after the drain deadline; closed them"
         );
-        connections.shutdown().await;
     }
     tracing::debug!(path = %context.path.display(), "shut down");
+}
+
+/// Sleeps until `instant`, or forever without one.
+async fn sleep_until(instant: Option<tokio::time::Instant>) {
+    match instant {
+        Some(instant) => tokio::time::sleep_until(instant).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Accepts, without waiting, every connection already in the listen backlog.
@@ -567,7 +481,7 @@ fn drain_backlog(
     listener: UnixListener,
     context: &Arc<Context>,
     tx: &mpsc::Sender<Received>,
-    connections: &mut JoinSet<()>,
+    slots: &mut Slots,
 ) {
     // The std listener stays non-blocking, and its `accept` asks the kernel
     // directly instead of waiting for a readiness event.
@@ -579,8 +493,8 @@ fn drain_backlog(
         }
     };
     loop {
-        while connections.try_join_next().is_some() {}
-        if connections.len() >= context.max_connections {
+        slots.reap_finished();
+        if slots.len() >= context.shared.bounds.max_connections {
             tracing::warn!(path = %context.path.display(), "connection limit reached while draining; dropping the rest of the backlog");
             break;
         }
@@ -597,7 +511,7 @@ fn drain_backlog(
             .set_nonblocking(true)
             .and_then(|()| UnixStream::from_std(stream));
         match stream {
-            Ok(stream) => admit(stream, context, tx, connections),
+            Ok(stream) => admit(stream, context, tx, slots),
             Err(err) => {
                 tracing::warn!(path = %context.path.display(), error = %err, "cannot register drained connection");
             }
@@ -610,8 +524,9 @@ fn admit(
     stream: UnixStream,
     context: &Arc<Context>,
     tx: &mpsc::Sender<Received>,
-    connections: &mut JoinSet<()>,
+    slots: &mut Slots,
 ) {
+    let counters = &context.shared.counters;
     let peer = match stream.peer_cred() {
         Ok(cred) => PeerCred {
             uid: cred.uid(),
@@ -619,13 +534,13 @@ fn admit(
             pid: cred.pid(),
         },
         Err(err) => {
-            Counters::bump(&context.counters.rejected_peers);
+            Counters::bump(&counters.rejected_peers);
             tracing::warn!(path = %context.path.display(), error = %err, "rejected a peer whose credentials cannot be read");
             return;
         }
     };
     if peer.uid != context.own_uid && !context.allowed_uids.contains(&peer.uid) {
-        Counters::bump(&context.counters.rejected_peers);
+        Counters::bump(&counters.rejected_peers);
         tracing::warn!(
             path = %context.path.display(),
             uid = peer.uid,
@@ -634,111 +549,11 @@ fn admit(
         );
         return;
     }
-    Counters::bump(&context.counters.connections);
-    connections.spawn(serve(stream, peer, Arc::clone(context), tx.clone()));
-}
-
-/// What reading a connection produced next.
-enum Next {
-    Frame(Option<Result<Result<crate::Method, pod_protocol::DecodeError>, FrameError>>),
-    Idle,
-    /// Shutdown, and nothing left unread.
-    Drained,
-}
-
-/// Reads one connection until it ends, goes idle, sends an over-long frame
-/// or (after shutdown) has nothing left unread.
-async fn serve(
-    stream: UnixStream,
-    peer: PeerCred,
-    context: Arc<Context>,
-    tx: mpsc::Sender<Received>,
-) {
-    let counters = &context.counters;
-    let mut frames = FramedRead::new(stream, MethodCodec::new(context.max_frame_len));
-    let mut draining = false;
-    loop {
-        let next = if draining {
-            drain_next(&mut frames, context.idle_timeout).await
-        } else {
-            tokio::select! {
-                biased;
-                next = timeout(context.idle_timeout, frames.next()) => match next {
-                    Ok(next) => Next::Frame(next),
-                    Err(_) => Next::Idle,
-                },
-                () = context.shutdown.cancelled() => {
-                    draining = true;
-                    continue;
-                }
-            }
-        };
-        let item = match next {
-            Next::Frame(Some(Ok(Ok(method)))) => {
-                Counters::bump(&counters.frames);
-                Ok(method)
-            }
-            Next::Frame(Some(Ok(Err(err)))) => {
-                Counters::bump(&counters.decode_errors);
-                tracing::debug!(uid = peer.uid, pid = ?peer.pid, error = %err, "undecodable frame");
-                Err(ReceiveError::Decode(err))
-            }
-            Next::Frame(Some(Err(FrameError::TooLong(err)))) => {
-                Counters::bump(&counters.too_long);
-                tracing::warn!(uid = peer.uid, pid = ?peer.pid, error = %err, "over-long frame; closing its connection");
-                // The connection ends whether or not the item is taken.
-                let _ = tx
-                    .send(Received {
-                        peer,
-                        item: Err(ReceiveError::FrameTooLong(err)),
-                    })
-                    .await;
-                return;
-            }
-            Next::Frame(Some(Err(err))) => {
-                Counters::bump(&counters.read_errors);
-                tracing::debug!(uid = peer.uid, pid = ?peer.pid, error = %err, "read failed; closing connection");
-                return;
-            }
-            Next::Frame(None) | Next::Drained => return,
-            Next::Idle => {
-                Counters::bump(&counters.idle_timeouts);
-                tracing::debug!(uid = peer.uid, pid = ?peer.pid, "idle connection closed");
-                return;
-            }
-        };
-        if tx.send(Received { peer, item }).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// After shutdown: the next frame if anything is left to read, else
-/// [`Next::Drained`]. A partial frame is awaited up to `idle`.
-async fn drain_next(frames: &mut FramedRead<UnixStream, MethodCodec>, idle: Duration) -> Next {
-    if let Some(next) = frames.next().now_or_never() {
-        return Next::Frame(next);
-    }
-    // The reactor may not have reported data the kernel already holds, so
-    // ask the kernel: a peek sees unread bytes, or end of stream.
-    if frames.read_buffer().is_empty() && !has_unread(frames.get_ref()) {
-        return Next::Drained;
-    }
-    match timeout(idle, frames.next()).await {
-        Ok(next) => Next::Frame(next),
-        Err(_) => Next::Idle,
-    }
-}
-
-/// Whether the kernel holds unread bytes or an end of stream for `stream`.
-fn has_unread(stream: &UnixStream) -> bool {
-    use rustix::net::{recv, RecvFlags};
-    let mut byte = [0u8; 1];
-    match recv(stream, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
-        // One byte of data, or zero for an orderly end of stream.
-        Ok(_) => true,
-        Err(rustix::io::Errno::AGAIN) => false,
-        // An error is also something to read: the next read reports it.
-        Err(_) => true,
-    }
+    Counters::bump(&counters.connections);
+    let shared = Arc::clone(&context.shared);
+    let tx = tx.clone();
+    let peer = Peer::local(peer);
+    slots.admit(&context.shared, move |slot| {
+        serve(stream, peer, shared, slot, tx)
+    });
 }

@@ -6,7 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::time::{timeout, Instant};
 
@@ -72,6 +72,18 @@ pub enum SendError {
         /// Time spent retrying.
         after: Duration,
     },
+    /// The TLS handshake failed (feature `tls`): the receiver refused our
+    /// certificate, or its certificate is not trusted.
+    #[error(
+        "TLS handshake with {path} failed: {reason}; check that both \
+         certificates are signed by the CAs the other side trusts and valid now"
+    )]
+    Handshake {
+        /// The address sent to.
+        path: PathBuf,
+        /// What the TLS layer reported.
+        reason: String,
+    },
     /// Any other I/O failure.
     #[error("I/O error sending to {path}: {source}")]
     Io {
@@ -92,6 +104,7 @@ impl SendError {
             | SendError::PermissionDenied { path }
             | SendError::TimedOut { path, .. }
             | SendError::BacklogFull { path, .. }
+            | SendError::Handshake { path, .. }
             | SendError::Io { path, .. } => path,
         }
     }
@@ -109,6 +122,15 @@ pub struct SendConfig {
     /// How long to keep retrying while the receiver's listen backlog is
     /// full, before failing with [`SendError::BacklogFull`] (default 5 s).
     pub backlog_deadline: Duration,
+    /// After writing, wait up to this long for the listener to close the
+    /// connection before returning (default `None`: close at once).
+    ///
+    /// A short-lived sender (a command-line tool that sends and exits) sets
+    /// it so it is still alive when the listener reads its frame: the
+    /// listener records the sender's ancestor processes then, and a
+    /// receiver that checks who may speak for which process needs them.
+    /// Waiting never fails the send: the frame was written.
+    pub linger: Option<Duration>,
 }
 
 impl Default for SendConfig {
@@ -117,6 +139,7 @@ impl Default for SendConfig {
             connect_timeout: Duration::from_secs(2),
             write_timeout: Duration::from_secs(2),
             backlog_deadline: Duration::from_secs(5),
+            linger: None,
         }
     }
 }
@@ -134,7 +157,7 @@ impl Default for SendConfig {
 /// use pod_transport::{Method, MethodSender, UnixSender};
 /// # async fn demo() -> Result<(), pod_transport::SendError> {
 /// let sender = UnixSender::default();
-/// let note = Method::Notify { message: "hello".into() };
+/// let note = Method::notify("hello");
 /// sender.send("/run/pods/parent/sock".as_ref(), &note).await?;
 /// # Ok(()) }
 /// ```
@@ -158,7 +181,19 @@ impl UnixSender {
         let mut stream = self.connect(to).await?;
         let after = self.config.write_timeout;
         match timeout(after, stream.write_all(frame)).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                if let Some(linger) = self.config.linger {
+                    // Half-close, then wait for the listener's end of file:
+                    // it closes after reading everything we wrote.
+                    let _ = stream.shutdown().await;
+                    let mut sink = [0u8; 64];
+                    let _ = timeout(linger, async {
+                        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                    })
+                    .await;
+                }
+                Ok(())
+            }
             Ok(Err(source)) => Err(SendError::Io {
                 path: to.to_owned(),
                 source,
@@ -204,7 +239,7 @@ impl UnixSender {
 
 /// A pseudo-random duration in `[0, max]`, so that senders that hit a full
 /// backlog together do not retry in lockstep.
-fn jitter_up_to(max: Duration) -> Duration {
+pub(crate) fn jitter_up_to(max: Duration) -> Duration {
     let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
     if nanos == 0 {
         return Duration::ZERO;
@@ -223,7 +258,7 @@ impl MethodSender for UnixSender {
     }
 }
 
-fn classify_connect_error(to: &Path, err: io::Error) -> SendError {
+pub(crate) fn classify_connect_error(to: &Path, err: io::Error) -> SendError {
     let path = to.to_owned();
     match err.kind() {
         io::ErrorKind::NotFound => SendError::SocketMissing { path },

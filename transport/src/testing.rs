@@ -15,7 +15,7 @@
 //! let mut parent = net.bind("/run/pods/parent/sock");
 //! let sender = net.sender();
 //!
-//! let note = Method::Notify { message: "hi".into() };
+//! let note = Method::notify("hi");
 //! sender.send(Path::new("/run/pods/parent/sock"), &note).await.unwrap();
 //! let received = parent.recv().await.unwrap();
 //! assert_eq!(received.item.unwrap(), note);
@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::mpsc;
 
-use crate::{Method, MethodSender, MethodSource, PeerCred, Received, SendError};
+use crate::{Method, MethodSender, MethodSource, Peer, Received, SendError};
 
 /// An in-memory network: addresses are paths, bound by
 /// [`bind`](MemoryNetwork::bind); no sockets.
@@ -80,7 +80,7 @@ impl MemoryNetwork {
     }
 
     /// Binds `path`; methods sent to it arrive at the returned source with
-    /// `peer` set to this process's credentials ([`PeerCred::current`]).
+    /// `peer` set to this process ([`Peer::current`]).
     ///
     /// Binding a path that is already bound replaces the old binding (as a
     /// listener replaces a stale socket); the old source then returns its
@@ -144,7 +144,7 @@ impl MemoryNetwork {
         };
         let binding = inner.bound.get(to).ok_or_else(missing)?;
         let received = Received {
-            peer: PeerCred::current(),
+            peer: Peer::current(),
             item: Ok(method.clone()),
         };
         binding.tx.send(received).map_err(|_| missing())?;
@@ -185,7 +185,8 @@ impl MemorySource {
 
     /// Pushes an arbitrary item, as if received from `peer`: lets a test
     /// feed decode errors or foreign peers to the layer under test.
-    pub fn inject(&self, peer: PeerCred, item: Result<Method, crate::ReceiveError>) {
+    pub fn inject(&self, peer: impl Into<Peer>, item: Result<Method, crate::ReceiveError>) {
+        let peer = peer.into();
         let inner = lock(&self.net.inner);
         if let Some(binding) = inner.bound.get(&self.path).filter(|b| b.id == self.id) {
             // The receiver is `self.rx`, alive as long as `self`.

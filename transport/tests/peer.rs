@@ -82,3 +82,34 @@ async fn a_peer_with_another_uid_is_rejected() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_peer_carries_uid_gid_and_pid_and_no_pod_name() {
+    let (_dir, path) = socket_path();
+    let mut listener = crate::listen(&path).await;
+    sender().send(&path, &notify("who am i")).await.unwrap();
+    let received = listener.recv().await.unwrap();
+    let peer = received.peer;
+    assert_eq!(peer.uid, Some(rustix::process::getuid().as_raw()));
+    assert_eq!(peer.gid, Some(rustix::process::getgid().as_raw()));
+    assert_eq!(peer.pid, Some(std::process::id()));
+    assert_eq!(peer.pod_name, None, "no certificate over a Unix socket");
+    assert_eq!(peer, pod_transport::Peer::current());
+    assert_eq!(peer.cred(), Some(pod_transport::PeerCred::current()));
+    let shown = peer.to_string();
+    assert!(
+        shown.contains(&format!("pid {}", std::process::id())),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_certified_peer_has_a_pod_name_and_no_local_credentials() {
+    let name = pod_transport::PodName::new("worker-1").unwrap();
+    let peer = pod_transport::Peer::certified(name.clone());
+    assert_eq!((peer.uid, peer.pid), (None, None));
+    assert_eq!(peer.pod_name, Some(name));
+    assert_eq!(peer.cred(), None);
+    assert_ne!(peer, pod_transport::PeerCred::current());
+    assert_eq!(peer.to_string(), "pod worker-1");
+}

@@ -1,10 +1,17 @@
 //! Integration tests of pod-transport over real Unix sockets in temporary
 //! directories, plus the in-memory network.
 
+mod claim;
+mod fair;
 mod listen;
 mod memory;
 mod peer;
+#[cfg(feature = "tls")]
+mod pki;
 mod send;
+mod suite;
+#[cfg(feature = "tls")]
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -55,9 +62,7 @@ pub(crate) fn check_own_peer(received: &Received) {
 }
 
 pub(crate) fn notify(message: impl Into<String>) -> Method {
-    Method::Notify {
-        message: message.into(),
-    }
+    Method::notify(message)
 }
 
 /// One of every `Method` variant and every `PodEvent` kind, with and

@@ -6,7 +6,7 @@
 //! in release mode. It prints the table and writes `results.json` and
 //! `results.md` to `bench/` under the cargo target directory it was built
 //! in: `target/bench/` by default, `$CARGO_TARGET_DIR/bench/` when that
-//! is set. About 3 minutes on 2 cores (`--quick`: about 30 seconds), plus
+//! is set. About 4 minutes on 2 cores (`--quick`: about 35 seconds), plus
 //! the build.
 
 use anyhow::Result;

@@ -161,7 +161,7 @@ async fn a_sub_delegation_is_relayed_upward_and_a_shutdown_releases_scope() {
         .unwrap();
     let shut = PodEvent::ShutDown {
         pod_name: "gc".into(),
-        incarnation: Some(gc.incarnation.clone()),
+        incarnation: gc.incarnation.clone(),
     };
     sender
         .send("/s/child".as_ref(), &Method::PodEvent(shut.clone()))
@@ -196,7 +196,7 @@ async fn reconcile_at_start_reports_a_crashed_pod_and_releases_its_scope() {
         .unwrap();
     let registry = MemoryRegistry::new();
     registry
-        .add(record("w3", Some(w3.incarnation.clone())))
+        .add(record("w3", w3.incarnation.clone()))
         .await
         .unwrap();
     liveness.kill(2);
@@ -219,7 +219,7 @@ async fn reconcile_at_start_reports_a_crashed_pod_and_releases_its_scope() {
     );
     assert_eq!(notes[0].origin, Origin::Inferred);
     assert!(registry.list().is_empty());
-    assert!(registry.is_departed("w3", Some(&w3.incarnation)));
+    assert!(registry.is_departed("w3", w3.incarnation.as_deref()));
     assert_eq!(scopes.list().unwrap().len(), 1);
 }
 
@@ -251,7 +251,7 @@ async fn registering_a_dead_pod_yields_a_synthetic_shutdown_at_once() {
             sub_pod: "gc".into(),
             sub_socket: "/s/gc".into(),
             scope: vec![ScopeRule::write("/w/c/gc")],
-            sub_incarnation: Some(gc.incarnation.clone()),
+            sub_incarnation: gc.incarnation.clone(),
             spawner_socket: None,
         })
         .await;

@@ -159,13 +159,15 @@ fn allocate(s: &Scenario) -> Vec<Allocation> {
 }
 
 fn inc_of(s: &Scenario, allocs: &[Allocation], i: usize) -> Option<String> {
-    (!s.pods[i].legacy).then(|| allocs[i].incarnation.clone())
+    (!s.pods[i].legacy)
+        .then(|| allocs[i].incarnation.clone())
+        .flatten()
 }
 
 async fn build(s: &Scenario, allocs: &[Allocation]) -> World {
     let liveness = FakeLiveness::new();
     for a in allocs {
-        liveness.set(a.pid, Some(a.start_time));
+        liveness.set(a.pid, a.start_time);
     }
     let store = MemoryStore::with_table(allocs.iter().cloned().collect::<Table>());
     let scopes = ScopeTable::new(store, liveness.clone());
@@ -449,7 +451,7 @@ proptest! {
                 prop_assert_eq!(&got, &live, "registry of {} after reconcile", name(p));
                 for r in world.parents[p].registry().list() {
                     let i: usize = r.pod_name.as_str()[1..].parse().unwrap();
-                    prop_assert!(r.incarnation.is_none() || r.incarnation.as_deref() == Some(allocs[i].incarnation.as_str()));
+                    prop_assert!(r.incarnation.is_none() || r.incarnation.as_deref() == allocs[i].incarnation.as_deref());
                 }
             }
             let held: BTreeSet<String> = world.scopes.list().unwrap().iter().map(|a| a.pod_name.to_string()).collect();
@@ -542,7 +544,7 @@ fn a_stale_shutdown_never_touches_the_new_incarnation() {
         // The current incarnation's shutdown does remove it, once.
         let shut = PodEvent::ShutDown {
             pod_name: name(1),
-            incarnation: Some(allocs[1].incarnation.clone()),
+            incarnation: allocs[1].incarnation.clone(),
         };
         let effects = world.parents[0].apply(&shut).await;
         assert_eq!(effects.removed.len(), 1);

@@ -360,7 +360,7 @@ fn a_second_listener_on_a_live_socket_is_refused_and_the_first_keeps_it() {
         "--scope-lock",
         &env.lock(),
     ];
-    env.check(&second, 1, "another listener is live on");
+    env.check(&second, 1, "is claimed by another listener (pid");
     env.send(&socket, json!({"kind": "turn_ended", "pod_name": "w1"}));
     first.expect("pod `w1` finished a turn");
 }
@@ -804,4 +804,67 @@ fn usage_errors_exit_2_and_help_exits_0() {
     );
     env.check(&["--help"], 0, "scope");
     env.check(&["scope", "--help"], 0, "reclaim");
+}
+
+#[test]
+fn registry_reads_without_owning_shows_invalid_records_and_a_second_writer_is_refused() {
+    let env = Env::new();
+    // Showing a directory with no registry creates nothing in it.
+    let empty = env.path("empty");
+    std::fs::create_dir(&empty).unwrap();
+    env.check(&["registry", "--state-dir", &empty], 0, "no spawned pods");
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+
+    // A record existing Pods wrote that we refuse: shown as INVALID with
+    // its reason, the rest listed, the file untouched.
+    let legacy = env.path("legacy");
+    std::fs::create_dir(&legacy).unwrap();
+    let file = Path::new(&legacy).join("spawned_pods.json");
+    let text = "[\n  {\"pod_name\": \"worker 1\", \"socket_path\": \"/run/w1.sock\", \"scope_delegated\": [], \"callback_address\": \"\"},\n  {\"pod_name\": \"w2\", \"socket_path\": \"/run/w2.sock\", \"scope_delegated\": [], \"callback_address\": \"\"}\n]\n";
+    std::fs::write(&file, text).unwrap();
+    let out = env.check(&["registry", "--state-dir", &legacy], 0, "INVALID");
+    assert!(out.contains("worker 1") && out.contains("w2"), "{out}");
+    let shown = env.json(&["registry", "--state-dir", &legacy]);
+    assert_eq!(shown["pods"][0]["pod_name"], "w2", "{shown}");
+    assert_eq!(
+        shown["invalid"][0]["raw"]["pod_name"], "worker 1",
+        "{shown}"
+    );
+    assert!(shown["invalid"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("worker 1"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+    assert_eq!(std::fs::read_dir(&legacy).unwrap().count(), 1);
+
+    // While `listen` owns its state directory: showing works, a second
+    // writer (reconcile, another listen) is refused naming the owner.
+    let root = env.listen("root", &["--reconcile-interval-ms", "0"]);
+    let state = env.path("root");
+    env.check(&["registry", "--state-dir", &state], 0, "no spawned pods");
+    let owner = format!("in use by process {}", root.pid());
+    let reconcile = [
+        "reconcile",
+        "--state-dir",
+        &state,
+        "--scope-lock",
+        &env.lock(),
+    ];
+    env.check(&reconcile, 1, &owner);
+    let other_socket = env.path("other.sock");
+    let listen = [
+        "listen",
+        "--name",
+        "root",
+        "--state-dir",
+        &state,
+        "--socket",
+        &other_socket,
+        "--scope-lock",
+        &env.lock(),
+    ];
+    env.check(&listen, 1, &owner);
+    assert!(!Path::new(&other_socket).exists());
+    drop(root);
+    env.check(&reconcile, 0, "nothing to repair");
 }

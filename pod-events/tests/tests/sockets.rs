@@ -92,12 +92,22 @@ async fn a_tree_of_endpoints_relays_takes_over_and_empties() {
     // Each parent registered the children it spawned itself.
     let root_registry = Arc::new(open(tree.state("root")).await);
     root_registry
-        .add(tree.record("child", "/srv/repo/a", "root", &child.incarnation))
+        .add(tree.record(
+            "child",
+            "/srv/repo/a",
+            "root",
+            child.incarnation.as_deref().unwrap(),
+        ))
         .await
         .unwrap();
     let child_registry = Arc::new(open(tree.state("child")).await);
     child_registry
-        .add(tree.record("gc", "/srv/repo/a/x", "child", &gc.incarnation))
+        .add(tree.record(
+            "gc",
+            "/srv/repo/a/x",
+            "child",
+            gc.incarnation.as_deref().unwrap(),
+        ))
         .await
         .unwrap();
 
@@ -143,12 +153,22 @@ async fn a_tree_of_endpoints_relays_takes_over_and_empties() {
     };
     send(
         &tree.sock("root"),
-        announce("child", "gc", "/srv/repo/a/x", &gc.incarnation),
+        announce(
+            "child",
+            "gc",
+            "/srv/repo/a/x",
+            gc.incarnation.as_deref().unwrap(),
+        ),
     )
     .await;
     send(
         &tree.sock("child"),
-        announce("gc", "ggc", "/srv/repo/a/x/y", &ggc.incarnation),
+        announce(
+            "gc",
+            "ggc",
+            "/srv/repo/a/x/y",
+            ggc.incarnation.as_deref().unwrap(),
+        ),
     )
     .await;
     let root_lines = lines(&root_sink, 2).await;
@@ -181,7 +201,7 @@ async fn a_tree_of_endpoints_relays_takes_over_and_empties() {
         &tree.sock("root"),
         PodEvent::ShutDown {
             pod_name: "child".into(),
-            incarnation: Some(child.incarnation.clone()),
+            incarnation: child.incarnation.clone(),
         },
     )
     .await;
@@ -203,7 +223,7 @@ async fn a_tree_of_endpoints_relays_takes_over_and_empties() {
         &tree.sock("child"),
         PodEvent::ShutDown {
             pod_name: "gc".into(),
-            incarnation: Some(gc.incarnation.clone()),
+            incarnation: gc.incarnation.clone(),
         },
     )
     .await;
@@ -235,6 +255,6 @@ async fn a_tree_of_endpoints_relays_takes_over_and_empties() {
     for name in ["root", "child"] {
         let reopened = open(tree.state(name)).await;
         assert!(reopened.list().is_empty(), "{name}: {:?}", reopened.list());
-        assert!(reopened.is_departed("gc", Some(&gc.incarnation)));
+        assert!(reopened.is_departed("gc", gc.incarnation.as_deref()));
     }
 }

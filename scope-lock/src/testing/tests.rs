@@ -212,7 +212,7 @@ fn apply(table: &mut Table, op: &Op, incarnation: String) -> Result<String, Scop
             )?
         ),
         Op::Release { name, incarnation } => {
-            let held = table.get(NAMES[*name]).map(|a| a.incarnation.clone());
+            let held = table.get(NAMES[*name]).and_then(|a| a.incarnation.clone());
             let requested = match incarnation {
                 Incarnation::None => None,
                 Incarnation::Held => held,

@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::{paths, scopes};
+use crate::{output, paths, scopes};
 
 #[derive(Debug, Args)]
 pub(crate) struct ListenArgs {
@@ -165,7 +165,7 @@ fn drain(lines: &mut mpsc::UnboundedReceiver<Notification>) {
 /// Writes one notification; true when stdout is gone.
 fn write_line(out: &mut impl Write, note: Notification, json: bool) -> bool {
     let text = if json {
-        json!({
+        output::json_line(&json!({
             "line": note.line,
             "origin": match note.origin {
                 Origin::Reported => "reported",
@@ -173,8 +173,7 @@ fn write_line(out: &mut impl Write, note: Notification, json: bool) -> bool {
             },
             "event": note.event,
             "peer_pid": note.peer.and_then(|peer| peer.pid),
-        })
-        .to_string()
+        }))
     } else {
         note.line
     };

@@ -92,9 +92,37 @@ pub(crate) fn print_table(table: &Table, empty: &str) -> Result<()> {
 
 /// Prints `value` as pretty JSON.
 pub(crate) fn print_json(value: &serde_json::Value) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(value).context("cannot encode JSON")?;
+    let text = serde_json::to_string_pretty(value).context("cannot encode JSON")?;
+    let mut text = escape_line_breaks(text);
     text.push('\n');
     print(&text)
+}
+
+/// `value` as one line of compact JSON (no trailing newline), for JSON
+/// lines output.
+pub(crate) fn json_line(value: &serde_json::Value) -> String {
+    escape_line_breaks(value.to_string())
+}
+
+/// Writes U+0085, U+2028 and U+2029 as `\u0085`, `\u2028`, `\u2029`.
+///
+/// serde_json leaves them raw, which is valid JSON, but JavaScript before
+/// ES2019 and many JSON-lines readers split lines on them, so a pod name
+/// holding one would cut a record in two. In serde_json's output they can
+/// only be inside strings (everything else is ASCII), where the escape
+/// means the same character.
+pub(crate) fn escape_line_breaks(json: String) -> String {
+    if !json.contains(['\u{85}', '\u{2028}', '\u{2029}']) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        match c {
+            '\u{85}' | '\u{2028}' | '\u{2029}' => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// `write /srv/a/**, read /srv/b/*`: the rules as the rendered event
@@ -165,6 +193,30 @@ mod tests {
         assert_eq!(short_id("0123456789abcdef"), "01234567…");
         assert_eq!(short_id("0123"), "0123");
         assert_eq!(short_id(""), "-");
+    }
+
+    #[test]
+    fn json_output_escapes_the_characters_line_readers_split_on() {
+        let name = "a\u{85}b\u{2028}c\u{2029}d\ne";
+        let value = serde_json::json!({ "pod_name": name });
+        let line = json_line(&value);
+        assert_eq!(line, r#"{"pod_name":"a\u0085b\u2028c\u2029d\ne"}"#);
+        assert!(!line.contains(['\u{85}', '\u{2028}', '\u{2029}', '\n']));
+        // Still the same JSON.
+        let back: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, value);
+        let pretty = escape_line_breaks(serde_json::to_string_pretty(&value).unwrap());
+        assert!(
+            !pretty.contains(['\u{85}', '\u{2028}', '\u{2029}']),
+            "{pretty}"
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&pretty).unwrap(),
+            value
+        );
+        // Nothing else changes.
+        let plain = serde_json::json!({ "pod_name": "é—✓" }).to_string();
+        assert_eq!(escape_line_breaks(plain.clone()), plain);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use pod_events::{render, Origin, Parent, SocketProbe};
 use pod_protocol::PodName;
-use pod_registry::{FileRegistry, Registry};
+use pod_registry::{FileRegistry, RegistrySnapshot};
 use pod_transport::UnixSender;
 use serde_json::json;
 
@@ -18,7 +18,8 @@ use crate::{paths, scopes};
 #[command(group = clap::ArgGroup::new("whose").required(true).multiple(true))]
 pub(crate) struct RegistryArgs {
     /// The pod's state directory (holding spawned_pods.json)
-    /// [default: RUNTIME_DIR/NAME].
+    /// [default: RUNTIME_DIR/NAME]. Read without owning it: works while a
+    /// `podctl listen` owns it, and creates nothing.
     #[arg(long, value_name = "DIR", group = "whose")]
     state_dir: Option<PathBuf>,
     /// The pod whose registry to show (locates the default state
@@ -30,9 +31,9 @@ pub(crate) struct RegistryArgs {
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("whose").required(true).multiple(true))]
 pub(crate) struct ReconcileArgs {
-    /// The pod's state directory [default: RUNTIME_DIR/NAME]. Do not
-    /// point it at a directory a running `podctl listen` owns: that
-    /// endpoint reconciles on its own.
+    /// The pod's state directory [default: RUNTIME_DIR/NAME]. Refused
+    /// while a running `podctl listen` owns it (the error names its pid):
+    /// that endpoint reconciles on its own.
     #[arg(long, value_name = "DIR", group = "whose")]
     state_dir: Option<PathBuf>,
     /// The pod whose registry this is: its descendants in the scope table
@@ -48,15 +49,22 @@ pub(crate) struct ReconcileArgs {
     parent_socket: Option<String>,
 }
 
-/// Opens the registry in `dir`, which must exist: showing a registry
-/// should not create one in a mistyped directory.
-fn open_existing(dir: &Path) -> Result<FileRegistry> {
+/// Fails unless `dir` exists: a mistyped directory is an error, not an
+/// empty registry (and must not get one created).
+fn require_dir(dir: &Path) -> Result<()> {
     if !dir.is_dir() {
         bail!(
             "no registry in {}: the directory does not exist (check --state-dir or --name)",
             dir.display()
         );
     }
+    Ok(())
+}
+
+/// Opens the registry in `dir` as its owner (the one writer; refused while
+/// a `podctl listen` owns it). `dir` must exist.
+fn open_existing(dir: &Path) -> Result<FileRegistry> {
+    require_dir(dir)?;
     Ok(FileRegistry::open(dir)?)
 }
 
@@ -67,15 +75,20 @@ pub(crate) fn show(args: RegistryArgs, json: bool) -> Result<()> {
         (None, Some(name)) => paths::state_dir(None, &paths::pod_name(&name)?)?,
         (None, None) => unreachable!("clap requires --state-dir or --name"),
     };
-    let registry = open_existing(&dir)?;
-    let (records, departed) = registry.read(|state| {
-        (
-            state.records().cloned().collect::<Vec<_>>(),
-            state.departed().cloned().collect::<Vec<_>>(),
-        )
-    });
+    // Read-only: takes no lock (works beside the `podctl listen` that
+    // owns the directory) and creates nothing.
+    require_dir(&dir)?;
+    let snapshot = RegistrySnapshot::load(&dir)?;
+    let state = snapshot.state();
+    let records: Vec<_> = state.records().cloned().collect();
+    let departed: Vec<_> = state.departed().cloned().collect();
+    let invalid = snapshot.invalid_records();
     if json {
-        return output::print_json(&json!({ "pods": records, "departed": departed }));
+        return output::print_json(&json!({
+            "pods": records,
+            "departed": departed,
+            "invalid": invalid,
+        }));
     }
     let mut table = Table::new(&["POD", "INCARNATION", "SOCKET", "REPORTS TO", "SCOPE"]);
     for record in &records {
@@ -88,6 +101,18 @@ pub(crate) fn show(args: RegistryArgs, json: bool) -> Result<()> {
         ]);
     }
     output::print_table(&table, "no spawned pods")?;
+    if !invalid.is_empty() {
+        // Written by another tool; kept as they are and never acted on.
+        let mut table = Table::new(&["INVALID", "POD", "REASON"]);
+        for record in invalid {
+            table.row(vec![
+                format!("#{}", record.index()),
+                record.pod_name().unwrap_or_else(|| "-".into()),
+                record.reason().to_owned(),
+            ]);
+        }
+        output::print_table(&table, "")?;
+    }
     if !departed.is_empty() {
         let names: Vec<String> = departed.iter().map(|t| t.pod_name.to_string()).collect();
         output::print(&format!(

@@ -196,7 +196,7 @@ fn cells(table: &ScopeTable<FileStore>, allocation: &Allocation, label: String) 
             .delegated_from
             .as_ref()
             .map_or("-".into(), |p| p.to_string()),
-        output::short_id(&allocation.incarnation),
+        output::short_id(allocation.incarnation.as_deref().unwrap_or_default()),
         allocation.socket.clone(),
         output::rules(&allocation.scope_allow),
     ]

@@ -3,7 +3,9 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use pod_protocol::PodEvent;
-use pod_transport::UnixSender;
+use std::time::Duration;
+
+use pod_transport::{SendConfig, UnixSender};
 
 use crate::paths;
 
@@ -30,10 +32,13 @@ pub(crate) fn run(args: SendArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(pod_events::send_pod_event(
-        &UnixSender::default(),
-        socket.as_ref(),
-        event,
-    ))?;
+    // Alive until the listener has read the event: it then records which
+    // processes this one descends from, so the pod or supervisor that ran
+    // this command can be told to be its sender.
+    let sender = UnixSender::new(SendConfig {
+        linger: Some(Duration::from_secs(2)),
+        ..SendConfig::default()
+    });
+    runtime.block_on(pod_events::send_pod_event(&sender, socket.as_ref(), event))?;
     Ok(())
 }

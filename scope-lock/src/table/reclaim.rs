@@ -1,0 +1,176 @@
+//! Reclaiming dead pods: the full sweep ([`Table::reclaim`]) and the
+//! probe through which register and delegate reclaim only the dead pods in
+//! their way, with the argument that both give the same answers.
+
+use std::collections::{HashMap, HashSet};
+
+use pod_protocol::PodName;
+
+use super::undo::Undo;
+use super::{Allocation, Table};
+
+impl Table {
+    /// Removes every allocation for which `is_live` returns false and
+    /// returns them, sorted by name. Each surviving pod whose parent was
+    /// removed is reparented to its nearest surviving ancestor (or becomes
+    /// top-level). `is_live` is called once per allocation.
+    pub fn reclaim(&mut self, mut is_live: impl FnMut(&Allocation) -> bool) -> Vec<Allocation> {
+        let dead: HashSet<PodName> = self
+            .allocations
+            .iter()
+            .filter(|a| !is_live(a))
+            .map(|a| a.pod_name.clone())
+            .collect();
+        self.remove_dead(&dead)
+    }
+
+    /// Removes the allocations named in `dead` and returns them, sorted by
+    /// name; each remaining pod whose parent was removed is reparented to
+    /// its nearest remaining ancestor (or becomes top-level). Does nothing
+    /// (and leaves the stamp alone) if `dead` is empty. One pass over the
+    /// table.
+    pub(super) fn remove_dead(&mut self, dead: &HashSet<PodName>) -> Vec<Allocation> {
+        if dead.is_empty() {
+            return Vec::new();
+        }
+        // The nearest surviving ancestor of each dead pod: walk up through
+        // dead ones, then remember the answer for every pod on the walk, so
+        // each dead pod is walked over once (linear even for a long chain).
+        let mut heir: HashMap<PodName, Option<PodName>> = HashMap::new();
+        for name in dead {
+            if heir.contains_key(name) || self.get(name.as_str()).is_none() {
+                continue;
+            }
+            let mut walked = vec![name.clone()];
+            let mut parent = self
+                .get(name.as_str())
+                .and_then(|a| a.delegated_from.clone());
+            while let Some(p) = parent.clone().filter(|p| dead.contains(p)) {
+                if let Some(known) = heir.get(&p) {
+                    parent = known.clone();
+                    break;
+                }
+                if walked.len() > dead.len() {
+                    // A cycle of dead pods (only in a table built unchecked):
+                    // nothing above it survives.
+                    parent = None;
+                    break;
+                }
+                parent = self.get(p.as_str()).and_then(|a| a.delegated_from.clone());
+                walked.push(p);
+            }
+            for pod in walked {
+                heir.insert(pod, parent.clone());
+            }
+        }
+        let all = std::mem::take(&mut self.allocations);
+        let mut removed = Vec::new();
+        let mut kept = Vec::with_capacity(all.len());
+        let mut undo_removed = Vec::new();
+        for (i, a) in all.into_iter().enumerate() {
+            if dead.contains(&a.pod_name) {
+                if self.journal.is_some() {
+                    undo_removed.push((i, a.clone()));
+                }
+                removed.push(a);
+            } else {
+                kept.push(a);
+            }
+        }
+        self.allocations = kept;
+        if let Some(journal) = &mut self.journal {
+            journal.record(Undo::Removed(undo_removed));
+        }
+        for (i, a) in self.allocations.iter_mut().enumerate() {
+            if let Some(new_parent) = a.delegated_from.as_ref().and_then(|p| heir.get(p)) {
+                let old = std::mem::replace(&mut a.delegated_from, new_parent.clone());
+                if let Some(journal) = &mut self.journal {
+                    journal.record(Undo::Reparented(i, old));
+                }
+            }
+        }
+        self.touch();
+        removed
+    }
+}
+
+/// The liveness of the pods a register or delegate consults, asked once per
+/// pod; the dead ones are remembered, to be reclaimed.
+///
+/// # Why reclaiming only what blocks the request gives the same answer
+///
+/// [`ScopeTable`](crate::ScopeTable) used to reclaim every stale
+/// allocation before acting, which probes every allocation (a read of
+/// `/proc/<pid>/stat` each). Instead the checks pass each pod they consult
+/// through the probe just before relying on it, treat a dead one as absent,
+/// and the dead ones are then reclaimed. Write `D` for the dead
+/// allocations, `R` (a subset of `D`) for those the probe found, `full` for
+/// the table after reclaiming `D` and `ours` for the table after
+/// reclaiming `R`. The answer on `ours` equals the answer on `full`:
+///
+/// - Reclaiming removes pods and reparents each survivor to its nearest
+///   surviving ancestor, so among survivors the ancestor relation is the
+///   original one restricted to them, whatever subset is removed: a live
+///   pod is in the spawner's lineage in `ours` exactly when it is in
+///   `full`. Reparenting never moves a pod into the lineage.
+/// - `UnknownPod`: the spawner is probed first; absent or dead, it is absent
+///   from both tables.
+/// - `DuplicateName`: the holder of the name is probed; it refuses only if
+///   live, i.e. present in `full`.
+/// - `NotSubset` depends only on the spawner's rules, the same in both.
+/// - `WriteConflict` names the first requested write rule, then the first
+///   pod by name outside the lineage, with an overlapping write rule. The
+///   scan probes each such pod in that order and skips the dead ones, so
+///   the first live one it stops at is the first one in `full` (whose
+///   pods outside the lineage are the live ones outside it in ours). The
+///   blame then steps down to children (`Table::deepest_owner`): the
+///   children of a live pod in `full` are the live pods whose nearest live
+///   ancestor it is in ours, which is what the step down probes for. Dead
+///   pods inside the lineage (unprobed ancestors of the spawner) are
+///   allowed to overlap in both cases, being absent from `full`.
+/// - On success the new pod is inserted under a live parent (or none), so
+///   reclaiming the rest of `D` afterwards gives `full` plus the new pod:
+///   the two tables agree on every live pod, its rules and its nearest live
+///   ancestor. The invariant holds on `ours` too: every pod the new one
+///   may not overlap was checked, dead or alive.
+///
+/// Removing dead allocations only ever removes conflicts, so no probe is
+/// needed for a pod that could only allow the request. What differs from a
+/// full reclaim: dead allocations that do not block the request stay in
+/// the table (listed, and possibly named by `owner_of`) until the next
+/// [`Table::reclaim`] (`ScopeTable::reclaim_stale`, which pod-events'
+/// reconcile runs periodically) or until they would block a request.
+pub(super) struct Probe<F> {
+    is_live: F,
+    /// Pods found live.
+    live: HashSet<PodName>,
+    /// Pods found dead: reclaimed after the checks.
+    pub(super) dead: HashSet<PodName>,
+}
+
+impl<F: FnMut(&Allocation) -> bool> Probe<F> {
+    pub(super) fn new(is_live: F) -> Self {
+        Probe {
+            is_live,
+            live: HashSet::new(),
+            dead: HashSet::new(),
+        }
+    }
+
+    pub(super) fn is_live(&mut self, allocation: &Allocation) -> bool {
+        let name = &allocation.pod_name;
+        if self.live.contains(name) {
+            return true;
+        }
+        if self.dead.contains(name) {
+            return false;
+        }
+        let live = (self.is_live)(allocation);
+        if live {
+            self.live.insert(name.clone());
+        } else {
+            self.dead.insert(name.clone());
+        }
+        live
+    }
+}
