@@ -221,3 +221,56 @@ fn pem_files_load_and_their_errors_name_the_file() {
         "not a regular file",
     );
 }
+
+mod pod_names {
+    use pod_transport::tls::pod_name_of;
+    use pod_transport::tls::rustls::pki_types::CertificateDer;
+    use pod_transport::PodName;
+    use proptest::prelude::*;
+    use rcgen::{CertificateParams, KeyPair, SanType};
+
+    /// A self-signed certificate with these URI names (the signature is
+    /// not what `pod_name_of` reads: the handshake verified it already).
+    fn cert_with_uris(uris: &[String]) -> CertificateDer<'static> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = uris
+            .iter()
+            .map(|uri| SanType::URI(uri.clone().try_into().unwrap()))
+            .collect();
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The model: the first `pod://` URI's rest, validated as a pod
+        /// name; other URIs before it are skipped.
+        #[test]
+        fn the_pod_name_is_the_first_pod_uri_validated(
+            name in "[ -~]{0,40}|[A-Za-z0-9][A-Za-z0-9._-]{0,20}",
+            other in proptest::option::of("https://[a-z]{1,8}"),
+        ) {
+            let mut uris: Vec<String> = other.into_iter().collect();
+            uris.push(format!("pod://{name}"));
+            let got = pod_name_of(&cert_with_uris(&uris));
+            match PodName::new(name.clone()) {
+                Ok(expected) => prop_assert_eq!(got.unwrap(), expected),
+                Err(_) => prop_assert!(got.is_err(), "{:?} accepted", name),
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_an_error_never_a_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..600),
+        ) {
+            prop_assert!(pod_name_of(&CertificateDer::from(bytes)).is_err());
+        }
+    }
+
+    #[test]
+    fn a_certificate_without_a_pod_uri_names_no_pod() {
+        let err = pod_name_of(&cert_with_uris(&["https://example.invalid".into()])).unwrap_err();
+        assert!(err.contains("pod://<name>"), "{err}");
+    }
+}
