@@ -145,7 +145,8 @@ async fn a_handshake_that_never_completes_is_cut_at_its_timeout() {
         .await
         .expect("the listener closes a silent handshake");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    assert_eq!(listener.stats().rejected_peers, 1);
+    // The connection is dropped before the refusal is counted.
+    wait_for(&listener, |stats| stats.rejected_peers == 1).await;
     let friend = sender(&ca, &ca.pod("w1"));
     friend
         .send_to(&addr(&listener), &notify("after"))
@@ -170,6 +171,25 @@ async fn the_pooled_sender_survives_a_listener_restart() {
     // The pooled connection is dead: the sender notices and reconnects.
     sender.send_to(&to, &notify("after")).await.unwrap();
     check_next(&mut second, "w1", &notify("after")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_pooled_past_max_idle_is_not_reused() {
+    let ca = Ca::new();
+    let mut listener = bind(&ca, TlsListenConfig::default()).await;
+    let to = addr(&listener);
+    let sender = TlsSender::new(
+        client(&ca, &ca.pod("w1")),
+        TlsSendConfig {
+            max_idle: Duration::ZERO,
+            ..send_config()
+        },
+    );
+    for message in ["one", "two"] {
+        sender.send_to(&to, &notify(message)).await.unwrap();
+        check_next(&mut listener, "w1", &notify(message)).await;
+    }
+    assert_eq!(listener.stats().connections, 2, "{:?}", listener.stats());
 }
 
 #[tokio::test]
