@@ -234,15 +234,24 @@ fn read_holder_pid(file: &File) -> Option<u32> {
         // One positioned read of a few bytes of a regular file sees the
         // holder's single write whole or not at all.
         let len = file.read_at(&mut buf, 0).ok()?;
-        let text = std::str::from_utf8(&buf[..len]).ok()?;
-        if let Some(pid) = text.strip_suffix('\n') {
-            return pid.parse().ok();
+        match parse_holder_pid(&buf[..len]) {
+            Some(pid) => return pid,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            None => return None,
         }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Parses a lock file's content: `Some(pid)` once it is complete (a line),
+/// `None` while it is still empty or partial. Whatever else the file holds
+/// (it is only ours by convention) reads as an unknown pid, `Some(None)`.
+fn parse_holder_pid(content: &[u8]) -> Option<Option<u32>> {
+    let line = content.strip_suffix(b"\n")?;
+    Some(
+        std::str::from_utf8(line)
+            .ok()
+            .and_then(|pid| pid.parse().ok()),
+    )
 }
 
 /// What is at the socket path before binding.
@@ -333,5 +342,35 @@ pub(crate) fn remove_socket(path: &Path, file: FileId) {
         if err.kind() != io::ErrorKind::NotFound {
             tracing::warn!(path = %path.display(), error = %err, "cannot remove socket file");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_file_content_parses_only_as_a_complete_pid_line() {
+        assert_eq!(parse_holder_pid(b"1234\n"), Some(Some(1234)));
+        assert_eq!(parse_holder_pid(b""), None, "not written yet");
+        assert_eq!(parse_holder_pid(b"12"), None, "mid-write");
+        for junk in [
+            &b"x\n"[..],
+            b"-1\n",
+            b"99999999999\n",
+            b"\xff\n",
+            b"\n",
+            b"1 2\n",
+        ] {
+            assert_eq!(parse_holder_pid(junk), Some(None), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn lock_path_appends_lock_to_the_socket_name() {
+        assert_eq!(
+            lock_path(Path::new("/run/pods/p/sock")),
+            Path::new("/run/pods/p/sock.lock")
+        );
     }
 }

@@ -351,9 +351,7 @@ impl Listener {
 
     /// A handle that starts a graceful shutdown from anywhere.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle {
-            token: self.context.shared.shutdown.clone(),
-        }
+        ShutdownHandle::new(self.context.shared.shutdown.clone())
     }
 
     /// Shuts down gracefully and waits until done: stops accepting, removes

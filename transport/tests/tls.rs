@@ -145,7 +145,8 @@ async fn a_handshake_that_never_completes_is_cut_at_its_timeout() {
         .await
         .expect("the listener closes a silent handshake");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    assert_eq!(listener.stats().rejected_peers, 1);
+    // The connection is dropped before the refusal is counted.
+    wait_for(&listener, |stats| stats.rejected_peers == 1).await;
     let friend = sender(&ca, &ca.pod("w1"));
     friend
         .send_to(&addr(&listener), &notify("after"))
@@ -170,6 +171,25 @@ async fn the_pooled_sender_survives_a_listener_restart() {
     // The pooled connection is dead: the sender notices and reconnects.
     sender.send_to(&to, &notify("after")).await.unwrap();
     check_next(&mut second, "w1", &notify("after")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_pooled_past_max_idle_is_not_reused() {
+    let ca = Ca::new();
+    let mut listener = bind(&ca, TlsListenConfig::default()).await;
+    let to = addr(&listener);
+    let sender = TlsSender::new(
+        client(&ca, &ca.pod("w1")),
+        TlsSendConfig {
+            max_idle: Duration::ZERO,
+            ..send_config()
+        },
+    );
+    for message in ["one", "two"] {
+        sender.send_to(&to, &notify(message)).await.unwrap();
+        check_next(&mut listener, "w1", &notify(message)).await;
+    }
+    assert_eq!(listener.stats().connections, 2, "{:?}", listener.stats());
 }
 
 #[tokio::test]
@@ -220,4 +240,57 @@ fn pem_files_load_and_their_errors_name_the_file() {
         dir.path(),
         "not a regular file",
     );
+}
+
+mod pod_names {
+    use pod_transport::tls::pod_name_of;
+    use pod_transport::tls::rustls::pki_types::CertificateDer;
+    use pod_transport::PodName;
+    use proptest::prelude::*;
+    use rcgen::{CertificateParams, KeyPair, SanType};
+
+    /// A self-signed certificate with these URI names (the signature is
+    /// not what `pod_name_of` reads: the handshake verified it already).
+    fn cert_with_uris(uris: &[String]) -> CertificateDer<'static> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = uris
+            .iter()
+            .map(|uri| SanType::URI(uri.clone().try_into().unwrap()))
+            .collect();
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The model: the first `pod://` URI's rest, validated as a pod
+        /// name; other URIs before it are skipped.
+        #[test]
+        fn the_pod_name_is_the_first_pod_uri_validated(
+            name in "[ -~]{0,40}|[A-Za-z0-9][A-Za-z0-9._-]{0,20}",
+            other in proptest::option::of("https://[a-z]{1,8}"),
+        ) {
+            let mut uris: Vec<String> = other.into_iter().collect();
+            uris.push(format!("pod://{name}"));
+            let got = pod_name_of(&cert_with_uris(&uris));
+            match PodName::new(name.clone()) {
+                Ok(expected) => prop_assert_eq!(got.unwrap(), expected),
+                Err(_) => prop_assert!(got.is_err(), "{:?} accepted", name),
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_an_error_never_a_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..600),
+        ) {
+            prop_assert!(pod_name_of(&CertificateDer::from(bytes)).is_err());
+        }
+    }
+
+    #[test]
+    fn a_certificate_without_a_pod_uri_names_no_pod() {
+        let err = pod_name_of(&cert_with_uris(&["https://example.invalid".into()])).unwrap_err();
+        assert!(err.contains("pod://<name>"), "{err}");
+    }
 }

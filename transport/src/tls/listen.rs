@@ -61,7 +61,9 @@ impl Connection for TlsStream<TcpStream> {
 /// idle time, eviction and the queue are bounded as for the Unix
 /// [`Listener`](crate::Listener); shutdown stops accepting, lets open
 /// connections finish what they have sent (bounded by the idle timeout)
-/// and ends the stream.
+/// and ends the stream. Unlike a Unix socket's backlog, TCP connections
+/// not yet accepted at shutdown are refused, not served: their handshake
+/// never completed, so their senders have sent nothing yet.
 pub struct TlsListener {
     shared: Arc<Shared>,
     local_addr: SocketAddr,

@@ -19,6 +19,12 @@ use crate::{Method, MethodSender, SendError};
 
 type Connection = TlsStream<TcpStream>;
 
+/// A pooled connection and when it was last used.
+struct Idle {
+    conn: Connection,
+    since: Instant,
+}
+
 /// Deadline and pool bounds of a [`TlsSender`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSendConfig {
@@ -36,6 +42,11 @@ pub struct TlsSendConfig {
     pub initial_backoff: Duration,
     /// Longest pause between two connect attempts (default 200 ms).
     pub max_backoff: Duration,
+    /// A pooled connection unused for this long is closed instead of
+    /// reused (default 5 s, half the listener's default idle timeout), so
+    /// a send does not race the listener closing it for idleness: a frame
+    /// written just as the listener closes would be lost.
+    pub max_idle: Duration,
 }
 
 impl Default for TlsSendConfig {
@@ -45,6 +56,7 @@ impl Default for TlsSendConfig {
             pool_size: 4,
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(200),
+            max_idle: Duration::from_secs(5),
         }
     }
 }
@@ -60,12 +72,19 @@ impl Default for TlsSendConfig {
 /// caller past that deadline: fire-and-forget, an undeliverable method is
 /// dropped, logged at warn level and returned as an error.
 ///
+/// There is no acknowledgement: a frame written on a pooled connection at
+/// the very moment the listener closes it (shutdown, or a listener-side
+/// bound) can be lost although the send succeeded. Closing pooled
+/// connections after [`TlsSendConfig::max_idle`] keeps that window away
+/// from the listener's idle timeout; the periodic reconcile of the layers
+/// above covers the rest, as for every lost event.
+///
 /// Clones share the pool.
 #[derive(Clone)]
 pub struct TlsSender {
     connector: TlsConnector,
     config: TlsSendConfig,
-    pool: Arc<Mutex<HashMap<String, Vec<Connection>>>>,
+    pool: Arc<Mutex<HashMap<String, Vec<Idle>>>>,
 }
 
 impl std::fmt::Debug for TlsSender {
@@ -110,7 +129,7 @@ impl TlsSender {
         self.lock().get(addr).map_or(0, Vec::len)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Connection>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Idle>>> {
         // Every critical section is one push or pop: consistent after a panic.
         self.pool.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -157,8 +176,8 @@ impl TlsSender {
     fn take(&self, addr: &str) -> Option<Connection> {
         let mut pool = self.lock();
         let idle = pool.get_mut(addr)?;
-        while let Some(conn) = idle.pop() {
-            if is_open(&conn) {
+        while let Some(Idle { conn, since }) = idle.pop() {
+            if since.elapsed() < self.config.max_idle && is_open(&conn) {
                 return Some(conn);
             }
         }
@@ -169,7 +188,10 @@ impl TlsSender {
         let mut pool = self.lock();
         let idle = pool.entry(addr.to_owned()).or_default();
         if idle.len() < self.config.pool_size {
-            idle.push(conn);
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
         }
     }
 
