@@ -152,9 +152,12 @@ impl Peer {
         }
     }
 
-    /// The calling process, as a local peer.
+    /// The calling process, as a local peer, with its ancestors (as a
+    /// listener records them).
     pub fn current() -> Self {
-        Peer::local(PeerCred::current())
+        let mut peer = Peer::local(PeerCred::current());
+        peer.record_ancestors();
+        peer
     }
 
     /// A remote peer whose verified certificate names `pod_name`.
