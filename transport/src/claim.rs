@@ -41,6 +41,13 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::listen::{ListenConfig, ListenError};
 
+/// How long a busy lock is retried before the bind is refused. A lock can
+/// be busy for an instant after its listener is gone: a child process
+/// that another thread of the holder forks keeps a copy of the lock's
+/// descriptor until it execs (the descriptor is close-on-exec), and the
+/// flock lives as long as any copy. A lock held by a live listener stays
+/// busy, so this only delays a refusal, boundedly.
+const LOCK_WAIT: Duration = Duration::from_millis(250);
 /// How long a listener refused by the lock keeps re-reading the lock file
 /// when it is still empty: the holder writes its pid just after locking,
 /// and the refusal should name it.
@@ -207,16 +214,22 @@ fn take_lock(socket: &Path, own_uid: u32) -> Result<File, ListenError> {
             ),
         )));
     }
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            return Err(ListenError::Locked {
-                path: socket.to_owned(),
-                lock: path.clone(),
-                pid: read_holder_pid(&file),
-            })
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(ListenError::Locked {
+                    path: socket.to_owned(),
+                    lock: path.clone(),
+                    pid: read_holder_pid(&file),
+                })
+            }
+            Err(TryLockError::Error(source)) => return Err(lock_err(source)),
         }
-        Err(TryLockError::Error(source)) => return Err(lock_err(source)),
     }
     let pid = format!("{}\n", std::process::id());
     file.set_len(0)
