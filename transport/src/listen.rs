@@ -305,7 +305,9 @@ impl Listener {
     /// through a link, this process's pid written into it) and holds it
     /// until the listener is gone: a second listener on the same path,
     /// from any process, is refused with the holder's pid
-    /// ([`ListenError::Locked`]), so racing listeners cannot both start.
+    /// ([`ListenError::Locked`], after retrying a busy lock for up to
+    /// 250 ms, so that a lock released an instant ago is not mistaken for
+    /// a live one), so racing listeners cannot both start.
     /// The lock file is left in place afterwards (removing it would let a
     /// later pair of listeners lock different files under one name).
     ///
