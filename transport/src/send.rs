@@ -131,6 +131,11 @@ pub struct SendConfig {
     /// receiver that checks who may speak for which process needs them.
     /// Waiting never fails the send: the frame was written.
     pub linger: Option<Duration>,
+    /// The names methods are written with (default
+    /// [`Dialect::Original`](pod_protocol::Dialect::Original)): a pod
+    /// reporting to a parent of the later dialect uses
+    /// [`Dialect::Worker`](pod_protocol::Dialect::Worker).
+    pub dialect: pod_protocol::Dialect,
 }
 
 impl Default for SendConfig {
@@ -140,6 +145,7 @@ impl Default for SendConfig {
             write_timeout: Duration::from_secs(2),
             backlog_deadline: Duration::from_secs(5),
             linger: None,
+            dialect: pod_protocol::Dialect::Original,
         }
     }
 }
@@ -253,7 +259,7 @@ pub(crate) fn jitter_up_to(max: Duration) -> Duration {
 
 impl MethodSender for UnixSender {
     async fn send(&self, to: &Path, method: &Method) -> Result<(), SendError> {
-        let frame = pod_protocol::encode(method);
+        let frame = self.config.dialect.encode(method);
         self.send_frame(to, &frame).await
     }
 }

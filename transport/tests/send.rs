@@ -104,3 +104,55 @@ fn error_messages_say_what_to_do() {
     .to_string();
     assert!(full.contains("backlog_deadline"), "{full}");
 }
+
+#[tokio::test]
+async fn a_sender_writes_in_its_configured_dialect() {
+    let (_dir, path) = socket_path();
+    let raw = StdListener::bind(&path).unwrap();
+    let sender = UnixSender::new(SendConfig {
+        dialect: pod_protocol::Dialect::Worker,
+        ..SendConfig::default()
+    });
+    let event = pod_transport::Method::PodEvent(pod_protocol::PodEvent::TurnEnded {
+        pod_name: "w1".into(),
+        incarnation: None,
+    });
+    sender.send(&path, &event).await.unwrap();
+    let (mut stream, _) = raw.accept().unwrap();
+    let mut line = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut line).unwrap();
+    assert_eq!(
+        line,
+        "{\"method\":\"worker_event\",\"params\":{\"kind\":\"turn_ended\",\"worker_name\":\"w1\"}}\n"
+    );
+}
+
+#[tokio::test]
+async fn a_lingering_sender_returns_once_the_listener_has_read_and_closed() {
+    let (_dir, path) = socket_path();
+    let raw = StdListener::bind(&path).unwrap();
+    let sender = UnixSender::new(SendConfig {
+        linger: Some(Duration::from_secs(30)),
+        ..SendConfig::default()
+    });
+    let reader = std::thread::spawn(move || {
+        let (mut stream, _) = raw.accept().unwrap();
+        let mut got = Vec::new();
+        // Reads to the sender's half-close, then closes: the sender's cue.
+        std::io::Read::read_to_end(&mut stream, &mut got).unwrap();
+        got
+    });
+    sender.send(&path, &notify("still here")).await.unwrap();
+    // The send returned, so the reader has read everything and closed.
+    let got = reader.join().unwrap();
+    assert!(got.ends_with(b"\n") && got.len() > 10, "{got:?}");
+    // And without an answer the linger is bounded: a listener that never
+    // closes delays the send by at most the linger.
+    let (_dir2, path2) = socket_path();
+    let _silent = StdListener::bind(&path2).unwrap();
+    let brief = UnixSender::new(SendConfig {
+        linger: Some(Duration::from_millis(100)),
+        ..SendConfig::default()
+    });
+    brief.send(&path2, &notify("nobody reads")).await.unwrap();
+}

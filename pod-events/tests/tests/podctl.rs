@@ -868,3 +868,50 @@ fn registry_reads_without_owning_shows_invalid_records_and_a_second_writer_is_re
     drop(root);
     env.check(&reconcile, 0, "nothing to repair");
 }
+
+#[test]
+fn relays_upward_use_the_configured_dialect() {
+    let env = Env::new();
+    // A parent of the later dialect: here a bare socket that keeps what
+    // it is sent.
+    let parent_path = env.path("parent.sock");
+    let parent = std::os::unix::net::UnixListener::bind(&parent_path).unwrap();
+    let mut child = env.listen(
+        "child",
+        &[
+            "--parent-socket",
+            &parent_path,
+            "--upward-dialect",
+            "worker",
+            "--reconcile-interval-ms",
+            "0",
+        ],
+    );
+    // In the later dialect too: both are understood.
+    env.check(
+        &[
+            "send",
+            "--socket",
+            &env.socket("child"),
+            "--dialect",
+            "worker",
+            "--event",
+            r#"{"kind":"shut_down","pod_name":"w1"}"#,
+        ],
+        0,
+        "",
+    );
+    child.expect("pod `w1` shut down");
+    let (mut relayed, _) = parent.accept().unwrap();
+    let mut line = String::new();
+    std::io::Read::read_to_string(&mut relayed, &mut line).unwrap();
+    assert_eq!(
+        line,
+        "{\"method\":\"worker_event\",\"params\":{\"kind\":\"shut_down\",\"worker_name\":\"w1\"}}\n"
+    );
+    env.check(
+        &["listen", "--name", "x", "--upward-dialect", "klingon"],
+        2,
+        "klingon",
+    );
+}

@@ -14,8 +14,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use pod_events::{spawn_endpoint, EndpointConfig, Notification, Origin, Parent, SocketProbe};
+use pod_protocol::Dialect;
 use pod_registry::FileRegistry;
-use pod_transport::{ListenConfig, Listener, UnixSender};
+use pod_transport::{ListenConfig, Listener, SendConfig, UnixSender};
 use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -41,6 +42,12 @@ pub(crate) struct ListenArgs {
     /// pod).
     #[arg(long, value_name = "PATH")]
     parent_socket: Option<String>,
+    /// The names this pod's relays to its parent are written with:
+    /// `original` (existing Pods' `pod_event`), or `worker` for a parent of
+    /// the later dialect (`worker_event`, `worker_name`, ...). Events of
+    /// either dialect are always understood.
+    #[arg(long, value_name = "DIALECT", default_value_t = Dialect::Original)]
+    upward_dialect: Dialect,
     /// Reconcile at start and then every this many milliseconds (0: never).
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     reconcile_interval_ms: u64,
@@ -64,7 +71,13 @@ pub(crate) fn run(args: ListenArgs, json: bool) -> Result<()> {
     let registry = FileRegistry::open(&state_dir)?;
     let parent = Parent::new(name, registry, table, SocketProbe::default());
     let parent = match parent_socket {
-        Some(up) => parent.with_upward(UnixSender::default(), up),
+        Some(up) => parent.with_upward(
+            UnixSender::new(SendConfig {
+                dialect: args.upward_dialect,
+                ..SendConfig::default()
+            }),
+            up,
+        ),
         None => parent,
     };
 

@@ -18,6 +18,10 @@ pub(crate) struct SendArgs {
     /// '{"kind":"shut_down","pod_name":"w1"}'.
     #[arg(long, value_name = "JSON")]
     event: String,
+    /// The names the event is written with: `original` (`pod_event`), or
+    /// `worker` for a parent of the later dialect (`worker_event`).
+    #[arg(long, value_name = "DIALECT", default_value_t = pod_protocol::Dialect::Original)]
+    dialect: pod_protocol::Dialect,
 }
 
 /// Checks the event as a receiver would (so a bad one is refused here,
@@ -37,6 +41,7 @@ pub(crate) fn run(args: SendArgs) -> Result<()> {
     // this command can be told to be its sender.
     let sender = UnixSender::new(SendConfig {
         linger: Some(Duration::from_secs(2)),
+        dialect: args.dialect,
         ..SendConfig::default()
     });
     runtime.block_on(pod_events::send_pod_event(&sender, socket.as_ref(), event))?;
