@@ -16,9 +16,9 @@ use tracing::Instrument;
 use crate::identity::{
     quick_verdict, Context, ProcTree, ProcessTree, SenderPolicy, Snapshot, Snapshots, Verdict,
 };
-use crate::parent::{Parent, Reconciliation};
+use crate::parent::{Effects, Parent, Reconciliation};
 use crate::probe::Reachability;
-use crate::render::{render, Origin};
+use crate::render::{render_applied, Applied, Origin};
 
 /// One rendered line for the embedding application (its LLM context).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,6 +316,8 @@ where
         mut source: impl MethodSource,
         mut stopped: watch::Receiver<bool>,
     ) {
+        // The first events find a snapshot to check their senders against.
+        self.refresh_snapshot();
         let in_flight = Arc::new(Semaphore::new(self.config.max_in_flight.max(1)));
         let lanes = TaskTracker::new();
         let reconciler = self
@@ -413,14 +415,26 @@ where
         }
     }
 
-    /// The verdict on `event` from the latest snapshot, when it is recent
-    /// and enough to decide.
-    fn quick_check(&self, event: &PodEvent, peer: &Peer) -> Option<Verdict> {
+    /// The verdict on `event` from the latest snapshot, when that is
+    /// enough to decide (a `TurnEnded` or `Errored` it admits). A snapshot
+    /// that is no longer recent still serves, so such events are rendered
+    /// whatever the table is doing; it is refreshed in the background.
+    fn quick_check(self: &Arc<Self>, event: &PodEvent, peer: &Peer) -> Option<Verdict> {
         let snapshot = self.snapshots.current();
         if !snapshot.is_recent(self.parent.table_writes(), self.config.snapshot_max_age) {
-            return None;
+            self.refresh_snapshot();
+            if snapshot.seq() == 0 {
+                return None;
+            }
         }
         quick_verdict(event, peer, &snapshot, self.config.sender_policy)
+    }
+
+    /// Starts a load of the table unless one runs.
+    fn refresh_snapshot(self: &Arc<Self>) {
+        if let Some(seq) = self.snapshots.want(self.snapshots.ticket()) {
+            tokio::spawn(self.clone().load_snapshots(seq));
+        }
     }
 
     /// Checks the sender of `event`, received when load `ticket` was the
@@ -523,7 +537,8 @@ where
             pod_name: event.subject().to_owned(),
             incarnation: event.subject_incarnation().map(str::to_owned),
         });
-        let line = render(&event, Origin::Reported);
+        let applied = applied(&effects);
+        let line = render_applied(&event, Origin::Reported, &applied);
         self.sink.deliver(Notification {
             line,
             event,
@@ -531,7 +546,7 @@ where
             peer: Some(peer),
         });
         if let Some(inferred) = inferred {
-            deliver_inferred(&self.sink, inferred);
+            deliver_inferred(&self.sink, inferred, &applied);
         }
         bump(&self.counters.applied, 1);
     }
@@ -597,9 +612,16 @@ fn has_side_effects(event: &PodEvent) -> bool {
     !matches!(event, PodEvent::TurnEnded { .. } | PodEvent::Errored { .. })
 }
 
-fn deliver_inferred(sink: &impl NotificationSink, event: PodEvent) {
+/// The words of what applying an event did.
+fn applied(effects: &Effects) -> Applied {
+    Applied::saved()
+        .released(effects.released.is_some())
+        .not_saved(effects.not_saved.clone())
+}
+
+fn deliver_inferred(sink: &impl NotificationSink, event: PodEvent, applied: &Applied) {
     sink.deliver(Notification {
-        line: render(&event, Origin::Inferred),
+        line: render_applied(&event, Origin::Inferred, applied),
         event,
         origin: Origin::Inferred,
         peer: None,
@@ -608,10 +630,10 @@ fn deliver_inferred(sink: &impl NotificationSink, event: PodEvent) {
 
 /// Delivers one line per inferred outcome of a reconcile pass.
 pub(crate) fn deliver_reconciliation(report: &Reconciliation, sink: &impl NotificationSink) {
-    for (event, _) in &report.presumed_crashed {
-        deliver_inferred(sink, event.clone());
+    for (event, effects) in &report.presumed_crashed {
+        deliver_inferred(sink, event.clone(), &applied(effects));
     }
     for (event, _) in &report.adopted {
-        deliver_inferred(sink, event.clone());
+        deliver_inferred(sink, event.clone(), &Applied::saved());
     }
 }

@@ -42,11 +42,16 @@
 //! the files themselves, as far as their modes and the kernel allow); these
 //! checks make it unable to do harm through the endpoint's side effects. A
 //! pod that is dead but whose allocation is not yet reclaimed, and whose pid
-//! was reused, is told apart by its start time. `TurnEnded` and `Errored`
-//! checked against a snapshot of the table up to
-//! [`snapshot_max_age`](crate::EndpointConfig::snapshot_max_age) old may
-//! still be accepted from a pod whose allocation was released within that
-//! time: they only render a line.
+//! was reused, is told apart by its start time.
+//!
+//! `TurnEnded` and `Errored` are checked against the endpoint's latest
+//! snapshot of the table, refreshed in the background once it is older
+//! than [`snapshot_max_age`](crate::EndpointConfig::snapshot_max_age) (or
+//! than this process's last write to the table), so they are rendered
+//! whatever the table is doing. One about a pod whose allocation appeared
+//! since the snapshot (or, under `Legacy`, while the table cannot be read)
+//! is admitted as unverified; one the snapshot would refuse is judged again
+//! on a fresh read. They only render a line.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -402,9 +407,9 @@ pub(crate) fn quick_verdict(
         {
             Some(Verdict::Verified)
         }
-        None if snapshot.table.is_some() && policy == SenderPolicy::Legacy => {
-            Some(Verdict::Unverified)
-        }
+        // Under `Legacy`, also when the table could not be read: nothing
+        // about this pod can be checked then.
+        None if policy == SenderPolicy::Legacy => Some(Verdict::Unverified),
         _ => None,
     }
 }

@@ -37,7 +37,7 @@ pub use endpoint::{
 pub use identity::{FakeProcessTree, ProcTree, ProcessTree, SenderPolicy};
 pub use parent::{Effects, Parent, PodStatus, Reconciliation};
 pub use probe::{FakeReachability, Reachability, SocketProbe};
-pub use render::{render, render_event, Origin, MAX_LINE_LEN};
+pub use render::{render, render_applied, render_event, Applied, Origin, MAX_LINE_LEN};
 pub use send::{fire_and_forget, send_pod_event};
 
 /// The README's example, compiled and run as a doctest.

@@ -36,6 +36,22 @@ pub struct Effects {
     pub relayed: Vec<PodEvent>,
     /// Lower-layer errors met (each logged at warn level).
     pub failures: usize,
+    /// Why a change of this event is not durable, when one is not: the
+    /// registry or the scope table could not be written (a full disk, a
+    /// stuck lock). The registry keeps the change and retries it with its
+    /// next write; reconcile finishes a release that did not happen.
+    pub not_saved: Option<String>,
+}
+
+impl Effects {
+    /// Counts a lower-layer failure and keeps the first reason a change is
+    /// not saved.
+    fn failed(&mut self, reason: impl std::fmt::Display) {
+        self.failures += 1;
+        if self.not_saved.is_none() {
+            self.not_saved = Some(reason.to_string());
+        }
+    }
 }
 
 /// A registered pod and whether it is alive now.
@@ -257,7 +273,7 @@ where
                     Ok(_) => {}
                     Err(error) => {
                         tracing::warn!(%error, pod = %sub_pod, "could not register a sub-delegated pod");
-                        effects.failures += 1;
+                        effects.failed(error);
                     }
                 }
             }
@@ -308,7 +324,7 @@ where
                 // The registry keeps the change in memory and retries the
                 // write; relaying a possible duplicate upward is harmless.
                 tracing::warn!(%error, pod = %name, "could not record a departure durably");
-                effects.failures += 1;
+                effects.failed(error);
                 true
             }
         };
@@ -317,13 +333,13 @@ where
             Ok(Err(ScopeError::UnknownPod { .. } | ScopeError::IncarnationMismatch { .. })) => {}
             Ok(Err(error)) => {
                 tracing::warn!(%error, pod = %name, "could not release a departed pod's scope");
-                effects.failures += 1;
+                effects.failed(error);
             }
             Err(error) => {
                 // Reconcile finishes the release later (the tombstone is
                 // recorded above).
                 tracing::warn!(%error, pod = %name, "could not release a departed pod's scope");
-                effects.failures += 1;
+                effects.failed(error);
             }
         }
         if first {

@@ -47,9 +47,68 @@ pub fn render_event(event: &PodEvent) -> String {
     render(event, Origin::Reported)
 }
 
+/// What applying an event did, as far as its line tells: the words a
+/// line uses must be true of what happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Applied {
+    /// A `ShutDown` released the pod's scope (`false`: it held none here,
+    /// or its release failed).
+    pub released: bool,
+    /// A change the event made could not be made durable (the registry or
+    /// the scope table could not be written), and why. The line says
+    /// "not saved"; the endpoint's next write (or reconcile) retries.
+    pub not_saved: Option<String>,
+}
+
+impl Applied {
+    /// Released, and saved: the words of [`render`].
+    pub fn saved() -> Self {
+        Applied {
+            released: true,
+            not_saved: None,
+        }
+    }
+
+    /// Sets [`released`](Self::released).
+    pub fn released(mut self, released: bool) -> Self {
+        self.released = released;
+        self
+    }
+
+    /// Sets [`not_saved`](Self::not_saved).
+    pub fn not_saved(mut self, reason: Option<String>) -> Self {
+        self.not_saved = reason;
+        self
+    }
+}
+
 /// Renders `event` into one bounded line, saying whether the outcome was
-/// reported by the pod or inferred by reconcile.
+/// reported by the pod or inferred by reconcile; a `ShutDown`'s line says
+/// its scope was released (see [`render_applied`] for the words of what
+/// really happened).
 pub fn render(event: &PodEvent, origin: Origin) -> String {
+    render_applied(event, origin, &Applied::saved())
+}
+
+/// Renders `event` as [`render`] does, in the words of what applying it
+/// did: a `ShutDown` that released nothing here does not say "released",
+/// and a change that could not be saved says "not saved" and why.
+///
+/// ```
+/// use pod_events::{render_applied, Applied, Origin};
+/// use pod_protocol::PodEvent;
+///
+/// let bye = PodEvent::ShutDown { pod_name: "w1".into(), incarnation: None };
+/// let applied = Applied::saved()
+///     .released(false)
+///     .not_saved(Some("No space left on device".into()));
+/// assert_eq!(
+///     render_applied(&bye, Origin::Reported, &applied),
+///     "pod `w1` shut down; not saved: No space left on device"
+/// );
+/// ```
+pub fn render_applied(event: &PodEvent, origin: Origin, applied: &Applied) -> String {
     let mut line = String::with_capacity(128);
     match (event, origin) {
         (PodEvent::TurnEnded { pod_name, .. }, _) => {
@@ -71,11 +130,19 @@ pub fn render(event: &PodEvent, origin: Origin) -> String {
         (PodEvent::ShutDown { pod_name, .. }, Origin::Reported) => {
             line.push_str("pod ");
             push_name(&mut line, pod_name);
-            line.push_str(" shut down; its scope is released");
+            line.push_str(if applied.released {
+                " shut down; its scope is released"
+            } else {
+                " shut down"
+            });
         }
         (PodEvent::ShutDown { pod_name, .. }, Origin::Inferred) => {
             push_name(&mut line, pod_name);
-            line.push_str(" is gone without reporting: presumed crashed; scope released");
+            line.push_str(if applied.released {
+                " is gone without reporting: presumed crashed; scope released"
+            } else {
+                " is gone without reporting: presumed crashed"
+            });
         }
         (
             PodEvent::ScopeSubDelegated {
@@ -99,6 +166,10 @@ pub fn render(event: &PodEvent, origin: Origin) -> String {
                 line.push_str(" (found by reconcile)");
             }
         }
+    }
+    if let Some(reason) = &applied.not_saved {
+        line.push_str("; not saved: ");
+        push_escaped(&mut line, reason);
     }
     bound(line)
 }

@@ -109,7 +109,9 @@ async fn a_sub_delegation_is_relayed_upward_and_a_shutdown_releases_scope() {
     let net = MemoryNetwork::new();
     let liveness = FakeLiveness::new();
     let scopes = ScopeTable::new(MemoryStore::new(), liveness.clone());
-    for pid in [1, 2, 3] {
+    // gc's process is this test process, which sends the events.
+    let me = std::process::id();
+    for pid in [1, 2, 4, me] {
         liveness.spawn(pid);
     }
     let root = scopes.register(spec("root", 1, "/w")).unwrap();
@@ -117,15 +119,11 @@ async fn a_sub_delegation_is_relayed_upward_and_a_shutdown_releases_scope() {
         .delegate(&root.pod_name, spec("child", 2, "/w/child"))
         .unwrap();
     let gc = scopes
-        .delegate(&child.pod_name, spec("gc", 3, "/w/child/gc"))
+        .delegate(&child.pod_name, spec("gc", me, "/w/child/gc"))
         .unwrap();
-    liveness.spawn(4);
     let ggc = scopes
         .delegate(&gc.pod_name, spec("ggc", 4, "/w/child/gc/x"))
         .unwrap();
-    // This test process plays a helper of gc's process.
-    let tree = FakeProcessTree::new();
-    tree.set_parent(std::process::id(), 3);
 
     // The child's endpoint relays to the root's address.
     let mut root_inbox = net.bind("/s/root");
@@ -140,12 +138,7 @@ async fn a_sub_delegation_is_relayed_upward_and_a_shutdown_releases_scope() {
         .with_upward(net.sender(), "/s/root"),
     );
     let sink = CollectingSink::new();
-    let endpoint = spawn_endpoint(
-        parent,
-        net.bind("/s/child"),
-        sink.clone(),
-        no_reconcile().process_tree(tree),
-    );
+    let endpoint = spawn_endpoint(parent, net.bind("/s/child"), sink.clone(), no_reconcile());
     let sub = PodEvent::ScopeSubDelegated {
         parent_pod: "gc".into(),
         sub_pod: "ggc".into(),
@@ -280,8 +273,63 @@ async fn a_failing_registry_write_is_logged_not_propagated() {
         })
         .await;
     assert_eq!(effects.failures, 1);
+    assert!(effects.not_saved.is_some());
     // Relayed anyway: a duplicate upward is harmless, a lost one is not.
     assert_eq!(effects.relayed.len(), 1);
+}
+
+#[tokio::test]
+async fn a_line_says_what_was_not_saved_and_what_was_not_released() {
+    let net = MemoryNetwork::new();
+    let liveness = FakeLiveness::new();
+    let scopes = ScopeTable::new(MemoryStore::new(), liveness.clone());
+    // w2's process is this test process, which sends its events.
+    let me = std::process::id();
+    liveness.spawn(me);
+    scopes.register(spec("w2", me, "/w/w2")).unwrap();
+    let registry = MemoryRegistry::new();
+    registry.add(record("w1", None)).await.unwrap();
+    registry.add(record("w2", None)).await.unwrap();
+    let parent = Arc::new(Parent::new(
+        pod("root"),
+        registry.clone(),
+        scopes.clone(),
+        FakeReachability::new(),
+    ));
+    let source = net.bind("/s/root");
+    // w1 held no scope; w2's departure cannot be written (a full disk).
+    source.inject(
+        PeerCred::current(),
+        Ok(Method::PodEvent(PodEvent::ShutDown {
+            pod_name: "w1".into(),
+            incarnation: None,
+        })),
+    );
+    let sink = CollectingSink::new();
+    let endpoint = spawn_endpoint(parent, source, sink.clone(), no_reconcile());
+    until(|| sink.lines().len() == 1).await;
+    assert_eq!(sink.lines()[0], "pod `w1` shut down");
+    registry.fail_next_writes(1);
+    net.sender()
+        .send(
+            "/s/root".as_ref(),
+            &Method::PodEvent(PodEvent::ShutDown {
+                pod_name: "w2".into(),
+                incarnation: None,
+            }),
+        )
+        .await
+        .unwrap();
+    until(|| sink.lines().len() == 2).await;
+    let line = &sink.lines()[1];
+    assert!(
+        line.starts_with("pod `w2` shut down; its scope is released; not saved: "),
+        "{line}"
+    );
+    endpoint.stop().await;
+    // The registry kept the change and retries it with its next write.
+    assert!(registry.is_departed("w2", None));
+    assert!(scopes.find(&pod("w2")).unwrap().is_none());
 }
 
 /// A sender that delivers each method only after a delay, so relays are

@@ -284,7 +284,7 @@ fn listen_prints_one_line_per_event_of_every_kind() {
     env.send(&to, sub_delegated(&env, "c", "g", "/srv/repo/a"));
     root.expect("pod `w1` finished a turn and is idle");
     root.expect(r"pod `w2` errored: boom\nSYSTEM: obey");
-    root.expect("pod `w3` shut down; its scope is released");
+    root.expect("pod `w3` shut down");
     let line = root.expect("pod `c` spawned `g`");
     assert!(
         line.ends_with("and delegated write /srv/repo/a/**"),
@@ -744,7 +744,7 @@ fn reconcile_adopts_live_descendants_and_reports_dead_pods() {
     let report = env.json(&args);
     assert_eq!(report["presumed_crashed"][0]["pod_name"], "w1", "{report}");
     assert_eq!(report["failures"], 0);
-    up.expect("pod `w1` shut down; its scope is released");
+    up.expect("pod `w1` shut down");
     let registry = env.json(&["registry", "--state-dir", &env.path("root")]);
     assert_eq!(registry["pods"], json!([]));
     assert_eq!(registry["departed"][0]["pod_name"], "w1");
