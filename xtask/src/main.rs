@@ -7,6 +7,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod provision;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,9 @@ commands:
            --quick about 30 s)
   demo     a live tree of pod processes: root, child, grandchild; the child
            is killed with SIGKILL and the root takes over the grandchild
+  provision  find or install protoc and etcd (what `test` does first);
+           prints `export PROTOC=.. POD_ETCD_BIN=..` for a shell to eval,
+           so `cargo test -p pod-scope-lock --features etcd` works alone
   test     fmt check, clippy (-D warnings), every test (unit, integration,
            doc, proptest, fuzz corpus replay), rustdoc (-D warnings)
   fuzz     [TARGET] [--seconds N] [--sanitizer none|address]: run the
@@ -36,6 +40,7 @@ fn main() {
         Some("bench") => bench::run(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
         Some("test") => test::run(&args[1..]),
+        Some("provision") => provision::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{}", usage());
