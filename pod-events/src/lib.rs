@@ -23,13 +23,18 @@
 //! [`Liveness`]: pod_scope_lock::Liveness
 
 mod batch;
+mod context;
 mod endpoint;
+mod guard;
+pub mod handoff;
 mod identity;
 mod parent;
 mod probe;
 mod render;
 mod send;
+mod spawner;
 
+pub use context::{ContextError, PodContext};
 pub use endpoint::{
     spawn_endpoint, CollectingSink, EndpointConfig, EndpointHandle, EndpointStats, Notification,
     NotificationSink,
@@ -39,6 +44,9 @@ pub use parent::{Effects, Parent, PodStatus, Reconciliation};
 pub use probe::{FakeReachability, Reachability, SocketProbe};
 pub use render::{render, render_event, Origin, MAX_LINE_LEN};
 pub use send::{fire_and_forget, send_pod_event};
+pub use guard::Departure;
+pub use handoff::{Handoff, HandoffError};
+pub use spawner::{SpawnError, SpawnedChild, Spawner};
 
 /// The README's example, compiled and run as a doctest.
 #[cfg(doctest)]
