@@ -28,10 +28,12 @@ mod endpoint;
 mod guard;
 pub mod handoff;
 mod identity;
+mod merge;
 mod parent;
 mod probe;
 mod render;
 mod send;
+mod sender;
 mod spawner;
 
 pub use context::{ContextError, PodContext};
@@ -40,10 +42,12 @@ pub use endpoint::{
     NotificationSink,
 };
 pub use identity::{FakeProcessTree, ProcTree, ProcessTree, SenderPolicy};
+pub use merge::{merge, Merged};
 pub use parent::{Effects, Parent, PodStatus, Reconciliation};
 pub use probe::{FakeReachability, Reachability, SocketProbe};
 pub use render::{render, render_event, Origin, MAX_LINE_LEN};
 pub use send::{fire_and_forget, send_pod_event};
+pub use sender::AddressSender;
 pub use guard::Departure;
 pub use handoff::{Handoff, HandoffError};
 pub use spawner::{SpawnError, SpawnedChild, Spawner};
