@@ -148,7 +148,12 @@ impl<S: TableStore, L: Liveness, U: MethodSender + Clone> Drop for Guard<S, L, U
 
 /// Sends `ShutDown { name, incarnation }` to `socket`; whether it was
 /// delivered (a failure is logged).
-async fn report<U: MethodSender>(sender: &U, socket: &str, name: &PodName, incarnation: &str) -> bool {
+async fn report<U: MethodSender>(
+    sender: &U,
+    socket: &str,
+    name: &PodName,
+    incarnation: &str,
+) -> bool {
     let event = PodEvent::ShutDown {
         pod_name: name.to_string(),
         incarnation: Some(incarnation.to_owned()),

@@ -317,7 +317,11 @@ mod tests {
         check(POD_PARENT, "child", POD_PARENT);
         check(POD_PARENT_SOCKET, "relative/sock", POD_PARENT_SOCKET);
         check(POD_PARENT_SOCKET, "/run/../sock", POD_PARENT_SOCKET);
-        check(POD_PARENT_SOCKET, "tls://pods.example:7443", POD_PARENT_SOCKET);
+        check(
+            POD_PARENT_SOCKET,
+            "tls://pods.example:7443",
+            POD_PARENT_SOCKET,
+        );
         check(POD_PARENT_SOCKET, "http://x", POD_PARENT_SOCKET);
         check(POD_SOCKET, "", POD_SOCKET);
         check(POD_SOCKET, "/run/pods/root/sock", POD_SOCKET);

@@ -40,7 +40,9 @@ pub enum SpawnError {
         source: ScopeError,
     },
     /// The child's socket would not be an absolute, lexically normal path.
-    #[error("pod `{name}` cannot listen on {socket:?}: {reason}; choose another sockets directory")]
+    #[error(
+        "pod `{name}` cannot listen on {socket:?}: {reason}; choose another sockets directory"
+    )]
     Socket {
         /// The child's name.
         name: PodName,
@@ -222,7 +224,11 @@ where
                 self.release(&name, &incarnation).await;
                 return Err(SpawnError::Spawn {
                     name,
-                    program: command.as_std().get_program().to_string_lossy().into_owned(),
+                    program: command
+                        .as_std()
+                        .get_program()
+                        .to_string_lossy()
+                        .into_owned(),
                     source,
                 });
             }
@@ -254,10 +260,7 @@ where
     /// no-op when it reported one itself): its record leaves the
     /// registry, its allocation is released if still held, and the
     /// departure is relayed upward.
-    pub async fn wait(
-        &self,
-        child: &mut SpawnedChild,
-    ) -> std::io::Result<(ExitStatus, Effects)> {
+    pub async fn wait(&self, child: &mut SpawnedChild) -> std::io::Result<(ExitStatus, Effects)> {
         let status = child.process.wait().await?;
         let effects = self
             .parent

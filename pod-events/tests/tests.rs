@@ -2,6 +2,7 @@
 
 mod tests {
     pub(crate) mod endpoint;
+    pub(crate) mod lifecycle;
     pub(crate) mod model;
     #[cfg(feature = "cli")]
     pub(crate) mod podctl;
