@@ -15,6 +15,7 @@ mod listen;
 mod output;
 mod paths;
 mod registry;
+mod run;
 mod scopes;
 mod send;
 
@@ -54,6 +55,11 @@ enum Command {
     /// line per event on stdout, reconcile on an interval; exit 0 on
     /// SIGINT or SIGTERM after a clean shutdown.
     Listen(listen::ListenArgs),
+    /// Spawn a child pod: reserve its scope from PARENT's, start CMD with
+    /// the handoff variables (POD_NAME, POD_INCARNATION, ...), adopt the
+    /// reservation with CMD's pid, announce it to PARENT, and exit with
+    /// CMD's status once its exit is reported.
+    Run(run::RunArgs),
     /// Send one pod event (the `params` object of a `pod_event`) to a
     /// parent's socket.
     Send(send::SendArgs),
@@ -76,6 +82,7 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Listen(args) => listen::run(args, cli.json),
+        Command::Run(args) => run::run(args, cli.json),
         Command::Send(args) => send::run(args),
         Command::Registry(args) => registry::show(args, cli.json),
         Command::Scopes(args) => scopes::show(args, cli.json),
