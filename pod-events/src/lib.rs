@@ -23,6 +23,7 @@
 //! [`Liveness`]: pod_scope_lock::Liveness
 
 mod batch;
+mod control;
 mod context;
 mod endpoint;
 mod guard;
@@ -37,6 +38,9 @@ mod sender;
 mod spawner;
 
 pub use context::{ContextError, PodContext};
+pub use control::{
+    control_socket_path, ControlError, ControlSink, CONTROL_BACKLOG, MAX_SUBSCRIBERS,
+};
 pub use endpoint::{
     spawn_endpoint, CollectingSink, EndpointConfig, EndpointHandle, EndpointStats, Notification,
     NotificationSink,

@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use pod_events::{spawn_endpoint, EndpointConfig, Notification, Origin, Parent, SocketProbe};
+use pod_events::{
+    control_socket_path, spawn_endpoint, ControlSink, EndpointConfig, Notification, Origin, Parent,
+    SocketProbe,
+};
 use pod_protocol::Dialect;
 use pod_registry::FileRegistry;
 use pod_transport::{ListenConfig, Listener, SendConfig, UnixSender};
@@ -105,6 +108,9 @@ async fn serve(
     let stop = listener.shutdown_handle();
 
     let (sink, lines) = mpsc::unbounded_channel();
+    // `podctl watch` follows the lines from a control socket beside the
+    // event socket (bound after it: its lock makes a leftover one stale).
+    let sink = ControlSink::bind(control_socket_path(&socket), sink)?;
     // Writing to stdout blocks when the reader is slow: keep it off the
     // executor. The thread ends when the endpoint drops the sink.
     let printer = std::thread::Builder::new()
