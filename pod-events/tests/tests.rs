@@ -7,4 +7,6 @@ mod tests {
     #[cfg(feature = "cli")]
     pub(crate) mod podctl;
     pub(crate) mod sockets;
+    #[cfg(feature = "cli")]
+    pub(crate) mod tls;
 }

@@ -22,6 +22,7 @@ mod run;
 mod scopes;
 mod send;
 mod status;
+mod tls;
 mod tree;
 mod watch;
 
