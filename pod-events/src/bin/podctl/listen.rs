@@ -29,13 +29,17 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::tls::TlsArgs;
-use crate::{output, paths, scopes};
+use crate::{adoption, output, paths, scopes};
 
 #[derive(Debug, Args)]
 pub(crate) struct ListenArgs {
-    /// This pod's name.
+    /// This pod's name [default: $POD_NAME when started by a spawner
+    /// (`podctl run ... -- podctl listen`): the handoff variables then
+    /// also give --socket, --scope-lock and --parent-socket, and the
+    /// reservation POD_INCARNATION names is adopted at start and released
+    /// at a clean exit].
     #[arg(long, value_name = "NAME")]
-    name: String,
+    name: Option<String>,
     /// The socket to listen on [default: RUNTIME_DIR/NAME/sock, unless
     /// --listen is given].
     #[arg(long, value_name = "PATH")]
@@ -71,8 +75,14 @@ pub(crate) struct ListenArgs {
 }
 
 /// `podctl listen`.
-pub(crate) fn run(args: ListenArgs, json: bool) -> Result<()> {
-    let name = paths::pod_name(&args.name)?;
+pub(crate) fn run(mut args: ListenArgs, json: bool) -> Result<()> {
+    let handoff = adoption::fill(
+        &mut args.name,
+        &mut args.socket,
+        &mut args.scope_lock,
+        &mut args.parent_socket,
+    )?;
+    let name = paths::pod_name(args.name.as_deref().unwrap_or_default())?;
     let tls_listen = args
         .listen
         .as_deref()
@@ -109,6 +119,13 @@ pub(crate) fn run(args: ListenArgs, json: bool) -> Result<()> {
     // goes first because opening a registry creates missing files.
     let table = scopes::open(scope_lock);
     table.list()?;
+    let context = adoption::adopt(
+        handoff,
+        &name,
+        socket.as_deref(),
+        parent_socket.as_deref(),
+        &table,
+    )?;
     let registry = FileRegistry::open(&state_dir)?;
     let parent = Parent::new(name, registry, table, SocketProbe::default());
     let mut upward = AddressSender::new(UnixSender::new(SendConfig {
@@ -123,13 +140,15 @@ pub(crate) fn run(args: ListenArgs, json: bool) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    match parent_socket {
+    let served = match parent_socket {
         Some(up) => {
             let parent = Arc::new(parent.with_upward(upward, up));
             runtime.block_on(serve(parent, socket, tls_listen, interval, json))
         }
         None => runtime.block_on(serve(Arc::new(parent), socket, tls_listen, interval, json)),
-    }
+    };
+    adoption::depart(&runtime, context, served.is_ok());
+    served
 }
 
 type FileParent<U> =

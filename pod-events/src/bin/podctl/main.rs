@@ -13,6 +13,7 @@
 //! This binary is the only place that reads the environment to find paths
 //! ([`paths`]); every library layer is handed its paths.
 
+mod adoption;
 mod completions;
 mod listen;
 mod output;
