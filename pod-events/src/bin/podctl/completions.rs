@@ -39,7 +39,10 @@ pub(crate) fn manpages(args: ManpageArgs, mut command: clap::Command) -> Result<
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
     command.build();
     let mut pages = vec![(String::from("podctl"), command.clone())];
-    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+    // clap's own `help` subcommand needs no page: `podctl(1)` lists
+    // every command.
+    let shown = |s: &&clap::Command| !s.is_hide_set() && s.get_name() != "help";
+    for sub in command.get_subcommands().filter(shown) {
         let name = format!("podctl-{}", sub.get_name());
         let usage = format!("podctl {}", sub.get_name());
         pages.push((

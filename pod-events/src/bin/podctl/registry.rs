@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use pod_events::{render, Origin, Parent, SocketProbe};
 use pod_protocol::PodName;
-use pod_registry::{FileRegistry, RegistrySnapshot};
+use pod_registry::{FileRegistry, RegistryError, RegistrySnapshot};
 use pod_transport::UnixSender;
 use serde_json::json;
 
@@ -142,7 +142,15 @@ pub(crate) fn reconcile(args: ReconcileArgs, format: Format) -> Result<()> {
     // A corrupt table is refused before anything changes (the endpoint
     // would only warn and probe sockets).
     table.list()?;
-    let registry = open_existing(&dir)?;
+    let registry =
+        open_existing(&dir).map_err(|error| match error.downcast_ref::<RegistryError>() {
+            Some(RegistryError::Locked { .. }) => error.context(
+                "reconcile refused: a running endpoint owns this state directory and \
+                 reconciles it itself (every --reconcile-interval-ms); `podctl tree` shows \
+                 what it would repair",
+            ),
+            _ => error,
+        })?;
     let parent = Parent::new(name, registry, table, SocketProbe::default());
 
     let runtime = tokio::runtime::Builder::new_current_thread()
