@@ -30,6 +30,8 @@ pub(crate) fn run_all() -> Result<()> {
     )?;
     eprintln!("\n==> demo: cargo xtask demo");
     crate::demo::run(&[])?;
+    eprintln!("\n==> demo over TLS: cargo xtask demo --tls");
+    crate::demo::run(&["--tls".to_owned()])?;
     if root().join("fuzz/Cargo.toml").exists() {
         // The fuzz crate is its own workspace: `--all` above does not see
         // it. Its libFuzzer binaries need the `libfuzzer` feature, so
