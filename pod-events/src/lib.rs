@@ -23,22 +23,38 @@
 //! [`Liveness`]: pod_scope_lock::Liveness
 
 mod batch;
+mod control;
+mod context;
 mod endpoint;
+mod guard;
+pub mod handoff;
 mod identity;
+mod merge;
 mod parent;
 mod probe;
 mod render;
 mod send;
+mod sender;
+mod spawner;
 
+pub use context::{ContextError, PodContext};
+pub use control::{
+    control_socket_path, ControlError, ControlSink, CONTROL_BACKLOG, MAX_SUBSCRIBERS,
+};
 pub use endpoint::{
     spawn_endpoint, CollectingSink, EndpointConfig, EndpointHandle, EndpointStats, Notification,
     NotificationSink,
 };
 pub use identity::{FakeProcessTree, ProcTree, ProcessTree, SenderPolicy};
+pub use merge::{merge, Merged};
 pub use parent::{Effects, Parent, PodStatus, Reconciliation};
 pub use probe::{FakeReachability, Reachability, SocketProbe};
 pub use render::{render, render_applied, render_event, Applied, Origin, MAX_LINE_LEN};
 pub use send::{fire_and_forget, send_pod_event};
+pub use sender::AddressSender;
+pub use guard::Departure;
+pub use handoff::{Handoff, HandoffError};
+pub use spawner::{SpawnError, SpawnedChild, Spawner};
 
 /// The README's example, compiled and run as a doctest.
 #[cfg(doctest)]

@@ -14,7 +14,10 @@ pub trait Reachability: Send + Sync + 'static {
     fn is_reachable(&self, socket: &Path) -> impl Future<Output = bool> + Send;
 }
 
-/// Probes a Unix socket by connecting to it (and closing at once).
+/// Probes a socket by connecting to it (and closing at once): a Unix
+/// socket path (bare or `unix:` + path), or the TCP port of a
+/// `tls://host:port` address (no handshake: whether anything accepts
+/// there, as a Unix connect tells).
 #[derive(Debug, Clone, Copy)]
 pub struct SocketProbe {
     timeout: Duration,
@@ -36,8 +39,18 @@ impl Default for SocketProbe {
 
 impl Reachability for SocketProbe {
     async fn is_reachable(&self, socket: &Path) -> bool {
+        let text = socket.to_str();
+        if let Some(authority) = text.and_then(|t| t.strip_prefix("tls://")) {
+            return matches!(
+                tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(authority)).await,
+                Ok(Ok(_))
+            );
+        }
+        let path = text
+            .and_then(|t| t.strip_prefix("unix:"))
+            .map_or(socket, Path::new);
         matches!(
-            tokio::time::timeout(self.timeout, tokio::net::UnixStream::connect(socket)).await,
+            tokio::time::timeout(self.timeout, tokio::net::UnixStream::connect(path)).await,
             Ok(Ok(_))
         )
     }
@@ -75,5 +88,30 @@ impl Reachability for FakeReachability {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(socket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn probes_unix_paths_with_or_without_the_scheme_and_tls_ports() {
+        let probe = SocketProbe::default();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        let unix = tokio::net::UnixListener::bind(&path).unwrap();
+        let bare = path.display().to_string();
+        assert!(probe.is_reachable(Path::new(&bare)).await);
+        assert!(probe.is_reachable(Path::new(&format!("unix:{bare}"))).await);
+        drop(unix);
+        std::fs::remove_file(&path).unwrap();
+        assert!(!probe.is_reachable(Path::new(&bare)).await);
+
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tls = format!("tls://{}", tcp.local_addr().unwrap());
+        assert!(probe.is_reachable(Path::new(&tls)).await);
+        drop(tcp);
+        assert!(!probe.is_reachable(Path::new(&tls)).await);
     }
 }

@@ -2,8 +2,11 @@
 
 mod tests {
     pub(crate) mod endpoint;
+    pub(crate) mod lifecycle;
     pub(crate) mod model;
     #[cfg(feature = "cli")]
     pub(crate) mod podctl;
     pub(crate) mod sockets;
+    #[cfg(feature = "cli")]
+    pub(crate) mod tls;
 }

@@ -245,8 +245,19 @@ impl fmt::Display for Address {
 
 /// Checks a field that carries a socket: a string starting with `unix:` or
 /// `tls://` must be an [`Address`]; anything else is checked as a path by
-/// [`validate_path`], exactly as before addresses existed.
-pub(crate) fn validate_socket(field: &'static str, text: &str) -> Result<(), ValidationError> {
+/// [`validate_path`], exactly as before addresses existed. For the other
+/// crates' fields that carry sockets (an allocation's `socket`, a
+/// registry record's addresses).
+///
+/// ```
+/// use pod_protocol::validate_socket;
+///
+/// assert!(validate_socket("socket", "/run/pods/w/sock").is_ok());
+/// assert!(validate_socket("socket", "tls://pods.example:7443").is_ok());
+/// assert!(validate_socket("socket", "tls://pods.example").is_err());
+/// assert!(validate_socket("socket", "run/pods/w/sock").is_err());
+/// ```
+pub fn validate_socket(field: &'static str, text: &str) -> Result<(), ValidationError> {
     if text.starts_with("unix:") || text.starts_with("tls://") {
         text.parse::<Address>()
             .map(drop)

@@ -34,7 +34,7 @@ mod tokio_codec;
 mod validate;
 mod wire;
 
-pub use address::{Address, AddressError, Host};
+pub use address::{validate_socket, Address, AddressError, Host};
 pub use codec::{
     decode, encode, encode_into, DecodeError, FrameSplitter, FrameTooLong, DEFAULT_MAX_FRAME_LEN,
     EVENT_KINDS, METHOD_NAMES, WORKER_METHOD_NAMES,

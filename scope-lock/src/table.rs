@@ -15,7 +15,9 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use pod_protocol::{validate_path, validate_scope, Permission, PodName, ScopeRule};
+use pod_protocol::{
+    validate_path, validate_scope, validate_socket, Permission, PodName, ScopeRule,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::coverage::covers_path_valid;
@@ -101,7 +103,9 @@ pub struct PodSpec {
     pub pod_name: PodName,
     /// The new pod's process (must be running).
     pub pid: u32,
-    /// The new pod's control socket (absolute, lexically normal).
+    /// The new pod's control socket: an absolute, lexically normal path,
+    /// `unix:` + such a path, or `tls://host:port` (see
+    /// [`pod_protocol::validate_socket`]).
     pub socket: String,
     /// The rules asked for (at least one; absolute, lexically normal
     /// targets).
@@ -112,7 +116,7 @@ impl PodSpec {
     /// Checks the socket path and the scope, as every operation does before
     /// changing anything.
     pub fn validate(&self) -> Result<(), ScopeError> {
-        validate_path("socket", &self.socket)?;
+        validate_socket("socket", &self.socket)?;
         validate_scope(&self.scope)?;
         Ok(())
     }

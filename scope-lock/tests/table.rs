@@ -133,6 +133,34 @@ fn register_refuses_a_dead_process_and_changes_nothing() {
 }
 
 #[test]
+fn an_allocation_socket_may_be_any_address_form() {
+    let env = env();
+    for (i, socket) in [
+        "/run/pods/a/sock",
+        "unix:/run/pods/b/sock",
+        "tls://pods.example:7443",
+        "tls://127.0.0.1:7443",
+        "tls://[::1]:7443",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pod = format!("w{i}");
+        let target = format!("w:/srv/{i}/**");
+        let allocation = env
+            .table
+            .register(PodSpec {
+                socket: socket.into(),
+                ..spec(&pod, 2, &[&target])
+            })
+            .unwrap();
+        assert_eq!(allocation.socket, socket);
+    }
+    // The stored table passes the invariant check every load runs.
+    assert_eq!(env.tree().len(), 5);
+}
+
+#[test]
 fn invalid_requests_are_refused_before_any_change() {
     let env = env();
     env.register("root", 1, &["w:/srv/**"]).unwrap();
@@ -147,7 +175,26 @@ fn invalid_requests_are_refused_before_any_change() {
             socket: "relative.sock".into(),
             ..spec("w1", 2, &["w:/x/**"])
         },
-    ] {
+    ]
+    .into_iter()
+    .chain(
+        // Address forms (DESIGN.md section 13) that are not valid.
+        [
+            "unix:relative.sock",
+            "unix:/run/../x",
+            "tls://pods.example",
+            "tls://pods.example:0",
+            "tls://pods.example:70000",
+            "tls://:7443",
+            "tls://-bad-.example:7443",
+            "tls://[::1:7443",
+            "https://pods.example:7443",
+        ]
+        .map(|socket| PodSpec {
+            socket: socket.into(),
+            ..spec("w1", 2, &["w:/x/**"])
+        }),
+    ) {
         assert!(
             matches!(
                 env.table.register(bad.clone()),

@@ -7,7 +7,8 @@
 //! with the pod's name) and the tables at the key moments, and waits for
 //! every expected line with a deadline: a step that does not happen fails
 //! the demo. The temporary directory and every process are cleaned up, on
-//! failure too.
+//! failure too. With `--tls` the child reports to the root over `tls://`
+//! on loopback (certificates made for the run); the story is the same.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::DirBuilderExt;
@@ -29,14 +30,21 @@ const STEP_DEADLINE: Duration = Duration::from_secs(20);
 /// How often the root reconciles: short, so the story moves quickly.
 const ROOT_RECONCILE_MS: &str = "250";
 
-/// Entry point; `demo` takes no arguments.
+/// Entry point; `demo` takes `--tls` alone: the child then reports to the
+/// root over `tls://` on loopback, with certificates made for the demo.
 pub(crate) fn run(args: &[String]) -> Result<()> {
-    if let Some(extra) = args.first() {
-        bail!("`cargo xtask demo` takes no arguments (got {extra:?})");
-    }
+    let tls = match args {
+        [] => false,
+        [flag] if flag == "--tls" => true,
+        [extra, ..] => bail!("`cargo xtask demo` takes only --tls (got {extra:?})"),
+    };
     let podctl = build_podctl()?;
+    let cert_tool = if tls { Some(build_cert_tool()?) } else { None };
     let started = Instant::now();
     let mut demo = Demo::new(podctl)?;
+    if let Some(tool) = cert_tool {
+        demo.use_tls(&tool)?;
+    }
     demo.story()?;
     drop(demo);
     println!(
@@ -69,18 +77,49 @@ fn build_podctl() -> Result<PathBuf> {
         "building podctl failed ({})",
         output.status
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    executable(&output.stdout, "podctl")
+}
+
+/// Builds pod-events' `tls_certs` example, which writes the demo's CA and
+/// pod certificates (rcgen lives there, not in xtask, which stays quick
+/// to build).
+fn build_cert_tool() -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "-p",
+        "pod-events",
+        "--example",
+        "tls_certs",
+        "--message-format=json-render-diagnostics",
+    ]);
+    eprintln!("==> build the certificate tool: {cmd:?}");
+    let output = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .context("could not start cargo")?;
+    ensure!(
+        output.status.success(),
+        "building tls_certs failed ({})",
+        output.status
+    );
+    executable(&output.stdout, "tls_certs")
+}
+
+/// The executable of target `name` in cargo's JSON messages.
+fn executable(stdout: &[u8], name: &str) -> Result<PathBuf> {
+    let stdout = String::from_utf8_lossy(stdout);
     for line in stdout.lines() {
         let Ok(message) = serde_json::from_str::<Value>(line) else {
             continue;
         };
-        if message["reason"] == "compiler-artifact" && message["target"]["name"] == "podctl" {
+        if message["reason"] == "compiler-artifact" && message["target"]["name"] == name {
             if let Some(exe) = message["executable"].as_str() {
                 return Ok(PathBuf::from(exe));
             }
         }
     }
-    bail!("cargo built podctl but did not report where the executable is")
+    bail!("cargo built {name} but did not report where the executable is")
 }
 
 /// One line a pod printed on stdout.
@@ -112,6 +151,8 @@ struct Demo {
     /// Lines received and not yet matched by [`Demo::expect`].
     pending: Vec<Line>,
     step: usize,
+    /// With `--tls`: the loopback port the root also listens on with TLS.
+    tls_port: Option<u16>,
 }
 
 impl Drop for Demo {
@@ -151,7 +192,52 @@ impl Demo {
             line_sink,
             pending: Vec::new(),
             step: 0,
+            tls_port: None,
         })
+    }
+
+    /// The root listens on `tls://127.0.0.1:PORT` too, and `child` reports
+    /// there; certificates for both (and their CA) are made now, in the
+    /// demo directory.
+    fn use_tls(&mut self, cert_tool: &PathBuf) -> Result<()> {
+        let dir = self.path("tls");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {dir}"))?;
+        println!("   $ tls_certs $DEMO/tls root child   # a CA, and a certificate per pod");
+        let status = Command::new(cert_tool)
+            .args([&dir, "root", "child"])
+            .status()
+            .with_context(|| format!("could not start {}", cert_tool.display()))?;
+        ensure!(status.success(), "tls_certs failed ({status})");
+        // A free port now; the root binds it a moment later.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .context("cannot find a free loopback port")?
+            .port();
+        self.tls_port = Some(port);
+        Ok(())
+    }
+
+    /// With `--tls`, what `name`'s listen adds: the root's TLS listener,
+    /// or the child's parent over TLS; the TLS flags either way.
+    fn tls_args(&self, name: &str, parent: Option<&str>) -> Option<Vec<String>> {
+        let port = self.tls_port?;
+        let address = format!("tls://127.0.0.1:{port}");
+        let mut args = match (name, parent) {
+            ("root", None) => vec!["--listen".to_owned(), address],
+            (_, Some("root")) => vec!["--parent-socket".to_owned(), address],
+            _ => return None,
+        };
+        for (flag, file) in [
+            ("--tls-cert", format!("{name}.pem")),
+            ("--tls-key", format!("{name}.key")),
+            ("--tls-ca", "ca.pem".to_owned()),
+        ] {
+            args.extend([flag.to_owned(), self.path(&format!("tls/{file}"))]);
+        }
+        Some(args)
     }
 
     fn story(&mut self) -> Result<()> {
@@ -190,7 +276,11 @@ impl Demo {
         self.expect("child", "that `child` spawned `gc`", |l| {
             l.starts_with("pod `child` spawned `gc`")
         })?;
-        println!("   (`child` relays it upward: the root now knows its grandchild)");
+        let how = match self.tls_port {
+            Some(_) => " over tls://, certified as `child`",
+            None => "",
+        };
+        println!("   (`child` relays it upward{how}: the root now knows its grandchild)");
         self.expect(
             "root",
             "the relayed report that `child` spawned `gc`",
@@ -296,8 +386,13 @@ impl Demo {
             "--reconcile-interval-ms".into(),
             reconcile_ms.into(),
         ];
-        if let Some(parent) = parent {
-            args.extend(["--parent-socket".into(), self.socket(parent)]);
+        match self.tls_args(name, parent) {
+            Some(tls) => args.extend(tls),
+            None => {
+                if let Some(parent) = parent {
+                    args.extend(["--parent-socket".into(), self.socket(parent)]);
+                }
+            }
         }
         println!("   $ podctl {} &", self.short(&args.join(" ")));
         let mut cmd = Command::new(&self.podctl);

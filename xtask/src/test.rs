@@ -7,9 +7,12 @@ use crate::{cargo, root, run_step};
 /// Runs every check in order, cheapest first.
 pub(crate) fn run_all() -> Result<()> {
     run_step("format", cargo().args(["fmt", "--all", "--check"]))?;
+    // Before clippy: `--all-features` builds pod-scope-lock's `etcd`
+    // feature, whose client needs protoc, and its tests need etcd.
+    let tools = crate::provision::tools()?;
     run_step(
         "clippy",
-        cargo().args([
+        cargo().envs(tools.env()).args([
             "clippy",
             "--workspace",
             "--all-targets",
@@ -21,10 +24,14 @@ pub(crate) fn run_all() -> Result<()> {
     )?;
     run_step(
         "tests",
-        cargo().args(["test", "--workspace", "--all-features", "--no-fail-fast"]),
+        cargo()
+            .envs(tools.env())
+            .args(["test", "--workspace", "--all-features", "--no-fail-fast"]),
     )?;
     eprintln!("\n==> demo: cargo xtask demo");
     crate::demo::run(&[])?;
+    eprintln!("\n==> demo over TLS: cargo xtask demo --tls");
+    crate::demo::run(&["--tls".to_owned()])?;
     if root().join("fuzz/Cargo.toml").exists() {
         // The fuzz crate is its own workspace: `--all` above does not see
         // it. Its libFuzzer binaries need the `libfuzzer` feature, so
@@ -58,6 +65,7 @@ pub(crate) fn run_all() -> Result<()> {
     run_step(
         "rustdoc",
         cargo()
+            .envs(tools.env())
             .args(["doc", "--workspace", "--no-deps", "--all-features"])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;

@@ -2,7 +2,7 @@
 //! ([`Table::check_invariant`]), and the indexes that keep the check
 //! O(n log n).
 
-use pod_protocol::{validate_path, validate_scope, ScopeRule};
+use pod_protocol::{validate_scope, validate_socket, ScopeRule};
 
 use super::rules::grants;
 use super::{Allocation, Table};
@@ -20,9 +20,10 @@ impl Table {
     ///   parent links form a forest: no cycles);
     ///
     /// plus well-formedness: names are unique (the table is kept sorted by
-    /// name), and every socket and target is a valid path. The error says
-    /// which pods break which rule. Costs O(n log n) in the number of rules;
-    /// [`FileStore`](crate::FileStore) runs it on every load.
+    /// name), every socket is a valid address and every target a valid
+    /// path. The error says which pods break which rule. Costs O(n log n)
+    /// in the number of rules; [`FileStore`](crate::FileStore) runs it on
+    /// every load.
     pub fn check_invariant(&self) -> Result<(), String> {
         let pods = &self.allocations[..];
         for pair in pods.windows(2) {
@@ -40,7 +41,7 @@ impl Table {
                 && !a.scope_allow.is_empty()
                 && a.scope_allow.iter().all(|r| is_normal_path(&r.target));
             if !valid {
-                validate_path("socket", &a.socket)
+                validate_socket("socket", &a.socket)
                     .and_then(|_| validate_scope(&a.scope_allow))
                     .map_err(|e| format!("pod `{}`: {e}", a.pod_name))?;
             }

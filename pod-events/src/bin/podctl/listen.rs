@@ -11,26 +11,44 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use pod_events::{spawn_endpoint, EndpointConfig, Notification, Origin, Parent, SocketProbe};
+use pod_events::{
+    control_socket_path, spawn_endpoint, AddressSender, ControlSink, EndpointConfig, Notification,
+    Origin, Parent, SocketProbe,
+};
 use pod_protocol::Dialect;
 use pod_registry::FileRegistry;
-use pod_transport::{ListenConfig, Listener, SendConfig, UnixSender};
+use pod_transport::tls::rustls::ServerConfig;
+use pod_transport::tls::{TlsListenConfig, TlsListener};
+use pod_transport::{
+    ListenConfig, Listener, MethodSender, MethodSource, Received, SendConfig, UnixSender,
+};
 use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::{output, paths, scopes};
+use crate::tls::TlsArgs;
+use crate::{adoption, output, paths, scopes};
 
 #[derive(Debug, Args)]
 pub(crate) struct ListenArgs {
-    /// This pod's name.
+    /// This pod's name [default: $POD_NAME when started by a spawner
+    /// (`podctl run ... -- podctl listen`): the handoff variables then
+    /// also give --socket, --scope-lock and --parent-socket, and the
+    /// reservation POD_INCARNATION names is adopted at start and released
+    /// at a clean exit].
     #[arg(long, value_name = "NAME")]
-    name: String,
-    /// The socket to listen on [default: RUNTIME_DIR/NAME/sock].
+    name: Option<String>,
+    /// The socket to listen on [default: RUNTIME_DIR/NAME/sock, unless
+    /// --listen is given].
     #[arg(long, value_name = "PATH")]
     socket: Option<String>,
+    /// Listen for children over TCP with mutual TLS too (only, without
+    /// --socket), at tls://ADDR:PORT; needs --tls-cert, --tls-key and
+    /// --tls-ca. A child's certificate names it as pod://NAME.
+    #[arg(long, value_name = "tls://ADDR:PORT")]
+    listen: Option<String>,
     /// Where the registry lives (spawned_pods.json, departed_pods.json)
     /// [default: RUNTIME_DIR/NAME].
     #[arg(long, value_name = "DIR")]
@@ -39,8 +57,9 @@ pub(crate) struct ListenArgs {
     #[arg(long, value_name = "FILE")]
     scope_lock: Option<PathBuf>,
     /// This pod's parent: events are relayed there (omit for a top-level
-    /// pod).
-    #[arg(long, value_name = "PATH")]
+    /// pod). A Unix socket path, `unix:` + path, or tls://HOST:PORT (with
+    /// --tls-cert, --tls-key and --tls-ca).
+    #[arg(long, value_name = "ADDRESS")]
     parent_socket: Option<String>,
     /// The names this pod's relays to its parent are written with:
     /// `original` (existing Pods' `pod_event`), or `worker` for a parent of
@@ -51,13 +70,45 @@ pub(crate) struct ListenArgs {
     /// Reconcile at start and then every this many milliseconds (0: never).
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     reconcile_interval_ms: u64,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// `podctl listen`.
-pub(crate) fn run(args: ListenArgs, json: bool) -> Result<()> {
-    let name = paths::pod_name(&args.name)?;
-    let socket = paths::socket(args.socket, &name)?;
-    let parent_socket = paths::parent_socket(args.parent_socket)?;
+pub(crate) fn run(mut args: ListenArgs, json: bool) -> Result<()> {
+    let handoff = adoption::fill(
+        &mut args.name,
+        &mut args.socket,
+        &mut args.scope_lock,
+        &mut args.parent_socket,
+    )?;
+    let name = paths::pod_name(args.name.as_deref().unwrap_or_default())?;
+    let tls_listen = args
+        .listen
+        .as_deref()
+        .map(paths::listen_address)
+        .transpose()?;
+    let socket = match (args.socket, &tls_listen) {
+        (None, Some(_)) => None,
+        (socket, _) => Some(paths::socket(socket, &name)?),
+    };
+    let parent_socket = paths::parent_address(args.parent_socket)?;
+    let tls_up = parent_socket
+        .as_deref()
+        .is_some_and(|up| up.starts_with("tls://"));
+    if tls_up && args.upward_dialect != Dialect::Original {
+        bail!(
+            "--upward-dialect {} is for Unix parents: a tls:// parent reads the original dialect",
+            args.upward_dialect
+        );
+    }
+    let identity = args
+        .tls
+        .load(tls_listen.is_some() || tls_up, "this listen")?;
+    let tls_listen = match (tls_listen, &identity) {
+        (Some(addr), Some(identity)) => Some((addr, identity.server()?)),
+        _ => None,
+    };
     let state_dir = paths::state_dir(args.state_dir, &name)?;
     let scope_lock = paths::scope_lock(args.scope_lock)?;
     let interval =
@@ -68,32 +119,63 @@ pub(crate) fn run(args: ListenArgs, json: bool) -> Result<()> {
     // goes first because opening a registry creates missing files.
     let table = scopes::open(scope_lock);
     table.list()?;
+    let context = adoption::adopt(
+        handoff,
+        &name,
+        socket.as_deref(),
+        parent_socket.as_deref(),
+        &table,
+    )?;
     let registry = FileRegistry::open(&state_dir)?;
     let parent = Parent::new(name, registry, table, SocketProbe::default());
-    let parent = match parent_socket {
-        Some(up) => parent.with_upward(
-            UnixSender::new(SendConfig {
-                dialect: args.upward_dialect,
-                ..SendConfig::default()
-            }),
-            up,
-        ),
-        None => parent,
-    };
+    let mut upward = AddressSender::new(UnixSender::new(SendConfig {
+        dialect: args.upward_dialect,
+        ..SendConfig::default()
+    }));
+    if let Some(identity) = identity.as_ref().filter(|_| tls_up) {
+        upward = upward.with_tls(identity.sender()?);
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(Arc::new(parent), socket, interval, json))
+    let served = match parent_socket {
+        Some(up) => {
+            let parent = Arc::new(parent.with_upward(upward, up));
+            runtime.block_on(serve(parent, socket, tls_listen, interval, json))
+        }
+        None => runtime.block_on(serve(Arc::new(parent), socket, tls_listen, interval, json)),
+    };
+    adoption::depart(&runtime, context, served.is_ok());
+    served
 }
 
-type FileParent =
-    Parent<FileRegistry, pod_scope_lock::FileStore, pod_scope_lock::ProcLiveness, UnixSender>;
+type FileParent<U> =
+    Parent<FileRegistry, pod_scope_lock::FileStore, pod_scope_lock::ProcLiveness, U>;
 
-async fn serve(
-    parent: Arc<FileParent>,
-    socket: String,
+/// The listeners an endpoint is served by: the Unix socket, the TLS
+/// listener, or both merged into one stream.
+enum Sources {
+    Unix(Listener),
+    Tls(TlsListener),
+    Both(pod_events::Merged),
+}
+
+impl MethodSource for Sources {
+    async fn recv(&mut self) -> Option<Received> {
+        match self {
+            Sources::Unix(listener) => listener.recv().await,
+            Sources::Tls(listener) => listener.recv().await,
+            Sources::Both(merged) => merged.recv().await,
+        }
+    }
+}
+
+async fn serve<U: MethodSender + Clone>(
+    parent: Arc<FileParent<U>>,
+    socket: Option<String>,
+    tls_listen: Option<(String, Arc<ServerConfig>)>,
     interval: Option<Duration>,
     json: bool,
 ) -> Result<()> {
@@ -101,10 +183,40 @@ async fn serve(
     // shutdown, never the default disposition's abrupt exit.
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let listener = Listener::bind(&socket, ListenConfig::default()).await?;
-    let stop = listener.shutdown_handle();
+    let unix = match &socket {
+        Some(socket) => Some(Listener::bind(socket, ListenConfig::default()).await?),
+        None => None,
+    };
+    let tls = match &tls_listen {
+        Some((addr, server)) => Some(
+            TlsListener::bind(addr, server.clone(), TlsListenConfig::default())
+                .await
+                .with_context(|| format!("cannot listen on tls://{addr}"))?,
+        ),
+        None => None,
+    };
+    let stops: Vec<_> = unix
+        .iter()
+        .map(Listener::shutdown_handle)
+        .chain(tls.iter().map(TlsListener::shutdown_handle))
+        .collect();
+    let tls_addr = tls
+        .as_ref()
+        .map(|tls| format!("tls://{}", tls.local_addr()));
+    let listener = match (unix, tls) {
+        (Some(unix), Some(tls)) => Sources::Both(pod_events::merge(unix, tls)),
+        (Some(unix), None) => Sources::Unix(unix),
+        (None, Some(tls)) => Sources::Tls(tls),
+        (None, None) => unreachable!("run() gives a socket unless --listen is given"),
+    };
 
     let (sink, lines) = mpsc::unbounded_channel();
+    // `podctl watch` follows the lines from a control socket beside the
+    // event socket (bound after it: its lock makes a leftover one stale).
+    let sink = match &socket {
+        Some(socket) => ControlSink::bind(control_socket_path(socket), sink)?,
+        None => ControlSink::unserved(sink),
+    };
     // Writing to stdout blocks when the reader is slow: keep it off the
     // executor. The thread ends when the endpoint drops the sink.
     let printer = std::thread::Builder::new()
@@ -117,14 +229,17 @@ async fn serve(
         sink,
         EndpointConfig::default().reconcile_every(interval),
     );
-    tracing::info!(pod = %parent.name(), %socket, "listening");
+    let (unix, tls) = (socket.as_deref(), tls_addr.as_deref());
+    tracing::info!(pod = %parent.name(), socket = %unix.unwrap_or("-"), tls = %tls.unwrap_or("-"), "listening");
 
     let signal = tokio::select! {
         _ = terminate.recv() => "SIGTERM",
         _ = interrupt.recv() => "SIGINT",
     };
     tracing::info!(signal, "shutting down");
-    stop.shutdown();
+    for stop in &stops {
+        stop.shutdown();
+    }
     let stats = endpoint.join().await;
     parent
         .registry()

@@ -1,6 +1,8 @@
 //! What goes to stdout: aligned tables for people, JSON for scripts.
 
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use pod_protocol::{Permission, ScopeRule};
@@ -61,7 +63,7 @@ impl Table {
     }
 }
 
-fn escape(cell: &str) -> String {
+pub(crate) fn escape(cell: &str) -> String {
     let mut out = String::with_capacity(cell.len());
     for c in cell.chars() {
         if c.is_control() {
@@ -73,8 +75,59 @@ fn escape(cell: &str) -> String {
     out
 }
 
-/// Writes `text` to stdout and flushes it.
+/// How results are printed (`-o`; `--json` is `-o json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub(crate) enum Format {
+    /// Aligned columns for people; long ids shortened.
+    #[default]
+    Table,
+    /// The table with every id whole and the columns a narrow terminal
+    /// would not fit.
+    Wide,
+    /// JSON for scripts (for `listen` and `watch`: one object per line).
+    Json,
+}
+
+impl Format {
+    pub(crate) fn is_json(self) -> bool {
+        self == Format::Json
+    }
+
+    pub(crate) fn is_wide(self) -> bool {
+        self == Format::Wide
+    }
+
+    /// An incarnation id as this format shows it: whole when wide,
+    /// shortened in a table.
+    pub(crate) fn id(self, id: &str) -> String {
+        if self.is_wide() {
+            or_dash(id)
+        } else {
+            short_id(id)
+        }
+    }
+}
+
+/// Set by `-q`: results are not printed, only the exit status (and the one
+/// line on stderr of a failure) says how a command ended.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Makes every later [`print`] a no-op (`-q`). Called once, by `main`,
+/// before any command runs.
+pub(crate) fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
+/// Whether `-q` was given.
+pub(crate) fn is_quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
+/// Writes `text` to stdout and flushes it (nothing under `-q`).
 pub(crate) fn print(text: &str) -> Result<()> {
+    if is_quiet() {
+        return Ok(());
+    }
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
@@ -138,11 +191,58 @@ pub(crate) fn rules(scope: &[ScopeRule]) -> String {
                 Permission::Read => "read",
                 Permission::Write => "write",
             };
-            let reach = if rule.recursive { "/**" } else { "/*" };
-            format!("{permission} {}{reach}", rule.target)
+            let reach = if rule.recursive { "**" } else { "*" };
+            // The root is `/`: `/**`, not `//**`.
+            let slash = if rule.target.ends_with('/') { "" } else { "/" };
+            format!("{permission} {}{slash}{reach}", rule.target)
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The display order and labels of a forest: `nodes[i]` is (name,
+/// parent's name); each node is shown under its parent with box-drawing
+/// prefixes, siblings in the order given. A node whose parent is not
+/// among them is shown at the top, and so is any node a cycle or a
+/// duplicate name would otherwise hide, once: every node appears exactly
+/// once, whatever a hostile file says.
+pub(crate) fn tree_order(nodes: &[(&str, Option<&str>)]) -> Vec<(usize, String)> {
+    let exists = |name: &str| nodes.iter().any(|(n, _)| *n == name);
+    let mut children: BTreeMap<Option<&str>, Vec<usize>> = BTreeMap::new();
+    for (i, (_, parent)) in nodes.iter().enumerate() {
+        let parent = parent.filter(|p| exists(p));
+        children.entry(parent).or_default().push(i);
+    }
+    let mut order = Vec::with_capacity(nodes.len());
+    let mut seen = vec![false; nodes.len()];
+    // (node, prefix of its label, prefix of its children's labels)
+    let mut stack: Vec<(usize, String, String)> = Vec::new();
+    let push_children = |stack: &mut Vec<_>, of: Option<&str>, indent: &str| {
+        let list = children.get(&of).map(Vec::as_slice).unwrap_or_default();
+        for (i, &child) in list.iter().enumerate().rev() {
+            let (label, next) = match (of, i + 1 == list.len()) {
+                (None, _) => (String::new(), String::new()),
+                (Some(_), true) => (format!("{indent}└─ "), format!("{indent}   ")),
+                (Some(_), false) => (format!("{indent}├─ "), format!("{indent}│  ")),
+            };
+            stack.push((child, label, next));
+        }
+    };
+    push_children(&mut stack, None, "");
+    loop {
+        while let Some((node, label, indent)) = stack.pop() {
+            if std::mem::replace(&mut seen[node], true) {
+                continue;
+            }
+            let (name, _) = nodes[node];
+            order.push((node, format!("{label}{name}")));
+            push_children(&mut stack, Some(name), &indent);
+        }
+        match seen.iter().position(|s| !s) {
+            Some(hidden) => stack.push((hidden, String::new(), String::new())),
+            None => return order,
+        }
+    }
 }
 
 /// The first 8 characters of an incarnation id, enough to tell pods
@@ -186,6 +286,29 @@ mod tests {
             rules(&[ScopeRule::write("/a"), direct]),
             "write /a/**, read /b/*"
         );
+        assert_eq!(rules(&[ScopeRule::write("/")]), "write /**");
+    }
+
+    #[test]
+    fn a_forest_is_drawn_under_its_parents_and_every_node_once() {
+        let labels = |nodes: &[(&str, Option<&str>)]| -> Vec<String> {
+            tree_order(nodes).into_iter().map(|(_, l)| l).collect()
+        };
+        assert_eq!(
+            labels(&[
+                ("root", None),
+                ("a", Some("root")),
+                ("gc", Some("a")),
+                ("b", Some("root")),
+                ("orphan", Some("gone")),
+            ]),
+            ["root", "├─ a", "│  └─ gc", "└─ b", "orphan"]
+        );
+        // A cycle has no top: shown from its first node, each node once.
+        assert_eq!(labels(&[("x", Some("y")), ("y", Some("x"))]), ["x", "└─ y"]);
+        // A duplicate name under its own descendant cannot loop.
+        let dup = labels(&[("n", Some("x")), ("x", Some("n")), ("x", None)]);
+        assert_eq!(dup.len(), 3, "{dup:?}");
     }
 
     #[test]

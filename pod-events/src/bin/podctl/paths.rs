@@ -12,7 +12,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use pod_protocol::{validate_path, PodName};
+use pod_protocol::{validate_path, validate_socket, Address, PodName};
 
 /// The runtime directory, created (mode 0700) if missing, and checked to
 /// be a directory owned by this user that nobody else can enter.
@@ -73,10 +73,39 @@ pub(crate) fn parent_socket(flag: Option<String>) -> Result<Option<String>> {
         .transpose()
 }
 
+/// `--parent-socket` of `listen`, validated when given: a Unix socket
+/// path, `unix:` + path, or `tls://host:port`.
+pub(crate) fn parent_address(flag: Option<String>) -> Result<Option<String>> {
+    flag.map(|socket| address("--parent-socket", socket))
+        .transpose()
+}
+
 /// `path`, if it is absolute and lexically normal (no `.` or `..`).
 pub(crate) fn checked(flag: &'static str, path: String) -> Result<String> {
     validate_path(flag, &path)?;
     Ok(path)
+}
+
+/// An address a command sends to (`send --socket`, `--parent-socket`): a
+/// Unix socket path, `unix:` + path, or `tls://host:port`.
+pub(crate) fn address(flag: &'static str, address: String) -> Result<String> {
+    validate_socket(flag, &address)?;
+    Ok(address)
+}
+
+/// `--listen tls://HOST:PORT`: the `HOST:PORT` to bind (an IP address, or
+/// a name that resolves to one of this host's).
+pub(crate) fn listen_address(address: &str) -> Result<String> {
+    match address.parse::<Address>() {
+        Ok(Address::Tls { host, port }) => Ok(format!("{host}:{port}")),
+        Ok(_) => bail!(
+            "--listen {address:?} is not a tls:// address: give tls://HOST:PORT \
+             (a Unix socket is --socket)"
+        ),
+        Err(err) => {
+            Err(err).with_context(|| format!("--listen {address:?} is not a tls:// address"))
+        }
+    }
 }
 
 /// A validated pod name.

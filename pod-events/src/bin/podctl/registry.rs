@@ -7,11 +7,11 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use pod_events::{render, Origin, Parent, SocketProbe};
 use pod_protocol::PodName;
-use pod_registry::{FileRegistry, RegistrySnapshot};
+use pod_registry::{FileRegistry, RegistryError, RegistrySnapshot};
 use pod_transport::UnixSender;
 use serde_json::json;
 
-use crate::output::{self, Table};
+use crate::output::{self, Format, Table};
 use crate::{paths, scopes};
 
 #[derive(Debug, Args)]
@@ -51,7 +51,7 @@ pub(crate) struct ReconcileArgs {
 
 /// Fails unless `dir` exists: a mistyped directory is an error, not an
 /// empty registry (and must not get one created).
-fn require_dir(dir: &Path) -> Result<()> {
+pub(crate) fn require_dir(dir: &Path) -> Result<()> {
     if !dir.is_dir() {
         bail!(
             "no registry in {}: the directory does not exist (check --state-dir or --name)",
@@ -69,7 +69,7 @@ fn open_existing(dir: &Path) -> Result<FileRegistry> {
 }
 
 /// `podctl registry`.
-pub(crate) fn show(args: RegistryArgs, json: bool) -> Result<()> {
+pub(crate) fn show(args: RegistryArgs, format: Format) -> Result<()> {
     let dir = match (args.state_dir, args.name) {
         (Some(dir), _) => dir,
         (None, Some(name)) => paths::state_dir(None, &paths::pod_name(&name)?)?,
@@ -83,7 +83,7 @@ pub(crate) fn show(args: RegistryArgs, json: bool) -> Result<()> {
     let records: Vec<_> = state.records().cloned().collect();
     let departed: Vec<_> = state.departed().cloned().collect();
     let invalid = snapshot.invalid_records();
-    if json {
+    if format.is_json() {
         return output::print_json(&json!({
             "pods": records,
             "departed": departed,
@@ -94,7 +94,7 @@ pub(crate) fn show(args: RegistryArgs, json: bool) -> Result<()> {
     for record in &records {
         table.row(vec![
             record.pod_name.to_string(),
-            output::short_id(record.incarnation.as_deref().unwrap_or_default()),
+            format.id(record.incarnation.as_deref().unwrap_or_default()),
             record.socket_path.clone(),
             output::or_dash(&record.callback_address),
             output::rules(&record.scope_delegated),
@@ -115,8 +115,13 @@ pub(crate) fn show(args: RegistryArgs, json: bool) -> Result<()> {
     }
     if !departed.is_empty() {
         let names: Vec<String> = departed.iter().map(|t| t.pod_name.to_string()).collect();
+        let noun = if departed.len() == 1 {
+            "departure"
+        } else {
+            "departures"
+        };
         output::print(&format!(
-            "{} recent departures: {}\n",
+            "{} recent {noun}: {}\n",
             departed.len(),
             names.join(", ")
         ))?;
@@ -125,7 +130,7 @@ pub(crate) fn show(args: RegistryArgs, json: bool) -> Result<()> {
 }
 
 /// `podctl reconcile`: one pass of the endpoint's level-triggered repair.
-pub(crate) fn reconcile(args: ReconcileArgs, json: bool) -> Result<()> {
+pub(crate) fn reconcile(args: ReconcileArgs, format: Format) -> Result<()> {
     let name = match (&args.name, &args.state_dir) {
         (Some(name), _) => paths::pod_name(name)?,
         (None, Some(dir)) => name_of(dir)?,
@@ -137,7 +142,15 @@ pub(crate) fn reconcile(args: ReconcileArgs, json: bool) -> Result<()> {
     // A corrupt table is refused before anything changes (the endpoint
     // would only warn and probe sockets).
     table.list()?;
-    let registry = open_existing(&dir)?;
+    let registry =
+        open_existing(&dir).map_err(|error| match error.downcast_ref::<RegistryError>() {
+            Some(RegistryError::Locked { .. }) => error.context(
+                "reconcile refused: a running endpoint owns this state directory and \
+                 reconciles it itself (every --reconcile-interval-ms); `podctl tree` shows \
+                 what it would repair",
+            ),
+            _ => error,
+        })?;
     let parent = Parent::new(name, registry, table, SocketProbe::default());
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -168,7 +181,7 @@ pub(crate) fn reconcile(args: ReconcileArgs, json: bool) -> Result<()> {
     let (report, flush_failures) = report;
     let failures = report.failures + flush_failures;
 
-    if json {
+    if format.is_json() {
         let crashed: Vec<_> = report.presumed_crashed.iter().map(|(e, _)| e).collect();
         let adopted: Vec<_> = report.adopted.iter().map(|(_, r)| r).collect();
         output::print_json(&json!({
@@ -209,7 +222,7 @@ pub(crate) fn reconcile(args: ReconcileArgs, json: bool) -> Result<()> {
 }
 
 /// The pod name a state directory is named after.
-fn name_of(dir: &Path) -> Result<PodName> {
+pub(crate) fn name_of(dir: &Path) -> Result<PodName> {
     let last = dir
         .file_name()
         .and_then(|n| n.to_str())

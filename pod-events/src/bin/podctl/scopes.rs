@@ -1,20 +1,41 @@
 //! `podctl scopes` and `podctl scope ...`: the machine-wide scope table.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use pod_protocol::ScopeRule;
 use pod_scope_lock::{Allocation, FileStore, PodSpec, ScopeTable};
 use serde_json::json;
 
-use crate::output::{self, Table};
+use crate::output::{self, Format, Table};
 use crate::paths;
 
 /// The table at `path`, probing processes through `/proc`.
 pub(crate) fn open(path: PathBuf) -> ScopeTable<FileStore> {
     ScopeTable::with_proc_liveness(FileStore::new(path))
+}
+
+/// The table a read-only command shows: `flag`, which must name an
+/// existing file (a mistyped path is an error, not an empty table), or
+/// the default table, which may not exist yet (nothing registered).
+pub(crate) fn open_to_read(flag: Option<PathBuf>) -> Result<ScopeTable<FileStore>> {
+    let given = flag.is_some();
+    let path = paths::scope_lock(flag)?;
+    if given && !path.exists() {
+        bail!(
+            "no scope table at {}: the file does not exist (check --scope-lock; \
+             `podctl scope register` creates a table)",
+            shown(&path).display()
+        );
+    }
+    Ok(open(path))
+}
+
+/// `path` made absolute against the working directory, so a message
+/// about a relative path says where it looked.
+fn shown(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 #[derive(Debug, Args)]
@@ -85,46 +106,63 @@ pub(crate) struct ReleaseArgs {
 }
 
 /// `podctl scopes`.
-pub(crate) fn show(args: ScopesArgs, json: bool) -> Result<()> {
-    let table = open(paths::scope_lock(args.scope_lock)?);
+pub(crate) fn show(args: ScopesArgs, format: Format) -> Result<()> {
+    let table = open_to_read(args.scope_lock)?;
     let allocations = table.list()?;
-    if json {
+    if format.is_json() {
         let list: Vec<_> = allocations
             .iter()
             .map(|a| with_liveness(&table, a))
             .collect::<Result<_>>()?;
         return output::print_json(&json!({ "allocations": list }));
     }
-    output::print_table(&tree(&table, &allocations), "the scope table is empty")
+    output::print_table(
+        &tree(&table, &allocations, format),
+        "the scope table is empty",
+    )
 }
 
 /// `podctl scope ...`.
-pub(crate) fn change(command: ScopeCommand, json: bool) -> Result<()> {
+pub(crate) fn change(command: ScopeCommand, format: Format) -> Result<()> {
     match command {
         ScopeCommand::Register(spec) => {
             let (table, spec) = spec.resolve()?;
             let allocation = table.register(spec)?;
-            print_allocations(&table, &[allocation], json, "")
+            print_allocations(&table, &[allocation], format, "")
         }
         ScopeCommand::Delegate(args) => {
             let from = paths::pod_name(&args.from)?;
             let (table, spec) = args.spec.resolve()?;
             let allocation = table.delegate(&from, spec)?;
-            print_allocations(&table, &[allocation], json, "")
+            print_allocations(&table, &[allocation], format, "")
         }
         ScopeCommand::Release(args) => {
             let name = paths::pod_name(&args.name)?;
             let table = open(paths::scope_lock(args.scope_lock)?);
             let allocation = table.release(&name, args.incarnation.as_deref())?;
-            print_allocations(&table, &[allocation], json, "")
+            if format.is_json() {
+                return output::print_json(&serde_json::to_value(&allocation)?);
+            }
+            // The allocation is gone: say so, rather than show it as a
+            // row of the table with its (still running) process `ALIVE`.
+            let heirs = match &allocation.delegated_from {
+                Some(parent) => format!("; its children now descend from `{parent}`"),
+                None => "; its children are now top-level pods".into(),
+            };
+            output::print(&format!(
+                "released the allocation of `{}` (pid {}, {}){heirs}\n",
+                allocation.pod_name,
+                allocation.pid,
+                output::rules(&allocation.scope_allow),
+            ))
         }
         ScopeCommand::Reclaim(args) => {
             let table = open(paths::scope_lock(args.scope_lock)?);
             let reclaimed = table.reclaim_stale()?;
-            if json {
+            if format.is_json() {
                 return output::print_json(&json!({ "reclaimed": reclaimed }));
             }
-            print_allocations(&table, &reclaimed, false, "no stale allocation")
+            print_allocations(&table, &reclaimed, format, "no stale allocation")
         }
     }
 }
@@ -155,19 +193,24 @@ impl SpecArgs {
 fn print_allocations(
     table: &ScopeTable<FileStore>,
     allocations: &[Allocation],
-    json: bool,
+    format: Format,
     empty: &str,
 ) -> Result<()> {
-    if json {
+    if format.is_json() {
         // One allocation (register, delegate, release) prints as an object.
         if let [one] = allocations {
             return output::print_json(&serde_json::to_value(one)?);
         }
         return output::print_json(&serde_json::to_value(allocations)?);
     }
-    let mut rows = Table::new(HEADER);
+    let mut rows = Table::new(header(format));
     for allocation in allocations {
-        rows.row(cells(table, allocation, allocation.pod_name.to_string()));
+        rows.row(cells(
+            table,
+            allocation,
+            allocation.pod_name.to_string(),
+            format,
+        ));
     }
     output::print_table(&rows, empty)
 }
@@ -182,8 +225,36 @@ const HEADER: &[&str] = &[
     "SCOPE",
 ];
 
-fn cells(table: &ScopeTable<FileStore>, allocation: &Allocation, label: String) -> Vec<String> {
-    vec![
+/// `-o wide` adds what tells a pod's process apart from a reused pid,
+/// and whether it was spawned but not yet adopted.
+const WIDE_HEADER: &[&str] = &[
+    "POD",
+    "PID",
+    "ALIVE",
+    "FROM",
+    "INCARNATION",
+    "START TIME",
+    "PENDING UNTIL",
+    "SOCKET",
+    "SCOPE",
+];
+
+fn header(format: Format) -> &'static [&'static str] {
+    if format.is_wide() {
+        WIDE_HEADER
+    } else {
+        HEADER
+    }
+}
+
+fn cells(
+    table: &ScopeTable<FileStore>,
+    allocation: &Allocation,
+    label: String,
+    format: Format,
+) -> Vec<String> {
+    let optional = |n: Option<u64>| n.map_or("-".into(), |n| n.to_string());
+    let mut cells = vec![
         label,
         allocation.pid.to_string(),
         if table.is_live(allocation) {
@@ -196,10 +267,18 @@ fn cells(table: &ScopeTable<FileStore>, allocation: &Allocation, label: String) 
             .delegated_from
             .as_ref()
             .map_or("-".into(), |p| p.to_string()),
-        output::short_id(allocation.incarnation.as_deref().unwrap_or_default()),
+        format.id(allocation.incarnation.as_deref().unwrap_or_default()),
         allocation.socket.clone(),
         output::rules(&allocation.scope_allow),
-    ]
+    ];
+    if format.is_wide() {
+        let extra = [
+            optional(allocation.start_time),
+            optional(allocation.pending_until),
+        ];
+        cells.splice(5..5, extra);
+    }
+    cells
 }
 
 fn with_liveness(
@@ -215,37 +294,21 @@ fn with_liveness(
 
 /// The allocations as a tree: each pod under the pod it was delegated
 /// from, siblings by name.
-fn tree(table: &ScopeTable<FileStore>, allocations: &[Allocation]) -> Table {
-    let mut children: BTreeMap<Option<&str>, Vec<&Allocation>> = BTreeMap::new();
-    for allocation in allocations {
-        let parent = allocation.delegated_from.as_ref().map(|p| p.as_str());
-        // The table's invariant says every parent exists; show an orphan
-        // at the top rather than not at all.
-        let parent = parent.filter(|p| allocations.iter().any(|a| a.pod_name.as_str() == *p));
-        children.entry(parent).or_default().push(allocation);
-    }
-    let mut rows = Table::new(HEADER);
-    // (allocation, prefix of its label, prefix of its children's labels)
-    let mut stack: Vec<(&Allocation, String, String)> = Vec::new();
-    let push_children = |stack: &mut Vec<_>, of: Option<&str>, indent: &str| {
-        let list = children.get(&of).map(Vec::as_slice).unwrap_or_default();
-        for (i, child) in list.iter().enumerate().rev() {
-            let (label, next) = match (of, i + 1 == list.len()) {
-                (None, _) => (String::new(), String::new()),
-                (Some(_), true) => (format!("{indent}└─ "), format!("{indent}   ")),
-                (Some(_), false) => (format!("{indent}├─ "), format!("{indent}│  ")),
-            };
-            stack.push((*child, label, next));
-        }
-    };
-    push_children(&mut stack, None, "");
-    while let Some((allocation, label, indent)) = stack.pop() {
-        rows.row(cells(
-            table,
-            allocation,
-            format!("{label}{}", allocation.pod_name),
-        ));
-        push_children(&mut stack, Some(allocation.pod_name.as_str()), &indent);
+fn tree(table: &ScopeTable<FileStore>, allocations: &[Allocation], format: Format) -> Table {
+    let mut sorted: Vec<&Allocation> = allocations.iter().collect();
+    sorted.sort_by(|a, b| a.pod_name.cmp(&b.pod_name));
+    let nodes: Vec<(&str, Option<&str>)> = sorted
+        .iter()
+        .map(|a| {
+            (
+                a.pod_name.as_str(),
+                a.delegated_from.as_ref().map(|p| p.as_str()),
+            )
+        })
+        .collect();
+    let mut rows = Table::new(header(format));
+    for (i, label) in output::tree_order(&nodes) {
+        rows.row(cells(table, sorted[i], label, format));
     }
     rows
 }

@@ -1,0 +1,303 @@
+//! `podctl run`: spawn a child pod from the shell (DESIGN section 11),
+//! acting as the spawner for the pod named by `--from`.
+//!
+//! The order keeps the grant with the process that runs: the reservation
+//! is made before the child exists (held under the spawner pod's process),
+//! adopted on the child's behalf with the child's own pid as soon as it is
+//! started (a program not built on these crates never adopts by itself;
+//! one that is accepts an adoption already made for its pid), announced to
+//! the parent, and released when the child exits without having done so.
+
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use pod_events::{send_pod_event, Handoff};
+use pod_protocol::{PodEvent, ScopeRule};
+use pod_scope_lock::{Allocation, FileStore, PodSpec, ScopeError, ScopeTable};
+use pod_transport::UnixSender;
+use serde_json::json;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{output, paths, scopes};
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The spawning pod: the child's scope is delegated from its
+    /// allocation, which must exist in the scope table.
+    #[arg(long, value_name = "PARENT")]
+    from: String,
+    /// The child's pod name.
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// Write scope for the child (repeatable); inside PARENT's.
+    #[arg(long = "write", value_name = "PATH")]
+    writes: Vec<String>,
+    /// Read scope for the child (repeatable); inside PARENT's.
+    #[arg(long = "read", value_name = "PATH")]
+    reads: Vec<String>,
+    /// The scope table [default: RUNTIME_DIR/scope.lock].
+    #[arg(long, value_name = "FILE")]
+    scope_lock: Option<PathBuf>,
+    /// Where PARENT listens: the spawn is announced there and the child
+    /// reports there [default: PARENT's socket in the scope table].
+    #[arg(long, value_name = "PATH")]
+    parent_socket: Option<String>,
+    /// The socket the child is told to listen on [default:
+    /// RUNTIME_DIR/NAME/sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<String>,
+    /// The child's program and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+/// `podctl run`: exits with the child's status (128 + the signal for a
+/// child killed by one).
+pub(crate) fn run(args: RunArgs, json: bool) -> Result<()> {
+    let from = paths::pod_name(&args.from)?;
+    let name = paths::pod_name(&args.name)?;
+    let socket = paths::socket(args.socket, &name)?;
+    let scope: Vec<ScopeRule> = args
+        .writes
+        .into_iter()
+        .map(ScopeRule::write)
+        .chain(args.reads.into_iter().map(ScopeRule::read))
+        .collect();
+    if scope.is_empty() {
+        bail!("give the child some scope: at least one --write PATH or --read PATH");
+    }
+    let lock = paths::scope_lock(args.scope_lock)?;
+    let table = scopes::open(lock.clone());
+    let Some(spawner) = table.find(&from)? else {
+        bail!(
+            "pod `{from}` holds no allocation in {}: register it first (`podctl scope register`), or check --from and --scope-lock",
+            lock.display()
+        );
+    };
+    let parent_socket = match args.parent_socket {
+        Some(flag) => paths::checked("--parent-socket", flag)?,
+        None => spawner.socket.clone(),
+    };
+    let reservation = table
+        .reserve(
+            &from,
+            PodSpec {
+                pod_name: name.clone(),
+                // Ignored: a reservation is held under the spawner's pid.
+                pid: std::process::id(),
+                socket: socket.clone(),
+                scope: scope.clone(),
+            },
+        )
+        .with_context(|| format!("cannot reserve scope for pod `{name}`"))?;
+    let incarnation = reservation
+        .incarnation
+        .clone()
+        .context("the table minted no incarnation for the reservation")?;
+    let handoff = Handoff::new(name.clone(), incarnation, from, parent_socket, socket, lock);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            release(&table, &handoff);
+            return Err(error).context("cannot start the async runtime");
+        }
+    };
+    let status = runtime.block_on(supervise(table, handoff, scope, args.command, json))?;
+    drop(runtime);
+    std::process::exit(exit_code(status));
+}
+
+/// Starts the child, adopts and announces it, waits for it, and reports
+/// its exit if it did not.
+async fn supervise(
+    table: ScopeTable<FileStore>,
+    handoff: Handoff,
+    scope: Vec<ScopeRule>,
+    command: Vec<OsString>,
+    json: bool,
+) -> Result<ExitStatus> {
+    // Handlers before the child exists, so a signal meant for the pair is
+    // forwarded, never the default abrupt exit that would orphan it.
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let (program, program_args) = command.split_first().context("no command given")?;
+    let mut child_command = tokio::process::Command::new(program);
+    child_command
+        .args(program_args)
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    handoff.apply_to(&mut child_command);
+    let mut child = match child_command.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            let (t, h) = (table.clone(), handoff.clone());
+            blocking(move || release(&t, &h)).await;
+            return Err(error).with_context(|| {
+                format!(
+                    "cannot start {:?} for pod `{}`; its reservation was released",
+                    Path::new(program).display(),
+                    handoff.name
+                )
+            });
+        }
+    };
+    let pid = child
+        .id()
+        .context("the child exited before its pid was known")?;
+
+    let (t, h) = (table.clone(), handoff.clone());
+    if let Err(error) = blocking(move || adopt_for(&t, &h, pid)).await {
+        // Its reservation stays under the spawner until it expires or is
+        // released below.
+        tracing::warn!(%error, pod = %handoff.name, "could not adopt the reservation on the child's behalf");
+    }
+    let sender = UnixSender::default();
+    let up = Path::new(&handoff.parent_socket);
+    let announce = PodEvent::ScopeSubDelegated {
+        parent_pod: handoff.parent.to_string(),
+        sub_pod: handoff.name.to_string(),
+        sub_socket: handoff.socket.clone(),
+        scope,
+        sub_incarnation: Some(handoff.incarnation.clone()),
+        spawner_socket: Some(handoff.parent_socket.clone()),
+    };
+    if let Err(error) = send_pod_event(&sender, up, announce).await {
+        tracing::warn!(%error, parent = %handoff.parent, "could not announce the child; the parent's reconcile finds it in the scope table");
+    }
+    if json {
+        output::print_json(&json!({
+            "name": handoff.name.as_str(),
+            "pid": pid,
+            "incarnation": handoff.incarnation,
+            "socket": handoff.socket,
+        }))?;
+    } else {
+        output::print(&format!(
+            "{} pid {pid} incarnation {}\n",
+            handoff.name, handoff.incarnation
+        ))?;
+    }
+
+    let status = loop {
+        let forward = tokio::select! {
+            status = child.wait() => break status.context("cannot wait for the child")?,
+            _ = terminate.recv() => rustix::process::Signal::TERM,
+            _ = interrupt.recv() => rustix::process::Signal::INT,
+        };
+        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(pid, forward);
+        }
+    };
+
+    let (t, n) = (table.clone(), handoff.name.clone());
+    let held = blocking(move || t.find(&n)).await;
+    let ours = |a: &Allocation| a.incarnation.as_deref() == Some(handoff.incarnation.as_str());
+    let described = describe(status);
+    match held {
+        Ok(Some(allocation)) if ours(&allocation) => {
+            // It exited still holding its grant: it did not report. Report
+            // for it (ShutDown first, while the table shows its process
+            // dead, which any sender may report), then say how it ended.
+            let shut_down = PodEvent::ShutDown {
+                pod_name: handoff.name.to_string(),
+                incarnation: Some(handoff.incarnation.clone()),
+            };
+            let errored = PodEvent::Errored {
+                pod_name: handoff.name.to_string(),
+                message: format!("{described} without reporting its shutdown"),
+                incarnation: Some(handoff.incarnation.clone()),
+            };
+            for event in [shut_down, errored] {
+                if let Err(error) = send_pod_event(&sender, up, event).await {
+                    tracing::warn!(%error, parent = %handoff.parent, "could not report the child's exit; the parent's reconcile infers it");
+                }
+            }
+            let (t, h) = (table.clone(), handoff.clone());
+            blocking(move || release(&t, &h)).await;
+            output::print(&format!(
+                "{} {described} without reporting; reported it as shut down and released its scope\n",
+                handoff.name
+            ))?;
+        }
+        Ok(_) => output::print(&format!("{} {described}\n", handoff.name))?,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the scope table after the child's exit");
+            output::print(&format!("{} {described}\n", handoff.name))?;
+        }
+    }
+    Ok(status)
+}
+
+/// Adopts the reservation for the child's process `pid`, unless the
+/// child has adopted it itself already.
+fn adopt_for(table: &ScopeTable<FileStore>, handoff: &Handoff, pid: u32) -> Result<(), ScopeError> {
+    match table.adopt(&handoff.name, &handoff.incarnation, pid) {
+        Err(ScopeError::NotReserved { .. })
+            if table
+                .find(&handoff.name)?
+                .is_some_and(|a| a.pid == pid && a.pending_until.is_none()) =>
+        {
+            Ok(())
+        }
+        other => other.map(drop),
+    }
+}
+
+/// Releases the child's allocation (this incarnation only); gone already
+/// is fine.
+fn release(table: &ScopeTable<FileStore>, handoff: &Handoff) {
+    match table.release(&handoff.name, Some(&handoff.incarnation)) {
+        Ok(_) | Err(ScopeError::UnknownPod { .. } | ScopeError::IncarnationMismatch { .. }) => {}
+        Err(error) => {
+            tracing::warn!(%error, pod = %handoff.name, "could not release the child's allocation; reclaim removes it, its process being gone");
+        }
+    }
+}
+
+/// Runs a table operation (flock, fsync) off the executor.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))
+}
+
+/// "exited with status 3", "was killed by signal 9".
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        (None, None) => "exited".to_owned(),
+    }
+}
+
+/// The shell's convention: the code, or 128 + the signal.
+fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exits_are_described_and_coded_as_a_shell_would() {
+        let exited = ExitStatus::from_raw(3 << 8);
+        assert_eq!(describe(exited), "exited with status 3");
+        assert_eq!(exit_code(exited), 3);
+        let killed = ExitStatus::from_raw(9);
+        assert_eq!(describe(killed), "was killed by signal 9");
+        assert_eq!(exit_code(killed), 137);
+    }
+}
