@@ -31,6 +31,7 @@ pub mod handoff;
 mod identity;
 mod merge;
 mod parent;
+mod pod;
 mod probe;
 mod render;
 mod send;
@@ -48,6 +49,7 @@ pub use endpoint::{
 pub use identity::{FakeProcessTree, ProcTree, ProcessTree, SenderPolicy};
 pub use merge::{merge, Merged};
 pub use parent::{Effects, Parent, PodStatus, Reconciliation};
+pub use pod::{FileParent, Pod, PodBuilder, PodError};
 pub use probe::{FakeReachability, Reachability, SocketProbe};
 pub use render::{render, render_event, Origin, MAX_LINE_LEN};
 pub use send::{fire_and_forget, send_pod_event};
@@ -65,6 +67,9 @@ pub use pod_protocol;
 pub use pod_registry;
 pub use pod_scope_lock;
 pub use pod_transport;
+/// The async runtime the crate runs on, re-exported so that an embedder
+/// needs no other dependency (`#[tokio::main(crate = "pod_events::tokio")]`).
+pub use tokio;
 
 /// Applies the side effects of `event` at `parent`: the free-function form
 /// of [`Parent::apply`].
