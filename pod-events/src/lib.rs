@@ -16,6 +16,50 @@
 //! [`MethodSource`], [`Registry`], [`TableStore`], [`Liveness`]), so every
 //! layer can be swapped for its in-memory implementation in tests.
 //!
+//! # A parent and its child
+//!
+//! [`Pod`] is the facade: the parent registers its scope and spawns a
+//! child with part of it; the child (here the same program, re-executed)
+//! adopts its reservation from the handoff variables, reports, and leaves.
+//!
+//! ```
+//! use pod_events::tokio::process::Command;
+//! use pod_events::{Handoff, Pod, PodEvent, ScopeRule};
+//!
+//! #[pod_events::tokio::main(crate = "pod_events::tokio")]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     if Handoff::present_in_env() {
+//!         // The child: take the place its parent reserved, work, report, leave.
+//!         let child = Pod::from_env()?.start().await?;
+//!         child.turn_ended();
+//!         child.shut_down().await?;
+//!         return Ok(());
+//!     }
+//!
+//!     // The parent: a top-level pod holding write scope on a repository.
+//!     let dir = std::env::temp_dir().join(format!("pods-{}", std::process::id()));
+//!     let repo = dir.join("repo");
+//!     let mut root = Pod::builder("root", &dir)?.write(&repo).start().await?;
+//!
+//!     // This same program, spawned as a child with part of that scope.
+//!     let docs = ScopeRule::write(repo.join("docs").display().to_string());
+//!     let mut child = root.spawn(&mut Command::new(std::env::current_exe()?), "docs", [docs]).await?;
+//!
+//!     // Each event of the child arrives as one line for the parent's LLM.
+//!     while let Some(note) = root.next_notification().await {
+//!         println!("{}", note.line);
+//!         if matches!(note.event, PodEvent::ShutDown { .. }) {
+//!             break;
+//!         }
+//!     }
+//!     root.wait(&mut child).await?;
+//!     assert!(root.pods().is_empty());
+//!     root.shut_down().await?;
+//!     std::fs::remove_dir_all(dir)?;
+//!     Ok(())
+//! }
+//! ```
+//!
 //! [`MethodSender`]: pod_transport::MethodSender
 //! [`MethodSource`]: pod_transport::MethodSource
 //! [`Registry`]: pod_registry::Registry
@@ -31,6 +75,7 @@ pub mod handoff;
 mod identity;
 mod merge;
 mod parent;
+mod pod;
 mod probe;
 mod render;
 mod send;
@@ -48,6 +93,7 @@ pub use endpoint::{
 pub use identity::{FakeProcessTree, ProcTree, ProcessTree, SenderPolicy};
 pub use merge::{merge, Merged};
 pub use parent::{Effects, Parent, PodStatus, Reconciliation};
+pub use pod::{FileParent, Pod, PodBuilder, PodError};
 pub use probe::{FakeReachability, Reachability, SocketProbe};
 pub use render::{render, render_applied, render_event, Applied, Origin, MAX_LINE_LEN};
 pub use send::{fire_and_forget, send_pod_event};
@@ -62,9 +108,13 @@ pub use spawner::{SpawnError, SpawnedChild, Spawner};
 pub struct ReadmeDoctests;
 
 pub use pod_protocol;
+pub use pod_protocol::{PodEvent, PodName, ScopeRule};
 pub use pod_registry;
 pub use pod_scope_lock;
 pub use pod_transport;
+/// The async runtime the crate runs on, re-exported so that an embedder
+/// needs no other dependency (`#[tokio::main(crate = "pod_events::tokio")]`).
+pub use tokio;
 
 /// Applies the side effects of `event` at `parent`: the free-function form
 /// of [`Parent::apply`].

@@ -4,6 +4,7 @@ mod tests {
     pub(crate) mod endpoint;
     pub(crate) mod lifecycle;
     pub(crate) mod model;
+    pub(crate) mod processes;
     #[cfg(feature = "cli")]
     pub(crate) mod podctl;
     pub(crate) mod sockets;
