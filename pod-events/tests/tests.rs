@@ -6,6 +6,8 @@ mod tests {
     pub(crate) mod model;
     pub(crate) mod processes;
     #[cfg(feature = "cli")]
+    pub(crate) mod operator;
+    #[cfg(feature = "cli")]
     pub(crate) mod podctl;
     pub(crate) mod sockets;
     #[cfg(feature = "cli")]

@@ -62,7 +62,8 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
     /// Print no results and log only errors: the exit status says how it
-    /// went (and, on failure, one line on stderr).
+    /// went (and, on failure, one line on stderr). `listen` and `watch`
+    /// still print their event lines, which are what they are run for.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
     /// Log more on stderr (-v: podctl's debug notices and every library's

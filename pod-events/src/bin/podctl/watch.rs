@@ -2,7 +2,7 @@
 //! being its parent, through its control socket (`<socket>.control`, see
 //! `pod_events::ControlSink`).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 
 use anyhow::{bail, Context, Result};
@@ -74,6 +74,11 @@ pub(crate) fn run(args: WatchArgs, format: Format) -> Result<()> {
                 None => continue,
             }
         };
-        output::print(&format!("{text}\n"))?;
+        // Not `output::print`: the lines are what `watch` is run for, so
+        // `-q` quiets its logs only, as for `listen`.
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{text}")
+            .and_then(|()| out.flush())
+            .context("cannot write to stdout")?;
     }
 }

@@ -1,0 +1,726 @@
+//! Black-box tests of `podctl` as an operator meets it (issue 19): the
+//! README's podctl block run exactly as written, `tree`, `status`,
+//! `watch`, the output formats, `-q` / `-v`, `--version`, completions and
+//! man pages, and the messages a newcomer tripped on.
+//!
+//! Every invocation runs the real binary with `PODS_RUNTIME_DIR` in the
+//! test's own directory and `RUST_LOG` cleared.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rustix::process::{kill_process, Pid, Signal};
+use serde_json::{json, Value};
+
+/// A liveness bound for waits on other processes, not a performance
+/// assertion.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+const PODCTL: &str = env!("CARGO_BIN_EXE_podctl");
+
+/// A private directory to run podctl in.
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, relative: &str) -> String {
+        self.dir.path().join(relative).display().to_string()
+    }
+
+    fn lock(&self) -> String {
+        self.path("scope.lock")
+    }
+
+    fn socket(&self, pod: &str) -> String {
+        self.path(&format!("{pod}/sock"))
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(PODCTL);
+        cmd.env("PODS_RUNTIME_DIR", self.path("run"))
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().unwrap()
+    }
+
+    /// Runs podctl and checks its exit status and that `needle` is in
+    /// stdout (status 0), in its one line of stderr (status 1 with a
+    /// message) or in stderr (status 2). Returns stdout.
+    fn check(&self, args: &[&str], code: i32, needle: &str) -> String {
+        let out = self.run(args);
+        let (stdout, stderr) = text(&out);
+        let context = format!("podctl {args:?}\nstdout: {stdout}\nstderr: {stderr}");
+        assert_eq!(out.status.code(), Some(code), "{context}");
+        match code {
+            0 => assert!(stdout.contains(needle), "{context}"),
+            1 => {
+                assert_eq!(stderr.lines().count(), 1, "one line on stderr: {context}");
+                assert!(stderr.starts_with("podctl: "), "{context}");
+                assert!(stderr.contains(needle), "{context}");
+            }
+            _ => assert!(stderr.contains(needle), "{context}"),
+        }
+        stdout
+    }
+
+    /// Runs podctl; stdout must parse as JSON. Returns it and the status.
+    fn json_status(&self, args: &[&str]) -> (Value, Option<i32>) {
+        let out = self.run(args);
+        let (stdout, stderr) = text(&out);
+        let value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("podctl {args:?}: {e}\nstdout: {stdout}\nstderr: {stderr}"));
+        (value, out.status.code())
+    }
+
+    /// Runs podctl with `-o json`; it must succeed.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["-o", "json"];
+        all.extend(args);
+        let (value, code) = self.json_status(&all);
+        assert_eq!(code, Some(0), "podctl {all:?}: {value}");
+        value
+    }
+
+    /// `scope register` or `scope delegate --from`: must succeed.
+    fn allocate(&self, from: Option<&str>, name: &str, pid: u32, write: &str) -> Value {
+        let (pid, socket, lock) = (pid.to_string(), self.socket(name), self.lock());
+        let mut args = vec!["scope"];
+        match from {
+            Some(from) => args.extend(["delegate", "--from", from]),
+            None => args.push("register"),
+        }
+        args.extend([
+            "--scope-lock",
+            &lock,
+            "--name",
+            name,
+            "--pid",
+            &pid,
+            "--socket",
+            &socket,
+            "--write",
+            write,
+        ]);
+        self.json(&args)
+    }
+
+    fn send(&self, pod: &str, event: Value) {
+        let socket = self.socket(pod);
+        self.check(
+            &["send", "--socket", &socket, "--event", &event.to_string()],
+            0,
+            "",
+        );
+    }
+
+    /// `podctl listen` as pod `name` with its paths here, once it answers.
+    fn listen(&self, name: &str, extra: &[&str]) -> Running {
+        let (socket, state, lock) = (self.socket(name), self.path(name), self.lock());
+        let mut args = vec![
+            "listen",
+            "--name",
+            name,
+            "--socket",
+            &socket,
+            "--state-dir",
+            &state,
+            "--scope-lock",
+            &lock,
+            "--reconcile-interval-ms",
+            "0",
+        ];
+        args.extend(extra);
+        let running = Running::start(self.command().args(&args));
+        let control = PathBuf::from(format!("{socket}.control"));
+        running.wait_for("listen to bind its sockets", || control.exists());
+        running
+    }
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A podctl process left running, its stdout lines collected.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(cmd: &mut Command) -> Running {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (sink, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if sink.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_for(&self, what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + DEADLINE;
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for a printed line containing `needle`; `meanwhile` runs
+    /// between waits (e.g. to send again until a subscriber is there).
+    fn expect_while(&mut self, needle: &str, meanwhile: impl Fn()) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line containing {needle:?}; saw {:?}",
+                self.seen
+            );
+            meanwhile();
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                self.seen.push(line);
+            }
+        }
+    }
+
+    fn expect(&mut self, needle: &str) -> String {
+        self.expect_while(needle, || {})
+    }
+
+    /// Waits for the process to exit on its own; returns its status and
+    /// stderr.
+    fn exit(&mut self) -> (ExitStatus, String) {
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "podctl did not exit");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+        }
+        (status, stderr)
+    }
+
+    fn stop(&mut self, signal: Signal) -> (ExitStatus, String) {
+        kill_process(Pid::from_child(&self.child), signal).unwrap();
+        self.exit()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The README's podctl example: the `sh` block of its `## podctl`
+/// section that runs `podctl listen`.
+fn readme_podctl_block(readme: &str) -> String {
+    let section = &readme[readme
+        .find("## podctl\n")
+        .expect("README has a podctl section")..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    section
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("```").map(|(block, _)| block))
+        .find(|block| block.contains("podctl listen"))
+        .expect("the podctl section has a block that runs podctl listen")
+        .to_owned()
+}
+
+fn readme() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    std::fs::read_to_string(path).unwrap()
+}
+
+#[test]
+fn the_readme_podctl_block_runs_as_written_and_says_how_to_install() {
+    let readme = readme();
+    // Issue 19.1: how to get podctl on PATH, in the README.
+    assert!(
+        readme.contains("cargo install --path pod-events --features cli"),
+        "the README says how to install podctl"
+    );
+    let block = readme_podctl_block(&readme);
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Path::new(PODCTL).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // As pasted into a script: `-e`, so any failing line fails the test.
+    let mut script = Running::start(
+        Command::new("bash")
+            .args(["-e", "-c", &block])
+            .env("PATH", path)
+            .env("TMPDIR", dir.path())
+            .env_remove("PODS_RUNTIME_DIR")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null()),
+    );
+    script.expect("pod `w1` finished a turn and is idle");
+    script.expect("registry and the scope table agree");
+    script.expect("no spawned pods");
+    let (status, stderr) = script.exit();
+    assert!(status.success(), "{status}\n{:?}\n{stderr}", script.seen);
+    assert!(
+        stderr.contains("shut down"),
+        "listen exited cleanly: {stderr}"
+    );
+}
+
+#[test]
+fn read_commands_on_a_missing_table_are_errors_not_empty_tables() {
+    let env = Env::new();
+    for command in ["scopes", "tree"] {
+        env.check(
+            &[command, "--scope-lock", "/nonexistent/scope.lock"],
+            1,
+            "no scope table at /nonexistent/scope.lock",
+        );
+    }
+    env.check(
+        &["status", "w1", "--scope-lock", "/nonexistent/scope.lock"],
+        1,
+        "no scope table at",
+    );
+    // A relative path is named as the absolute path it was looked for at.
+    let out = env
+        .command()
+        .current_dir(env.dir.path())
+        .args(["scopes", "--scope-lock", "rel/scope.lock"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&env.path("rel/scope.lock")), "{stderr}");
+    // The default table not existing yet is an empty table, and showing
+    // it creates none.
+    env.check(&["scopes"], 0, "the scope table is empty");
+    assert!(!Path::new(&env.path("run/scope.lock")).exists());
+}
+
+#[test]
+fn status_exits_0_when_alive_and_1_when_not_saying_why() {
+    let env = Env::new();
+    let lock = env.lock();
+    let status = |name: &str| -> Vec<String> {
+        let socket = env.socket(name);
+        ["status", name, "--scope-lock", &lock, "--socket", &socket]
+            .map(str::to_owned)
+            .to_vec()
+    };
+    let run = |v: Vec<String>, extra: &[&str]| {
+        let mut all: Vec<&str> = v.iter().map(String::as_str).collect();
+        all.extend(extra);
+        env.run(&all)
+    };
+    // The table must exist for an explicit --scope-lock.
+    env.allocate(None, "other", std::process::id(), "/srv/other");
+
+    // No allocation, no socket: not alive, exit 1, stdout says why and
+    // stderr stays empty (an answer, not a failure).
+    let out = run(status("w1"), &[]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("not alive (no allocation, and nothing answers"),
+        "{stdout}"
+    );
+    assert_eq!(stderr, "");
+    let out = run(status("w1"), &["-q"]);
+    assert_eq!(
+        (out.status.code(), text(&out)),
+        (Some(1), (String::new(), String::new()))
+    );
+
+    // Its socket answers: alive though it holds no allocation.
+    let mut root = env.listen("root", &[]);
+    let out = run(status("root"), &[]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert!(text(&out).0.contains("no allocation; its socket answers"));
+
+    // With an allocation: its process decides, and JSON says it all.
+    let registered = env.allocate(None, "root", root.pid(), "/srv/repo");
+    let out = run(status("root"), &["-o", "json"]);
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(shown["alive"], true, "{shown}");
+    assert_eq!(shown["reachable"], true, "{shown}");
+    assert_eq!(
+        shown["allocation"]["incarnation"],
+        registered["incarnation"]
+    );
+    let wide = run(status("root"), &["-o", "wide"]);
+    let id = registered["incarnation"].as_str().unwrap();
+    assert!(text(&wide).0.contains(id), "wide shows the whole id");
+
+    root.stop(Signal::KILL);
+    let out = run(status("root"), &["--json"]);
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert_eq!(shown["alive"], false, "{shown}");
+    assert_eq!(shown["reachable"], false, "{shown}");
+    let out = run(status("root"), &[]);
+    assert!(
+        text(&out)
+            .0
+            .contains(&format!("process {} is gone", root.pid())),
+        "{:?}",
+        text(&out)
+    );
+}
+
+#[test]
+fn tree_marks_where_the_registry_and_the_table_disagree() {
+    let env = Env::new();
+    let lock = env.lock();
+    let root = env.listen("root", &[]);
+    let registered = env.allocate(None, "root", root.pid(), "/srv/repo");
+    env.allocate(Some("root"), "w1", std::process::id(), "/srv/repo/a");
+    drop(root);
+    // Root's registry records w2, which holds no allocation, and not w1,
+    // which descends from root in the table.
+    let state = env.path("root");
+    let records = json!([{
+        "pod_name": "w2",
+        "socket_path": env.socket("w2"),
+        "scope_delegated": [],
+        "callback_address": env.socket("root"),
+    }]);
+    std::fs::write(
+        Path::new(&state).join("spawned_pods.json"),
+        records.to_string(),
+    )
+    .unwrap();
+
+    let shown = env.check(
+        &["tree", "--scope-lock", &lock, "--state-dir", &state],
+        0,
+        "POD",
+    );
+    let row = |pod: &str| {
+        shown
+            .lines()
+            .find(|l| l.contains(pod))
+            .unwrap_or_else(|| panic!("no row for {pod}: {shown}"))
+            .to_owned()
+    };
+    assert!(
+        row("w1").contains("└─ w1") || row("w1").contains("├─ w1"),
+        "{shown}"
+    );
+    assert!(row("w1").contains("not in `root`'s registry"), "{shown}");
+    assert!(row("w2").contains("not in the scope table"), "{shown}");
+    assert!(row("root").contains("process gone"), "{shown}");
+    assert!(!shown.contains("agree"), "{shown}");
+
+    let tree = env.json(&["tree", "--scope-lock", &lock, "--state-dir", &state]);
+    assert_eq!(tree["registry_of"], "root");
+    let pods = tree["pods"].as_array().unwrap();
+    let pod = |name: &str| pods.iter().find(|p| p["pod_name"] == name).unwrap();
+    assert_eq!(pod("w1")["parent"], "root");
+    assert_eq!(pod("w1")["alive"], true);
+    assert_eq!(pod("w2")["record"]["pod_name"], "w2");
+    assert_eq!(pod("w2")["allocation"], Value::Null);
+    assert_eq!(pod("w2")["reports_to"], env.socket("root"));
+    assert_eq!(pod("root")["alive"], false);
+    assert!(!pod("w2")["notes"].as_array().unwrap().is_empty());
+
+    // Without a registry: the table and the sockets; wide has whole ids.
+    let wide = env.check(
+        &["tree", "--scope-lock", &lock, "-o", "wide"],
+        0,
+        "INCARNATION",
+    );
+    assert!(
+        wide.contains(registered["incarnation"].as_str().unwrap()),
+        "{wide}"
+    );
+    assert!(!wide.contains("w2"), "{wide}");
+}
+
+#[test]
+fn watch_follows_a_running_endpoint_read_only_and_ends_with_it() {
+    let env = Env::new();
+    let socket = env.socket("root");
+    // Nothing serves yet: one clear line.
+    env.check(
+        &["watch", "--socket", &socket],
+        1,
+        "nothing serves its control socket",
+    );
+    // --name finds the pod's default socket in the runtime directory.
+    let default = env.path("run/root/sock.control");
+    env.check(&["watch", "--name", "root"], 1, &default);
+
+    let mut root = env.listen("root", &[]);
+    let control = format!("{socket}.control");
+    let mode = std::fs::metadata(&control).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the control socket is private");
+
+    let mut lines = Running::start(env.command().args(["watch", "--socket", &socket]));
+    let mut json = Running::start(
+        env.command()
+            .args(["watch", "--socket", &socket, "-o", "json"]),
+    );
+    // Each watcher sees lines from when it is connected: report until
+    // both have seen one.
+    let turn = json!({"kind": "turn_ended", "pod_name": "w1"});
+    lines.expect_while("pod `w1` finished a turn", || {
+        env.send("root", turn.clone())
+    });
+    json.expect_while("turn_ended", || env.send("root", turn.clone()));
+    env.send(
+        "root",
+        json!({"kind": "errored", "pod_name": "w1", "message": "disk full"}),
+    );
+    lines.expect("pod `w1` errored: disk full");
+    let object = json.expect("disk full");
+    let object: Value = serde_json::from_str(&object).unwrap();
+    assert_eq!(object["event"]["kind"], "errored", "{object}");
+    assert_eq!(object["origin"], "reported", "{object}");
+    // The endpoint printed the same lines itself.
+    root.expect("pod `w1` errored: disk full");
+
+    // Its shutdown ends every watcher with exit 0, and the control socket
+    // goes with it.
+    let (status, _) = root.stop(Signal::TERM);
+    assert!(status.success(), "{status}");
+    for watcher in [&mut lines, &mut json] {
+        let (status, stderr) = watcher.exit();
+        assert!(status.success(), "{status}: {stderr}");
+    }
+    assert!(!Path::new(&control).exists());
+}
+
+#[test]
+fn output_formats_agree_and_a_bad_one_is_a_usage_error() {
+    let env = Env::new();
+    let lock = env.lock();
+    let registered = env.allocate(None, "root", std::process::id(), "/");
+    let alias = env.json_status(&["scopes", "--scope-lock", &lock, "--json"]);
+    let long = env.json_status(&["scopes", "--scope-lock", &lock, "--output", "json"]);
+    assert_eq!(alias, long);
+    assert_eq!(alias.0["allocations"][0]["pod_name"], "root");
+
+    let table = env.check(&["scopes", "--scope-lock", &lock], 0, "root");
+    let id = registered["incarnation"].as_str().unwrap();
+    assert!(!table.contains(id), "a table shortens ids: {table}");
+    // A rule on the root shows as `/**`, not `//**`.
+    assert!(
+        table.contains("write /**") && !table.contains("//"),
+        "{table}"
+    );
+    let wide = env.check(
+        &["scopes", "--scope-lock", &lock, "-o", "wide"],
+        0,
+        "START TIME",
+    );
+    assert!(wide.contains(id), "{wide}");
+
+    let state = env.path("empty");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&state)
+        .unwrap();
+    env.json(&["registry", "--state-dir", &state]);
+    env.json(&["tree", "--scope-lock", &lock]);
+    env.check(&["scopes", "-o", "yaml"], 2, "invalid value 'yaml'");
+}
+
+#[test]
+fn quiet_prints_nothing_and_verbose_logs_more() {
+    let env = Env::new();
+    let lock = env.lock();
+    env.allocate(None, "root", std::process::id(), "/srv");
+    let out = env.run(&["-q", "scopes", "--scope-lock", &lock]);
+    assert_eq!(
+        (out.status.code(), text(&out)),
+        (Some(0), Default::default())
+    );
+    // A failure still says why, on one line.
+    env.check(
+        &["-q", "scopes", "--scope-lock", "/nonexistent"],
+        1,
+        "no scope table",
+    );
+    env.check(&["-q", "-v", "scopes"], 2, "cannot be used with");
+
+    // listen logs its notices by default, none under -q (RUST_LOG too is
+    // overridden), more under -v.
+    let logs = |flags: &[&str], rust_log: Option<&str>| {
+        let mut root = {
+            let mut cmd = env.command();
+            cmd.args(flags);
+            if let Some(filter) = rust_log {
+                cmd.env("RUST_LOG", filter);
+            }
+            let socket = env.socket("root");
+            let state = env.path("root");
+            cmd.args([
+                "listen",
+                "--name",
+                "root",
+                "--socket",
+                &socket,
+                "--state-dir",
+                &state,
+                "--scope-lock",
+                &lock,
+                "--reconcile-interval-ms",
+                "0",
+            ]);
+            Running::start(&mut cmd)
+        };
+        let control = PathBuf::from(format!("{}.control", env.socket("root")));
+        root.wait_for("listen", || control.exists());
+        let (status, stderr) = root.stop(Signal::TERM);
+        assert!(status.success(), "{status}: {stderr}");
+        stderr
+    };
+    let default = logs(&[], None);
+    assert!(default.contains("listening"), "{default}");
+    assert!(!default.contains("DEBUG"), "{default}");
+    assert_eq!(logs(&["-q"], Some("debug")), "");
+    let verbose = logs(&["-vv"], None);
+    assert!(verbose.contains("DEBUG"), "{verbose}");
+}
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let env = Env::new();
+    let shown = env.check(&["--version"], 0, env!("CARGO_PKG_VERSION"));
+    let commit = shown
+        .trim()
+        .strip_prefix(&format!("podctl {} (commit ", env!("CARGO_PKG_VERSION")))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{shown}"));
+    let in_checkout = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../.git")
+        .exists();
+    let git = Command::new("git").arg("--version").output().is_ok();
+    if in_checkout && git {
+        assert_eq!(commit.len(), 12, "{shown}");
+        // Other commits may have landed since the build: it must be one.
+        let known = Command::new("git")
+            .args(["-C", env!("CARGO_MANIFEST_DIR"), "cat-file", "-e"])
+            .arg(format!("{commit}^{{commit}}"))
+            .status()
+            .unwrap();
+        assert!(known.success(), "{commit} is a commit of this repository");
+    } else {
+        assert_eq!(commit, "unknown");
+    }
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_definitions() {
+    let env = Env::new();
+    let bash = env.check(&["completions", "bash"], 0, "complete -F _podctl");
+    for command in ["tree", "status", "watch", "listen", "scope"] {
+        assert!(bash.contains(command), "bash completes {command}");
+    }
+    env.check(&["completions", "zsh"], 0, "#compdef podctl");
+    env.check(&["completions", "fish"], 0, "complete -c podctl");
+    env.check(&["completions", "tcsh"], 2, "invalid value 'tcsh'");
+
+    let man = env.path("man");
+    let listed = env.check(&["manpage", "--dir", &man], 0, "podctl.1");
+    assert_eq!(
+        listed.lines().count(),
+        std::fs::read_dir(&man).unwrap().count()
+    );
+    let page = std::fs::read_to_string(Path::new(&man).join("podctl-status.1")).unwrap();
+    assert!(page.contains(".TH podctl-status 1"), "{page}");
+    assert!(page.contains("exit 0"), "{page}");
+    assert!(!Path::new(&man).join("podctl-help.1").exists());
+}
+
+#[test]
+fn messages_say_what_happened() {
+    let env = Env::new();
+    let lock = env.lock();
+    let root = env.listen("root", &[]);
+    env.allocate(None, "root", root.pid(), "/srv/repo");
+    env.allocate(Some("root"), "w1", std::process::id(), "/srv/repo/a");
+
+    // A departure, counted in the singular.
+    env.send("root", json!({"kind": "shut_down", "pod_name": "w1"}));
+    let state = env.path("root");
+    let deadline = Instant::now() + DEADLINE;
+    let shown = loop {
+        let shown = env.check(&["registry", "--state-dir", &state], 0, "");
+        if shown.contains("departure") || Instant::now() > deadline {
+            break shown;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(shown.contains("1 recent departure: w1"), "{shown}");
+
+    // A reconcile beside the running endpoint is refused, saying why.
+    env.check(
+        &["reconcile", "--state-dir", &state, "--scope-lock", &lock],
+        1,
+        &format!("reconciles it itself (every --reconcile-interval-ms); `podctl tree` shows what it would repair: {state}: the registry is in use by process {}", root.pid()),
+    );
+
+    // Releasing says it released, and where the children went.
+    env.allocate(Some("root"), "w3", std::process::id(), "/srv/repo/b");
+    let released = env.check(
+        &["scope", "release", "--scope-lock", &lock, "--name", "root"],
+        0,
+        "released the allocation of `root`",
+    );
+    assert!(
+        released.contains("its children are now top-level pods"),
+        "{released}"
+    );
+    assert!(!released.contains("ALIVE"), "{released}");
+}
