@@ -55,7 +55,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
 }
 
 /// Builds podctl and returns the path of the executable cargo reports.
-fn build_podctl() -> Result<PathBuf> {
+pub(crate) fn build_podctl() -> Result<PathBuf> {
     let mut cmd = cargo();
     cmd.args([
         "build",
@@ -516,10 +516,12 @@ impl Demo {
     fn send(&self, to: &str, event: &Value) -> Result<()> {
         let socket = self.socket(to);
         let event = event.to_string();
+        // `$DEMO` inside the single-quoted JSON is closed out of the
+        // quotes ('"$DEMO"'), so the shown command can be pasted.
         println!(
             "   $ podctl send --socket {} --event '{}'",
             self.short(&socket),
-            self.short(&event)
+            self.short(&event).replace("$DEMO", "'\"$DEMO\"'")
         );
         self.podctl(&["send", "--socket", &socket, "--event", &event])?;
         Ok(())
