@@ -186,9 +186,9 @@ impl PodBuilder {
                     None,
                 ))
             }
-            Origin::Child(handoff) => Lifecycle::Child(
+            Origin::Child(handoff) => Lifecycle::Child(Box::new(
                 PodContext::adopt(handoff, table.clone(), UnixSender::default(), pid).await?,
-            ),
+            )),
         };
         let state_dir = self.state_dir.clone();
         let registry = blocking(move || FileRegistry::open(state_dir)).await?;
@@ -224,7 +224,8 @@ impl PodBuilder {
 #[derive(Debug)]
 enum Lifecycle {
     TopLevel(Guard<FileStore, ProcLiveness, UnixSender>),
-    Child(PodContext),
+    // Boxed: a context is several times the size of a guard.
+    Child(Box<PodContext>),
 }
 
 /// One pod: its allocation, its endpoint, its children.
