@@ -9,6 +9,8 @@ mod tests {
     pub(crate) mod operator;
     #[cfg(feature = "cli")]
     pub(crate) mod podctl;
+    #[cfg(feature = "cli")]
+    pub(crate) mod run;
     pub(crate) mod sockets;
     #[cfg(feature = "cli")]
     pub(crate) mod tls;

@@ -1,0 +1,377 @@
+//! Black-box tests of `podctl run` and of `podctl listen` started by it
+//! (DESIGN section 11), as a user runs them: real processes, sockets,
+//! files and exit codes, in a temporary directory.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rustix::process::{kill_process, Pid, Signal};
+use serde_json::Value;
+
+/// A liveness bound for waits on other processes, not a performance
+/// assertion.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, relative: &str) -> String {
+        self.dir.path().join(relative).display().to_string()
+    }
+
+    fn lock(&self) -> String {
+        self.path("run/scope.lock")
+    }
+
+    /// podctl with the runtime directory in the test's directory, so every
+    /// default path (sockets, state dirs, the table) lands there, and no
+    /// handoff variable inherited from the test's environment.
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_podctl"));
+        cmd.env("PODS_RUNTIME_DIR", self.path("run"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        for var in pod_events::handoff::HANDOFF_VARIABLES {
+            cmd.env_remove(var);
+        }
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().unwrap()
+    }
+
+    /// Runs podctl, expecting status 1 and one line on stderr holding
+    /// `needle`.
+    fn refused(&self, cmd: &mut Command, needle: &str) {
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+    }
+
+    /// The scope table as `podctl scopes --json` shows it.
+    fn allocations(&self) -> Vec<Value> {
+        let out = self.run(&["scopes", "--scope-lock", &self.lock(), "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        let value: Value = serde_json::from_slice(&out.stdout).unwrap();
+        value["allocations"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.allocations()
+            .iter()
+            .map(|a| a["pod_name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// The records of pod `name`'s registry (default state dir).
+    fn registry(&self, name: &str) -> Vec<Value> {
+        let file = self
+            .dir
+            .path()
+            .join("run")
+            .join(name)
+            .join("spawned_pods.json");
+        match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// `podctl listen` for the top-level pod `root`, registered with
+    /// write scope on `<dir>/srv` under the listener's pid.
+    fn root(&self) -> Running {
+        let socket = self.path("run/root/sock");
+        let mut root = Running::start(self.command().args([
+            "listen",
+            "--name",
+            "root",
+            "--reconcile-interval-ms",
+            "0",
+        ]));
+        root.wait_for(Path::new(&socket));
+        let out = self.run(&[
+            "scope",
+            "register",
+            "--scope-lock",
+            &self.lock(),
+            "--name",
+            "root",
+            "--pid",
+            &root.pid().to_string(),
+            "--socket",
+            &socket,
+            "--write",
+            &self.path("srv"),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        root
+    }
+
+    fn podctl_run(&self, name: &str, write: &str, cmd: &[&str]) -> Command {
+        let mut command = self.command();
+        command
+            .args(["run", "--from", "root", "--name", name, "--write"])
+            .arg(self.path(write))
+            .arg("--")
+            .args(cmd);
+        command
+    }
+}
+
+/// A process whose stdout lines are collected.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(cmd: &mut Command) -> Running {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (sink, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sink.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_for(&mut self, path: &Path) {
+        let deadline = Instant::now() + DEADLINE;
+        while !path.exists() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("exited before {path:?} existed: {status}");
+            }
+            assert!(Instant::now() < deadline, "{path:?} did not appear");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for a printed line containing `needle`.
+    fn expect(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no line containing {needle:?}; saw {:?}", self.seen),
+            }
+        }
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the process did not exit");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn signal(&mut self, signal: Signal) -> ExitStatus {
+        kill_process(Pid::from_child(&self.child), signal).unwrap();
+        self.wait()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it is true; fails after [`DEADLINE`].
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not reached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_child_that_exits_without_reporting_is_reported_with_its_status() {
+    let env = Env::new();
+    let mut root = env.root();
+    let mut run = Running::start(&mut env.podctl_run("kid", "srv/a", &["sh", "-c", "exit 3"]));
+    assert_eq!(
+        run.wait().code(),
+        Some(3),
+        "podctl run exits with the child's status"
+    );
+    let started = run.expect("kid pid ");
+    assert!(started.contains(" incarnation "), "{started}");
+    run.expect("kid exited with status 3 without reporting");
+
+    root.expect("pod `root` spawned `kid`");
+    root.expect("pod `kid` shut down");
+    root.expect("exited with status 3 without reporting its shutdown");
+    eventually("root's registry is empty", || {
+        env.registry("root").is_empty()
+    });
+    assert_eq!(env.names(), ["root"], "the child's allocation was released");
+}
+
+#[test]
+fn podctl_run_then_podctl_listen_builds_a_tree_from_the_shell() {
+    let env = Env::new();
+    let mut root = env.root();
+    let mut run = Running::start(&mut env.podctl_run(
+        "kid",
+        "srv/a",
+        &[
+            env!("CARGO_BIN_EXE_podctl"),
+            "listen",
+            "--reconcile-interval-ms",
+            "0",
+        ],
+    ));
+    let kid_socket = env.path("run/kid/sock");
+    let line = run.expect("kid pid ");
+    let pid: u32 = line.split(' ').nth(2).unwrap().parse().unwrap();
+    run.wait_for(Path::new(&kid_socket));
+
+    // The listen adopted its reservation: its own process holds the grant.
+    let kid = env
+        .allocations()
+        .into_iter()
+        .find(|a| a["pod_name"] == "kid")
+        .unwrap();
+    assert_eq!(kid["pid"], pid, "{kid}");
+    assert_eq!(kid["pid"].as_u64(), Some(u64::from(pid)));
+    assert!(kid.get("pending_until").is_none_or(Value::is_null), "{kid}");
+    assert_eq!(kid["delegated_from"], "root");
+    root.expect("pod `root` spawned `kid`");
+    assert_eq!(
+        env.registry("root").len(),
+        1,
+        "the spawn was announced to the parent"
+    );
+
+    // SIGTERM reaches the listen through podctl run; it departs cleanly.
+    assert!(run.signal(Signal::TERM).success());
+    run.expect("kid exited with status 0");
+    assert!(
+        !run.seen.iter().any(|l| l.contains("without reporting")),
+        "the listen reported its own shutdown: {:?}",
+        run.seen
+    );
+    root.expect("pod `kid` shut down");
+    eventually("root's registry is empty", || {
+        env.registry("root").is_empty()
+    });
+    assert_eq!(env.names(), ["root"]);
+    assert!(root.signal(Signal::TERM).success());
+}
+
+#[test]
+fn bad_spawns_are_refused_and_change_nothing() {
+    let env = Env::new();
+    let _root = env.root();
+    let before = env.allocations();
+    let mut unknown = env.command();
+    unknown.args([
+        "run",
+        "--from",
+        "nobody",
+        "--name",
+        "kid",
+        "--write",
+        &env.path("srv/a"),
+        "--",
+        "true",
+    ]);
+    env.refused(&mut unknown, "pod `nobody` holds no allocation");
+    env.refused(
+        &mut env.podctl_run("kid", "elsewhere", &["true"]),
+        "cannot reserve scope for pod `kid`",
+    );
+    env.refused(
+        &mut env.podctl_run("kid", "srv/a", &["/nonexistent/program"]),
+        "its reservation was released",
+    );
+    assert_eq!(env.allocations(), before, "nothing changed");
+}
+
+#[test]
+fn listen_with_a_bad_handoff_is_refused_and_changes_nothing() {
+    let env = Env::new();
+    let _root = env.root();
+    let before = env.allocations();
+    let handoff = |cmd: &mut Command, incarnation: &str, name: &str| {
+        cmd.args(["listen", "--reconcile-interval-ms", "0"])
+            .env("POD_NAME", name)
+            .env("POD_INCARNATION", incarnation)
+            .env("POD_PARENT", "root")
+            .env("POD_PARENT_SOCKET", env.path("run/root/sock"))
+            .env("POD_SOCKET", env.path("run/kid/sock"))
+            .env("POD_SCOPE_LOCK", env.lock());
+    };
+    let mut bad_name = env.command();
+    handoff(&mut bad_name, "abc", "bad name");
+    env.refused(&mut bad_name, "POD_NAME");
+    let mut no_reservation = env.command();
+    handoff(&mut no_reservation, "abc", "kid");
+    env.refused(&mut no_reservation, "could not adopt the reservation");
+
+    // A reservation of another incarnation.
+    let out = env.run(&[
+        "scope",
+        "delegate",
+        "--scope-lock",
+        &env.lock(),
+        "--from",
+        "root",
+        "--name",
+        "kid",
+        "--pid",
+        &std::process::id().to_string(),
+        "--socket",
+        &env.path("run/kid/sock"),
+        "--write",
+        &env.path("srv/a"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let with_kid = env.allocations();
+    let mut foreign = env.command();
+    handoff(&mut foreign, "feedface", "kid");
+    env.refused(&mut foreign, "could not adopt the reservation");
+    assert_eq!(env.allocations(), with_kid, "the refusal changed nothing");
+    assert!(
+        !Path::new(&env.path("run/kid/sock")).exists(),
+        "nothing listened"
+    );
+    assert_ne!(before, with_kid);
+}
