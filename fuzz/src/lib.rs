@@ -11,7 +11,9 @@
 //!   `MethodCodec` and applied through `Parent::apply` against an in-memory
 //!   registry and scope table holding a small fixed tree of pods;
 //! - [`files`]: bytes as `scope.lock`, `spawned_pods.json` and
-//!   `departed_pods.json`, opened through the real file implementations.
+//!   `departed_pods.json`, opened through the real file implementations;
+//! - [`handoff`]: bytes as a child's environment, read as the handoff
+//!   variables and adopted against a table holding one reservation.
 //!
 //! The libFuzzer binaries in `fuzz_targets/` are thin wrappers (feature
 //! `libfuzzer`; run them with `cargo xtask fuzz`), and `tests/replay.rs`
@@ -22,10 +24,12 @@
 
 mod files;
 mod frames;
+mod handoff;
 mod receive;
 
 pub use files::files;
 pub use frames::frames;
+pub use handoff::handoff;
 pub use receive::{
     receive_path, receive_path_bytes, Chunk, EventSpec, Inc, Name, OtherMethod, PathChoice,
     ReceiveInput, ReceiveStats, RuleSpec, Scope, Script, Text,

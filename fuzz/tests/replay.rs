@@ -53,6 +53,11 @@ fn files_corpus() {
     replay("files", pod_fuzz::files);
 }
 
+#[test]
+fn handoff_corpus() {
+    replay("handoff", pod_fuzz::handoff);
+}
+
 fn golden_lines() -> Vec<String> {
     let path = fuzz_dir().join("../protocol/tests/golden/design-section-3.jsonl");
     fs::read_to_string(&path)
@@ -120,12 +125,13 @@ fn random_bytes_pass_every_target() {
     for data in pseudo_random_inputs(200, 300) {
         pod_fuzz::frames(&data);
         pod_fuzz::files(&data);
+        pod_fuzz::handoff(&data);
     }
 }
 
 #[test]
 fn seed_directories_hold_only_small_files() {
-    for target in ["frames", "receive_path", "files"] {
+    for target in ["frames", "receive_path", "files", "handoff"] {
         for file in inputs(target) {
             let len = fs::metadata(&file).map_or(0, |m| m.len());
             assert!(len <= 8192, "{} is {len} bytes", display(&file));

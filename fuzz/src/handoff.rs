@@ -1,0 +1,112 @@
+//! The `handoff` target: bytes as a child's environment, read as the
+//! handoff variables (DESIGN section 11), then adopted against a table
+//! holding one reservation.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+
+use pod_events::handoff::{HANDOFF_VARIABLES, POD_SCOPE_STORE};
+use pod_events::{Handoff, HandoffError};
+use pod_protocol::{PodName, ScopeRule};
+use pod_scope_lock::testing::{FakeLiveness, MemoryStore};
+use pod_scope_lock::{PodSpec, ScopeTable, TableStore};
+
+/// Reads `data` as lines `NAME=VALUE` (values are arbitrary bytes), then
+/// through [`Handoff::from_lookup`].
+///
+/// Checks: a refusal names one of the handoff variables; an accepted
+/// handoff holds a valid name, parent and absolute, lexically normal
+/// paths, and survives [`Handoff::vars`] and a second parse unchanged;
+/// adopting it against a table where `child` is reserved (incarnation
+/// `0123abcd`) succeeds only for that name and incarnation, and a
+/// refused adoption leaves the table as it was.
+pub fn handoff(data: &[u8]) {
+    let mut vars: HashMap<Vec<u8>, OsString> = HashMap::new();
+    for line in data.split(|&b| b == b'\n') {
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            vars.insert(
+                line[..eq].to_vec(),
+                OsString::from_vec(line[eq + 1..].to_vec()),
+            );
+        }
+    }
+    let lookup = |name: &str| vars.get(name.as_bytes()).cloned();
+    let handoff = match Handoff::from_lookup(lookup) {
+        Ok(handoff) => handoff,
+        Err(error) => {
+            let variable = match &error {
+                HandoffError::Missing { variable }
+                | HandoffError::NotUnicode { variable }
+                | HandoffError::Invalid { variable, .. } => *variable,
+                _ => panic!("an unknown handoff error: {error}"),
+            };
+            assert!(
+                HANDOFF_VARIABLES.contains(&variable) || variable == POD_SCOPE_STORE,
+                "{error} names no handoff variable"
+            );
+            assert!(error.to_string().contains(variable), "{error}");
+            return;
+        }
+    };
+    for path in [&handoff.parent_socket, &handoff.socket] {
+        pod_protocol::validate_path("socket", path).expect("an accepted socket is valid");
+    }
+    assert_ne!(handoff.name, handoff.parent);
+    let again: HashMap<&str, OsString> = handoff
+        .vars()
+        .into_iter()
+        .map(|(k, v)| (k, v.into()))
+        .collect();
+    assert_eq!(
+        Handoff::from_lookup(|k| again.get(k).cloned()).as_ref(),
+        Ok(&handoff),
+        "the variables a spawner sets parse back to the same handoff"
+    );
+    adopt(&handoff);
+}
+
+const INCARNATION: &str = "0123abcd";
+
+fn adopt(handoff: &Handoff) {
+    let liveness = FakeLiveness::new();
+    liveness.spawn(100);
+    liveness.spawn(200);
+    let table = ScopeTable::new(MemoryStore::new(), liveness);
+    let name = |n: &str| PodName::new(n).expect("a valid name");
+    table
+        .register(PodSpec {
+            pod_name: name("root"),
+            pid: 100,
+            socket: "/run/pods/root/sock".into(),
+            scope: vec![ScopeRule::write("/srv")],
+        })
+        .expect("root registers");
+    // The incarnation the fuzzer can guess is planted in the reservation.
+    table
+        .store()
+        .transact(|t| {
+            t.reserve_reclaiming(
+                &name("root"),
+                PodSpec {
+                    pod_name: name("child"),
+                    pid: 0,
+                    socket: "/run/pods/child/sock".into(),
+                    scope: vec![ScopeRule::write("/srv/a")],
+                },
+                INCARNATION.into(),
+                u64::MAX,
+                |_| true,
+            )
+        })
+        .expect("child is reserved");
+    let before = table.list().expect("the table reads");
+    match table.adopt(&handoff.name, &handoff.incarnation, 200) {
+        Ok(adopted) => {
+            assert_eq!(adopted.pod_name.as_str(), "child");
+            assert_eq!(handoff.incarnation, INCARNATION);
+            assert_eq!((adopted.pid, adopted.pending_until), (200, None));
+        }
+        Err(_) => assert_eq!(table.list().expect("the table reads"), before),
+    }
+}
