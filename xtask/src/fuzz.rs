@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use crate::{cargo, root, run_step};
 
 /// Every target, in the order they run when none is named.
-const TARGETS: &[&str] = &["frames", "receive_path", "files"];
+const TARGETS: &[&str] = &["frames", "receive_path", "files", "handoff"];
 
 const DEFAULT_SECONDS: u64 = 60;
 
