@@ -1,6 +1,7 @@
 //! `podctl`: the command line of pod-events, for operators and scripts.
 //!
-//! It runs a parent endpoint (`listen`), sends events (`send`), shows a
+//! It runs a parent endpoint (`listen`), spawns a child pod with its
+//! scope handed off (`run`, DESIGN.md section 11), sends events (`send`), shows a
 //! registry and the scope table (`registry`, `scopes`, joined with
 //! reachability by `tree`; one pod by `status`), follows a running
 //! endpoint (`watch`), changes the scope table (`scope register |
@@ -11,7 +12,8 @@
 //! stderr saying what and why), 2 usage.
 //!
 //! This binary is the only place that reads the environment to find paths
-//! ([`paths`]); every library layer is handed its paths.
+//! ([`paths`]), and `listen` the handoff variables of a spawned pod
+//! ([`adoption`]); every library layer is handed its paths.
 
 mod adoption;
 mod completions;
