@@ -194,7 +194,11 @@ fn push_scope(line: &mut String, scope: &[ScopeRule]) {
             Permission::Write => "write ",
         });
         push_escaped(line, &rule.target);
-        line.push_str(if rule.recursive { "/**" } else { "/*" });
+        // The root is `/`: `/**`, not `//**`.
+        if !rule.target.ends_with('/') {
+            line.push('/');
+        }
+        line.push_str(if rule.recursive { "**" } else { "*" });
     }
     if scope.len() > MAX_RULES {
         let _ = write!(line, " and {} more rules", scope.len() - MAX_RULES);
@@ -348,6 +352,22 @@ mod tests {
         };
         let line = render_event(&event);
         assert!(line.ends_with("write /r7/** and 12 more rules"), "{line}");
+    }
+
+    #[test]
+    fn a_rule_on_the_root_is_slash_star_star() {
+        let mut direct = ScopeRule::read("/");
+        direct.recursive = false;
+        let event = PodEvent::ScopeSubDelegated {
+            parent_pod: "c".into(),
+            sub_pod: "g".into(),
+            sub_socket: "/s".into(),
+            scope: vec![ScopeRule::write("/"), direct],
+            sub_incarnation: None,
+            spawner_socket: None,
+        };
+        let line = render_event(&event);
+        assert!(line.ends_with("write /**, read /*"), "{line}");
     }
 
     /// Issue 13's list, written out on its own (not from [`INVISIBLE`]),

@@ -724,3 +724,40 @@ fn messages_say_what_happened() {
     );
     assert!(!released.contains("ALIVE"), "{released}");
 }
+
+#[test]
+fn send_says_what_is_wrong_with_its_target_and_its_event() {
+    let env = Env::new();
+    let turn = r#"{"kind":"turn_ended","pod_name":"w1"}"#;
+    // A regular file or a directory is not "a stale socket".
+    let file = env.path("notes.txt");
+    std::fs::write(&file, "x").unwrap();
+    env.check(
+        &["send", "--socket", &file, "--event", turn],
+        1,
+        "is a regular file, not a socket",
+    );
+    let dir = env.path("");
+    let dir = dir.trim_end_matches('/');
+    env.check(
+        &["send", "--socket", dir, "--event", turn],
+        1,
+        "is a directory, not a socket",
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+
+    // The whole envelope: told to pass its params.
+    let envelope = format!(r#"{{"method":"pod_event","params":{turn}}}"#);
+    let socket = env.socket("root");
+    env.check(
+        &["send", "--socket", &socket, "--event", &envelope],
+        1,
+        "pass only its `params` object",
+    );
+    // The help lists every kind.
+    let help = env.check(&["send", "--help"], 0, "turn_ended");
+    for kind in ["errored", "shut_down", "scope_sub_delegated"] {
+        assert!(help.contains(kind), "{help}");
+    }
+}
+

@@ -8,7 +8,7 @@
 //! to this user before anything is put in it.
 
 use std::fs::DirBuilder;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -106,6 +106,35 @@ pub(crate) fn listen_address(address: &str) -> Result<String> {
             Err(err).with_context(|| format!("--listen {address:?} is not a tls:// address"))
         }
     }
+}
+
+/// Refuses a Unix address whose path exists and is not a socket (a
+/// regular file, a directory): sending there could only fail, and the
+/// transport would call it a stale socket. A missing path, or a `tls://`
+/// address, is left to the send.
+pub(crate) fn refuse_non_socket(flag: &'static str, address: &str) -> Result<()> {
+    let path = address.strip_prefix("unix:").unwrap_or(address);
+    if !path.starts_with('/') {
+        return Ok(());
+    }
+    // Follows a link on purpose: what matters is what a connect reaches.
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    if meta.file_type().is_socket() {
+        return Ok(());
+    }
+    let what = if meta.is_dir() {
+        "a directory"
+    } else if meta.is_file() {
+        "a regular file"
+    } else {
+        "not a socket"
+    };
+    bail!(
+        "{flag} {path} is {what}, not a socket: check the path (a pod's socket is \
+         RUNTIME_DIR/NAME/sock, or what its `podctl listen --socket` says)"
+    )
 }
 
 /// A validated pod name.

@@ -18,7 +18,11 @@ pub(crate) struct SendArgs {
     #[arg(long, value_name = "ADDRESS")]
     socket: String,
     /// The event: the `params` object of a `pod_event`, e.g.
-    /// '{"kind":"shut_down","pod_name":"w1"}'.
+    /// '{"kind":"shut_down","pod_name":"w1"}'. Kinds and their fields:
+    /// `turn_ended` (pod_name), `errored` (pod_name, message), `shut_down`
+    /// (pod_name), `scope_sub_delegated` (parent_pod, sub_pod, sub_socket,
+    /// scope: [{"target": PATH, "permission": "read"|"write"}]); each may
+    /// carry `incarnation`.
     #[arg(long, value_name = "JSON")]
     event: String,
     /// The names the event is written with: `original` (`pod_event`), or
@@ -34,6 +38,7 @@ pub(crate) struct SendArgs {
 /// warning), then sends it once.
 pub(crate) fn run(args: SendArgs) -> Result<()> {
     let socket = paths::address("--socket", args.socket)?;
+    paths::refuse_non_socket("--socket", &socket)?;
     let tls = socket.starts_with("tls://");
     if tls && args.dialect != Dialect::Original {
         bail!(
@@ -42,8 +47,17 @@ pub(crate) fn run(args: SendArgs) -> Result<()> {
         );
     }
     let identity = args.tls.load(tls, "this send")?;
-    let event: PodEvent =
-        serde_json::from_str(&args.event).context("--event is not a pod event")?;
+    let event: PodEvent = serde_json::from_str(&args.event).with_context(|| {
+        // The whole envelope is a common slip: say what to pass instead.
+        let envelope = serde_json::from_str::<serde_json::Value>(&args.event)
+            .is_ok_and(|v| v.get("method").is_some() && v.get("params").is_some());
+        if envelope {
+            "--event is the whole method envelope: pass only its `params` object \
+             (e.g. '{\"kind\":\"shut_down\",\"pod_name\":\"w1\"}')"
+        } else {
+            "--event is not a pod event (see `podctl send --help` for the kinds)"
+        }
+    })?;
     event.validate().context("--event is refused")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
