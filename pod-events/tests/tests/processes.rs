@@ -438,3 +438,42 @@ async fn a_handoff_round_trips_through_a_real_environment() {
         handoff
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_pod_gives_its_scope_back_and_a_conflict_names_the_holder() {
+    if role().is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let table = ScopeTable::with_proc_liveness(FileStore::new(dir.path().join("scope.lock")));
+    let first = Pod::builder("first", dir.path())
+        .unwrap()
+        .write("/srv/shared")
+        .start()
+        .await
+        .unwrap();
+    let error = Pod::builder("second", dir.path())
+        .unwrap()
+        .write("/srv/shared/part")
+        .start()
+        .await
+        .unwrap_err();
+    match error {
+        pod_events::PodError::Register {
+            source: ScopeError::WriteConflict { competitor, .. },
+            ..
+        } => assert_eq!(competitor.as_str(), "first"),
+        other => panic!("{other}"),
+    }
+    assert_eq!(
+        table.list().unwrap().len(),
+        1,
+        "the refused pod holds nothing"
+    );
+    assert!(!dir.path().join("second/sock").exists(), "nor listens");
+    drop(first);
+    assert!(
+        table.list().unwrap().is_empty(),
+        "the drop released the allocation"
+    );
+}
