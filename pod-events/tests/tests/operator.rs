@@ -760,4 +760,3 @@ fn send_says_what_is_wrong_with_its_target_and_its_event() {
         assert!(help.contains(kind), "{help}");
     }
 }
-

@@ -112,7 +112,7 @@ impl Format {
 /// line on stderr of a failure) says how a command ended.
 static QUIET: AtomicBool = AtomicBool::new(false);
 
-/// Makes every later [`print`] a no-op (`-q`). Called once, by `main`,
+/// Makes every later [`print()`] a no-op (`-q`). Called once, by `main`,
 /// before any command runs.
 pub(crate) fn set_quiet(quiet: bool) {
     QUIET.store(quiet, Ordering::Relaxed);

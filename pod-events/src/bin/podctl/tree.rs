@@ -77,7 +77,7 @@ pub(crate) fn run(args: TreeArgs, format: Format) -> Result<()> {
     };
 
     let mut nodes = join(&allocations, records, owner.as_deref());
-    let sockets: Vec<&str> = nodes.iter().map(|n| socket_of(n)).collect();
+    let sockets: Vec<&str> = nodes.iter().map(socket_of).collect();
     let answers = status::probe(&sockets)?;
     for (node, reachable) in nodes.iter_mut().zip(answers) {
         node.reachable = reachable;
