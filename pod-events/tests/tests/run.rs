@@ -225,7 +225,13 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 fn a_child_that_exits_without_reporting_is_reported_with_its_status() {
     let env = Env::new();
     let mut root = env.root();
-    let mut run = Running::start(&mut env.podctl_run("kid", "srv/a", &["sh", "-c", "exit 3"]));
+    // The child waits until the root has registered it (the announce and
+    // the exit report travel on separate connections, so the root may
+    // apply them in either order; either converges, but the line checked
+    // below is printed only when the announce comes first).
+    let registry = env.path("run/root/spawned_pods.json");
+    let script = format!("until grep -q kid {registry} 2>/dev/null; do sleep 0.01; done; exit 3");
+    let mut run = Running::start(&mut env.podctl_run("kid", "srv/a", &["sh", "-c", &script]));
     assert_eq!(
         run.wait().code(),
         Some(3),
