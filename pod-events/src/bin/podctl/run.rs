@@ -205,24 +205,30 @@ async fn supervise(
     match held {
         Ok(Some(allocation)) if ours(&allocation) => {
             // It exited still holding its grant: it did not report. Report
-            // for it (ShutDown first, while the table shows its process
-            // dead, which any sender may report), then say how it ended.
-            let shut_down = PodEvent::ShutDown {
-                pod_name: handoff.name.to_string(),
-                incarnation: Some(handoff.incarnation.clone()),
-            };
-            let errored = PodEvent::Errored {
-                pod_name: handoff.name.to_string(),
-                message: format!("{described} without reporting its shutdown"),
-                incarnation: Some(handoff.incarnation.clone()),
-            };
-            for event in [shut_down, errored] {
+            // for it: ShutDown first, while the table shows its process
+            // dead (a death any sender may report, under every sender
+            // policy); then release; then say how it ended. The Errored
+            // goes last because a claim about a pod whose allocation is
+            // still held must come from that pod: once released, the
+            // parent admits it under its default (legacy) policy.
+            let report = |event| async {
                 if let Err(error) = send_pod_event(&sender, up, event).await {
                     tracing::warn!(%error, parent = %handoff.parent, "could not report the child's exit; the parent's reconcile infers it");
                 }
-            }
+            };
+            report(PodEvent::ShutDown {
+                pod_name: handoff.name.to_string(),
+                incarnation: Some(handoff.incarnation.clone()),
+            })
+            .await;
             let (t, h) = (table.clone(), handoff.clone());
             blocking(move || release(&t, &h)).await;
+            report(PodEvent::Errored {
+                pod_name: handoff.name.to_string(),
+                message: format!("{described} without reporting its shutdown"),
+                incarnation: Some(handoff.incarnation.clone()),
+            })
+            .await;
             output::print(&format!(
                 "{} {described} without reporting; reported it as shut down and released its scope\n",
                 handoff.name
