@@ -67,8 +67,8 @@
 //! [`Liveness`]: pod_scope_lock::Liveness
 
 mod batch;
-mod control;
 mod context;
+mod control;
 mod endpoint;
 mod guard;
 pub mod handoff;
@@ -90,6 +90,8 @@ pub use endpoint::{
     spawn_endpoint, CollectingSink, EndpointConfig, EndpointHandle, EndpointStats, Notification,
     NotificationSink,
 };
+pub use guard::Departure;
+pub use handoff::{Handoff, HandoffError};
 pub use identity::{FakeProcessTree, ProcTree, ProcessTree, SenderPolicy};
 pub use merge::{merge, Merged};
 pub use parent::{Effects, Parent, PodStatus, Reconciliation};
@@ -98,8 +100,6 @@ pub use probe::{FakeReachability, Reachability, SocketProbe};
 pub use render::{render, render_applied, render_event, Applied, Origin, MAX_LINE_LEN};
 pub use send::{fire_and_forget, send_pod_event};
 pub use sender::AddressSender;
-pub use guard::Departure;
-pub use handoff::{Handoff, HandoffError};
 pub use spawner::{SpawnError, SpawnedChild, Spawner};
 
 /// The README's example, compiled and run as a doctest.

@@ -4,11 +4,11 @@ mod tests {
     pub(crate) mod endpoint;
     pub(crate) mod lifecycle;
     pub(crate) mod model;
-    pub(crate) mod processes;
     #[cfg(feature = "cli")]
     pub(crate) mod operator;
     #[cfg(feature = "cli")]
     pub(crate) mod podctl;
+    pub(crate) mod processes;
     #[cfg(feature = "cli")]
     pub(crate) mod run;
     pub(crate) mod sockets;
