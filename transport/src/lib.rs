@@ -283,4 +283,34 @@ pub trait MethodSource: Send + 'static {
     /// The next received item; `None` once the source is closed (after a
     /// shutdown, when every remaining item has been returned).
     fn recv(&mut self) -> impl Future<Output = Option<Received>> + Send;
+
+    /// Waits for at least one item, then appends to `buf` every item
+    /// already received, at most `limit`; returns how many it appended.
+    /// `0` means the source is closed (as `recv` returning `None`), or
+    /// `limit` is `0`.
+    ///
+    /// The items and their order are exactly those that as many calls of
+    /// [`recv`](MethodSource::recv) would return: a consumer takes a burst
+    /// in one call (and one wake-up) instead of one call per item. The
+    /// provided implementation takes one item with `recv`; [`Listener`]
+    /// and [`testing::MemorySource`] drain their queues. Cancel-safe when
+    /// `recv` is: an item is either appended or left in the source.
+    fn recv_many(
+        &mut self,
+        buf: &mut Vec<Received>,
+        limit: usize,
+    ) -> impl Future<Output = usize> + Send {
+        async move {
+            if limit == 0 {
+                return 0;
+            }
+            match self.recv().await {
+                Some(received) => {
+                    buf.push(received);
+                    1
+                }
+                None => 0,
+            }
+        }
+    }
 }

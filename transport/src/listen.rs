@@ -377,6 +377,10 @@ impl MethodSource for Listener {
     async fn recv(&mut self) -> Option<Received> {
         self.rx.recv().await
     }
+
+    async fn recv_many(&mut self, buf: &mut Vec<Received>, limit: usize) -> usize {
+        self.rx.recv_many(buf, limit).await
+    }
 }
 
 impl Drop for Listener {

@@ -33,7 +33,8 @@ use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 use tokio::task::{Id, JoinSet};
 use tokio::time::{timeout, Instant};
-use tokio_util::codec::FramedRead;
+use tokio_util::bytes::BytesMut;
+use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use crate::listen::ListenStats;
@@ -291,9 +292,78 @@ impl Slots {
     }
 }
 
+/// Most frames a connection hands to the received queue at once (fewer
+/// when the queue is shorter): the frames one read brought in, usually
+/// (an 8 KiB read buffer holds about 80 `turn_ended` frames).
+const MAX_BATCH: usize = 256;
+
+/// What one decode step of a served connection yields.
+type Decoded = Result<crate::Method, pod_protocol::DecodeError>;
+
+/// [`MethodCodec`], yielding every frame already complete in the read
+/// buffer at once (up to a limit), so that a burst costs one hand-off to
+/// the queue per read instead of one per frame. The frames, their order,
+/// and where an over-long frame ends the stream are exactly
+/// `MethodCodec`'s: an over-long frame after complete ones is held back
+/// until those are yielded.
+struct BatchCodec {
+    codec: MethodCodec,
+    limit: usize,
+    /// An over-long frame found behind the frames of the last batch.
+    too_long: Option<pod_protocol::FrameTooLong>,
+}
+
+impl BatchCodec {
+    fn new(max_frame_len: usize, limit: usize) -> Self {
+        BatchCodec {
+            codec: MethodCodec::new(max_frame_len),
+            limit: limit.max(1),
+            too_long: None,
+        }
+    }
+
+    /// Adds frames to `batch` with `step` (decode or decode at end of
+    /// stream) until none is complete or the batch is full.
+    fn fill(
+        &mut self,
+        buf: &mut BytesMut,
+        mut step: impl FnMut(&mut MethodCodec, &mut BytesMut) -> Result<Option<Decoded>, FrameError>,
+    ) -> Result<Option<Vec<Decoded>>, FrameError> {
+        if let Some(err) = self.too_long.take() {
+            return Err(FrameError::TooLong(err));
+        }
+        let mut batch = Vec::new();
+        while batch.len() < self.limit {
+            match step(&mut self.codec, buf) {
+                Ok(Some(item)) => batch.push(item),
+                Ok(None) => break,
+                Err(FrameError::TooLong(err)) if !batch.is_empty() => {
+                    self.too_long = Some(err);
+                    break;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok((!batch.is_empty()).then_some(batch))
+    }
+}
+
+impl Decoder for BatchCodec {
+    type Item = Vec<Decoded>;
+    type Error = FrameError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Self::Item>, FrameError> {
+        self.fill(buf, |codec, buf| codec.decode(buf))
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Self::Item>, FrameError> {
+        self.fill(buf, |codec, buf| codec.decode_eof(buf))
+    }
+}
+
 /// What reading a connection produced next.
 enum Next {
-    Frame(Option<Result<Result<crate::Method, pod_protocol::DecodeError>, FrameError>>),
+    Frames(Option<Result<Vec<Decoded>, FrameError>>),
     Idle,
     /// Shutdown or eviction, and nothing left to yield.
     Done,
@@ -301,6 +371,10 @@ enum Next {
 
 /// Reads one connection until it ends, goes idle, sends an over-long
 /// frame, is evicted, or (after shutdown) has nothing left unread.
+///
+/// The frames of one read go to the queue together (see [`BatchCodec`]):
+/// one wait for room, one progress timestamp and one update of the
+/// shared counters per read, not per frame.
 pub(crate) async fn serve<C: Connection>(
     stream: C,
     mut peer: Peer,
@@ -310,14 +384,19 @@ pub(crate) async fn serve<C: Connection>(
 ) {
     let counters = &shared.counters;
     let idle = shared.bounds.idle_timeout;
-    let mut frames = FramedRead::new(stream, MethodCodec::new(shared.bounds.max_frame_len));
+    let codec = BatchCodec::new(
+        shared.bounds.max_frame_len,
+        MAX_BATCH.min(tx.max_capacity()),
+    );
+    let mut frames = FramedRead::new(stream, codec);
     let mut draining = false;
     let mut evicted = false;
+    let mut batch = Vec::new();
     loop {
         let next = if evicted {
             // Only what is complete already: the slot is someone else's.
             match frames.next().now_or_never() {
-                Some(next) => Next::Frame(next),
+                Some(next) => Next::Frames(next),
                 None => Next::Done,
             }
         } else if draining {
@@ -326,7 +405,7 @@ pub(crate) async fn serve<C: Connection>(
             tokio::select! {
                 biased;
                 next = timeout(idle, frames.next()) => match next {
-                    Ok(next) => Next::Frame(next),
+                    Ok(next) => Next::Frames(next),
                     Err(_) => Next::Idle,
                 },
                 () = shared.shutdown.cancelled() => {
@@ -339,23 +418,10 @@ pub(crate) async fn serve<C: Connection>(
                 }
             }
         };
-        if matches!(next, Next::Frame(Some(_))) {
-            // While the sender is surely still connected: once per
-            // connection, and only for one that sent something.
-            peer.record_ancestors();
-        }
-        let item = match next {
-            Next::Frame(Some(Ok(Ok(method)))) => {
-                Counters::bump(&counters.frames);
-                slot.progress.store(shared.now(), Ordering::Relaxed);
-                Ok(method)
-            }
-            Next::Frame(Some(Ok(Err(err)))) => {
-                Counters::bump(&counters.decode_errors);
-                tracing::debug!(peer = %peer, error = %err, "undecodable frame");
-                Err(ReceiveError::Decode(err))
-            }
-            Next::Frame(Some(Err(FrameError::TooLong(err)))) => {
+        let items = match next {
+            Next::Frames(Some(Ok(items))) => items,
+            Next::Frames(Some(Err(FrameError::TooLong(err)))) => {
+                peer.record_ancestors();
                 Counters::bump(&counters.too_long);
                 tracing::warn!(peer = %peer, error = %err, "over-long frame; closing its connection");
                 // The connection ends whether or not the item is taken.
@@ -367,39 +433,59 @@ pub(crate) async fn serve<C: Connection>(
                     .await;
                 return;
             }
-            Next::Frame(Some(Err(err))) => {
+            Next::Frames(Some(Err(err))) => {
                 Counters::bump(&counters.read_errors);
                 tracing::debug!(peer = %peer, error = %err, "read failed; closing connection");
                 return;
             }
-            Next::Frame(None) | Next::Done => return,
+            Next::Frames(None) | Next::Done => return,
             Next::Idle => {
                 Counters::bump(&counters.idle_timeouts);
                 tracing::debug!(peer = %peer, "idle connection closed");
                 return;
             }
         };
-        if tx
-            .send(Received {
+        // While the sender is surely still connected: once per
+        // connection, and only for one that sent something.
+        peer.record_ancestors();
+        let mut decoded = 0;
+        for item in items {
+            let item = match item {
+                Ok(method) => {
+                    decoded += 1;
+                    Ok(method)
+                }
+                Err(err) => {
+                    Counters::bump(&counters.decode_errors);
+                    tracing::debug!(peer = %peer, error = %err, "undecodable frame");
+                    Err(ReceiveError::Decode(err))
+                }
+            };
+            batch.push(Received {
                 peer: peer.clone(),
                 item,
-            })
-            .await
-            .is_err()
-        {
+            });
+        }
+        if decoded > 0 {
+            counters.frames.fetch_add(decoded, Ordering::Relaxed);
+            slot.progress.store(shared.now(), Ordering::Relaxed);
+        }
+        // The batch is at most the queue's capacity, so this waits for
+        // room rather than failing; it fails only once the queue is closed.
+        let Ok(permits) = tx.reserve_many(batch.len()).await else {
             return;
+        };
+        for (permit, received) in permits.zip(batch.drain(..)) {
+            permit.send(received);
         }
     }
 }
 
 /// After shutdown: the next frame if anything is left to read, else
 /// [`Next::Done`]. A partial frame is awaited up to `idle`.
-async fn drain_next<C: Connection>(
-    frames: &mut FramedRead<C, MethodCodec>,
-    idle: Duration,
-) -> Next {
+async fn drain_next<C: Connection>(frames: &mut FramedRead<C, BatchCodec>, idle: Duration) -> Next {
     if let Some(next) = frames.next().now_or_never() {
-        return Next::Frame(next);
+        return Next::Frames(next);
     }
     // The reactor may not have reported data the kernel already holds, so
     // ask the kernel: a peek sees unread bytes, or end of stream.
@@ -407,7 +493,88 @@ async fn drain_next<C: Connection>(
         return Next::Done;
     }
     match timeout(idle, frames.next()).await {
-        Ok(next) => Next::Frame(next),
+        Ok(next) => Next::Frames(next),
         Err(_) => Next::Idle,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Every item `decoder` yields from `bytes`, fed in `chunks`-sized
+    /// reads, then at end of stream; an error ends the stream.
+    fn items<D, T>(
+        mut decoder: D,
+        bytes: &[u8],
+        chunk: usize,
+        flatten: impl Fn(T) -> Vec<String>,
+    ) -> Vec<String>
+    where
+        D: Decoder<Item = T, Error = FrameError>,
+    {
+        let mut out = Vec::new();
+        let mut buf = BytesMut::new();
+        let push = |result: Result<Option<T>, FrameError>, out: &mut Vec<String>| match result {
+            Ok(Some(item)) => {
+                out.extend(flatten(item));
+                true
+            }
+            Ok(None) => false,
+            Err(err) => {
+                out.push(format!("end: {err}"));
+                false
+            }
+        };
+        for piece in bytes.chunks(chunk.max(1)) {
+            buf.extend_from_slice(piece);
+            while push(decoder.decode(&mut buf), &mut out) {}
+            if out.last().is_some_and(|l| l.starts_with("end: ")) {
+                return out;
+            }
+        }
+        while push(decoder.decode_eof(&mut buf), &mut out) {}
+        out
+    }
+
+    fn show(item: Decoded) -> String {
+        match item {
+            Ok(method) => format!("{method:?}"),
+            Err(err) => format!("bad: {err}"),
+        }
+    }
+
+    proptest! {
+        /// The batches hold exactly the frames `MethodCodec` yields, in
+        /// order, with an over-long frame ending the stream at the same
+        /// place, whatever the reads and the batch limit.
+        #[test]
+        fn batches_are_the_method_codec_frames(
+            lines in prop::collection::vec(0..4u8, 0..24),
+            chunk in 1..200usize,
+            limit in 1..5usize,
+            unterminated in any::<bool>(),
+        ) {
+            let mut bytes = Vec::new();
+            for line in lines {
+                bytes.extend_from_slice(match line {
+                    0 => &b"{\"method\":\"shutdown\"}\n"[..],
+                    1 => b"garbage\n",
+                    2 => b"\n",
+                    _ => b"{\"method\":\"notify\",\"params\":{\"message\":\"a much longer line than allowed\"}}\n",
+                });
+            }
+            if unterminated {
+                bytes.extend_from_slice(b"{\"method\":\"shutdown\"}");
+            }
+            let max = 40;
+            let plain = items(MethodCodec::new(max), &bytes, chunk, |item| vec![show(item)]);
+            let batched = items(BatchCodec::new(max, limit), &bytes, chunk, |batch: Vec<Decoded>| {
+                assert!(!batch.is_empty() && batch.len() <= limit, "batch of {}", batch.len());
+                batch.into_iter().map(show).collect()
+            });
+            prop_assert_eq!(batched, plain);
+        }
     }
 }

@@ -199,6 +199,10 @@ impl MethodSource for MemorySource {
     async fn recv(&mut self) -> Option<Received> {
         self.rx.recv().await
     }
+
+    async fn recv_many(&mut self, buf: &mut Vec<Received>, limit: usize) -> usize {
+        self.rx.recv_many(buf, limit).await
+    }
 }
 
 impl Drop for MemorySource {
