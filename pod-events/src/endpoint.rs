@@ -212,6 +212,17 @@ fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
 
+/// The counters of a running endpoint, apart from its handle.
+#[derive(Debug, Clone)]
+pub struct EndpointProgress(Arc<Counters>);
+
+impl EndpointProgress {
+    /// A snapshot of the counters.
+    pub fn snapshot(&self) -> EndpointStats {
+        self.0.snapshot()
+    }
+}
+
 /// A running endpoint: returned by [`spawn_endpoint`].
 #[derive(Debug)]
 pub struct EndpointHandle {
@@ -224,6 +235,12 @@ impl EndpointHandle {
     /// A snapshot of the counters.
     pub fn stats(&self) -> EndpointStats {
         self.counters.snapshot()
+    }
+
+    /// The endpoint's counters, readable after the handle is consumed (by
+    /// [`join`](Self::join) under a timeout, say).
+    pub fn progress(&self) -> EndpointProgress {
+        EndpointProgress(self.counters.clone())
     }
 
     /// Stops reading the source, applies every event already read, and

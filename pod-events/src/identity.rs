@@ -282,8 +282,7 @@ impl Context<'_> {
                             .is_some_and(|parent| lineage.contains(&parent)))
         };
         // Above `of` in the delegation tree, the sender speaks for a pod.
-        let speaks_above =
-            |of: &Allocation| snapshot.ancestors(of).any(|ancestor| speaks_for(ancestor));
+        let speaks_above = |of: &Allocation| snapshot.ancestors(of).any(&speaks_for);
         let who = || match (&peer.pod_name, lineage.first()) {
             (Some(name), _) => format!("the holder of a certificate for `{name}`"),
             (None, Some(pid)) => format!("process {pid}"),

@@ -87,8 +87,8 @@ pub use control::{
     control_socket_path, ControlError, ControlSink, CONTROL_BACKLOG, MAX_SUBSCRIBERS,
 };
 pub use endpoint::{
-    spawn_endpoint, CollectingSink, EndpointConfig, EndpointHandle, EndpointStats, Notification,
-    NotificationSink,
+    spawn_endpoint, CollectingSink, EndpointConfig, EndpointHandle, EndpointProgress,
+    EndpointStats, Notification, NotificationSink,
 };
 pub use guard::Departure;
 pub use handoff::{Handoff, HandoffError};

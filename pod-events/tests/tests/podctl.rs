@@ -917,3 +917,107 @@ fn relays_upward_use_the_configured_dialect() {
         "klingon",
     );
 }
+
+/// Runs `podctl send` as an orphan: its parent exits at once, so it is no
+/// descendant of this test process (nor of anything this test started),
+/// as an intruder of the same uid would be. Returns once it has finished.
+fn send_as_stranger(env: &Env, socket: &str, event: Value) {
+    let marker = env.path("stranger.done");
+    let _ = std::fs::remove_file(&marker);
+    let script = format!(
+        "( '{podctl}' send --socket '{socket}' --event '{event}'; touch '{marker}' ) &",
+        podctl = env!("CARGO_BIN_EXE_podctl"),
+    );
+    let status = Command::new("sh").args(["-c", &script]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + DEADLINE;
+    while !Path::new(&marker).exists() {
+        assert!(Instant::now() < deadline, "the orphan send did not finish");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_stranger_cannot_shut_down_or_announce_a_pod_that_holds_scope() {
+    let env = Env::new();
+    let mut root = env.listen("root", &["--reconcile-interval-ms", "0"]);
+    // w9's process is this test process.
+    env.register("w9", "/srv/w9");
+    let socket = env.socket("root");
+    send_as_stranger(
+        &env,
+        &socket,
+        json!({"kind": "shut_down", "pod_name": "w9"}),
+    );
+    let forged = json!({
+        "kind": "scope_sub_delegated",
+        "parent_pod": "w9",
+        "sub_pod": "evil",
+        "sub_socket": env.socket("evil"),
+        "scope": [{"target": "/", "permission": "write"}],
+    });
+    send_as_stranger(&env, &socket, forged.clone());
+    // The same announcement from w9's own process is refused too: the
+    // table holds no allocation for `evil`.
+    env.send(&socket, forged);
+    // w9's own report, after the forgeries on w9's lane: they were judged.
+    env.send(&socket, json!({"kind": "turn_ended", "pod_name": "w9"}));
+    root.expect("pod `w9` finished a turn");
+    assert!(
+        root.seen
+            .iter()
+            .all(|l| !l.contains("shut down") && !l.contains("evil")),
+        "{:?}",
+        root.seen
+    );
+    assert_eq!(env.pod_names(), [json!("w9")]);
+    let registry = env.json(&["registry", "--state-dir", &env.path("root")]);
+    assert_eq!(registry["pods"], json!([]), "{registry}");
+    assert_eq!(registry["departed"], json!([]), "{registry}");
+    // w9 itself may say it shut down.
+    env.send(&socket, json!({"kind": "shut_down", "pod_name": "w9"}));
+    root.expect("pod `w9` shut down; its scope is released");
+    assert!(env.pod_names().is_empty());
+}
+
+#[test]
+fn a_stuck_table_lock_delays_nothing_that_needs_no_table_and_sigterm_still_stops() {
+    let env = Env::new();
+    let mut root = env.listen("root", &["--reconcile-interval-ms", "0"]);
+    let socket = env.socket("root");
+    // Another process takes the table's lock and stops answering (as a
+    // SIGSTOPped holder would): it never lets go while this test runs.
+    let script = "import fcntl, sys, time\n\
+                  f = open(sys.argv[1], 'a')\n\
+                  fcntl.flock(f, fcntl.LOCK_EX)\n\
+                  print('held', flush=True)\n\
+                  time.sleep(600)\n";
+    let mut holder = Command::new("python3")
+        .args(["-c", script, &env.lock()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "held");
+    for i in 0..20 {
+        env.send(&socket, json!({"kind": "shut_down", "pod_name": format!("w{i}")}));
+    }
+    env.send(&socket, json!({"kind": "turn_ended", "pod_name": "t1"}));
+    // Rendered whatever the table does (before any shutdown's table work
+    // could finish: those wait for the lock's timeout).
+    root.expect("pod `t1` finished a turn");
+    // The shutdowns are rendered too, saying what was not saved and who
+    // holds the lock.
+    let line = root.expect("pod `w0` shut down");
+    assert!(
+        line.contains("not saved") && line.contains(&holder.id().to_string()),
+        "{line}"
+    );
+    let status = root.signal(Signal::TERM);
+    assert!(status.code().is_some(), "{status}");
+    let _ = holder.kill();
+    let _ = holder.wait();
+}

@@ -172,6 +172,10 @@ impl MethodSource for Sources {
     }
 }
 
+/// How long a stopping endpoint may take to apply what it already
+/// received.
+const STOP_BOUND: Duration = Duration::from_secs(15);
+
 async fn serve<U: MethodSender + Clone>(
     parent: Arc<FileParent<U>>,
     socket: Option<String>,
@@ -240,7 +244,34 @@ async fn serve<U: MethodSender + Clone>(
     for stop in &stops {
         stop.shutdown();
     }
-    let stats = endpoint.join().await;
+    // Bounded: a table whose lock a stuck process holds fails each batch
+    // after the store's lock timeout, but a long queue of them must not
+    // keep a stopping pod alive.
+    let progress = endpoint.progress();
+    let stats = match tokio::time::timeout(STOP_BOUND, endpoint.join()).await {
+        Ok(stats) => stats,
+        Err(_) => {
+            let left = progress.snapshot();
+            let undone = left.received.saturating_sub(
+                left.applied
+                    + left.invalid
+                    + left.undecodable
+                    + left.unsupported
+                    + left.rejected_senders,
+            );
+            // What was applied is durable or retried by the registry's
+            // flush; the rest is left to the next start's reconcile.
+            let flushed = parent.registry().flush().await;
+            anyhow::bail!(
+                "stopped after {STOP_BOUND:?} with {undone} received events not applied \
+                 (the scope table did not answer; reconcile at the next start repairs it){}",
+                match flushed {
+                    Ok(()) => String::new(),
+                    Err(error) => format!("; the registry could not be made durable: {error}"),
+                }
+            );
+        }
+    };
     parent
         .registry()
         .flush()
