@@ -401,6 +401,26 @@ fn status_exits_0_when_alive_and_1_when_not_saying_why() {
     let id = registered["incarnation"].as_str().unwrap();
     assert!(text(&wide).0.contains(id), "wide shows the whole id");
 
+    // A tls:// address is probed with a TCP connect.
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tls = format!("tls://{}", tcp.local_addr().unwrap());
+    let (shown, code) = env.json_status(&[
+        "-o",
+        "json",
+        "status",
+        "w9",
+        "--scope-lock",
+        &lock,
+        "--socket",
+        &tls,
+    ]);
+    assert_eq!(
+        (code, &shown["reachable"], &shown["alive"]),
+        (Some(0), &json!(true), &json!(true)),
+        "{shown}"
+    );
+    drop(tcp);
+
     root.stop(Signal::KILL);
     let out = run(status("root"), &["--json"]);
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
