@@ -20,6 +20,9 @@ use crate::parent::{Effects, Parent, Reconciliation};
 use crate::probe::Reachability;
 use crate::render::{render_applied, Applied, Origin};
 
+/// Most items the receive loop takes from its source at once.
+const RECV_BATCH: usize = 256;
+
 /// One rendered line for the embedding application (its LLM context).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
@@ -341,42 +344,47 @@ where
             .config
             .reconcile_interval
             .map(|interval| tokio::spawn(self.clone().reconcile_every(interval, stopped.clone())));
-        loop {
+        // A burst is taken from the source in one call (one wake-up), then
+        // handled item by item exactly as if received one at a time.
+        let mut batch = Vec::with_capacity(RECV_BATCH);
+        'recv: loop {
             let received = tokio::select! {
-                received = source.recv() => received,
-                _ = stopped.wait_for(|s| *s) => None,
+                received = source.recv_many(&mut batch, RECV_BATCH) => received,
+                _ = stopped.wait_for(|s| *s) => 0,
             };
-            let Some(Received { peer, item }) = received else {
+            if received == 0 {
                 break;
-            };
-            let Some(event) = self.admit(&peer, item) else {
-                continue;
-            };
-            if !has_side_effects(&event) && !self.lanes.is_running(event.subject()) {
-                if let Some(verdict) = self.quick_check(&event, &peer) {
-                    // Nothing to apply, nothing of its pod's ahead of it,
-                    // and its sender checked against a recent snapshot:
-                    // render it here, without a task or a slot in flight
-                    // (and whatever the scope table is doing).
-                    if self.admit_sender(&event, &peer, verdict) {
-                        self.handle(event, peer).await;
-                    }
-                    continue;
-                }
             }
-            let ticket = self.snapshots.ticket();
-            // The semaphore is never closed, so acquiring only waits.
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                break;
-            };
-            let job = Job {
-                event,
-                peer,
-                ticket,
-                _permit: permit,
-            };
-            if let Some((key, job)) = self.lanes.enqueue(job) {
-                lanes.spawn(self.clone().lane(key, job));
+            for Received { peer, item } in batch.drain(..) {
+                let Some(event) = self.admit(&peer, item) else {
+                    continue;
+                };
+                if !has_side_effects(&event) && !self.lanes.is_running(event.subject()) {
+                    if let Some(verdict) = self.quick_check(&event, &peer) {
+                        // Nothing to apply, nothing of its pod's ahead of it,
+                        // and its sender checked against a recent snapshot:
+                        // render it here, without a task or a slot in flight
+                        // (and whatever the scope table is doing).
+                        if self.admit_sender(&event, &peer, verdict) {
+                            self.handle(event, peer).await;
+                        }
+                        continue;
+                    }
+                }
+                let ticket = self.snapshots.ticket();
+                // The semaphore is never closed, so acquiring only waits.
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    break 'recv;
+                };
+                let job = Job {
+                    event,
+                    peer,
+                    ticket,
+                    _permit: permit,
+                };
+                if let Some((key, job)) = self.lanes.enqueue(job) {
+                    lanes.spawn(self.clone().lane(key, job));
+                }
             }
         }
         lanes.close();

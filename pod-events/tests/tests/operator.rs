@@ -401,6 +401,26 @@ fn status_exits_0_when_alive_and_1_when_not_saying_why() {
     let id = registered["incarnation"].as_str().unwrap();
     assert!(text(&wide).0.contains(id), "wide shows the whole id");
 
+    // A tls:// address is probed with a TCP connect.
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tls = format!("tls://{}", tcp.local_addr().unwrap());
+    let (shown, code) = env.json_status(&[
+        "-o",
+        "json",
+        "status",
+        "w9",
+        "--scope-lock",
+        &lock,
+        "--socket",
+        &tls,
+    ]);
+    assert_eq!(
+        (code, &shown["reachable"], &shown["alive"]),
+        (Some(0), &json!(true), &json!(true)),
+        "{shown}"
+    );
+    drop(tcp);
+
     root.stop(Signal::KILL);
     let out = run(status("root"), &["--json"]);
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -759,4 +779,47 @@ fn send_says_what_is_wrong_with_its_target_and_its_event() {
     for kind in ["errored", "shut_down", "scope_sub_delegated"] {
         assert!(help.contains(kind), "{help}");
     }
+}
+
+#[test]
+fn a_watcher_of_another_uid_is_dropped_before_it_sees_a_line() {
+    // Needs a second uid: only root can run a process as one.
+    if !rustix::process::getuid().is_root() {
+        return;
+    }
+    let env = Env::new();
+    let mut root = env.listen("root", &[]);
+    let socket = env.socket("root");
+    let control = format!("{socket}.control");
+    // Open the way on purpose (directories traversable, the socket
+    // world-writable) so that only the peer uid check stands between
+    // another user and the lines.
+    for dir in [
+        env.dir.path().to_path_buf(),
+        PathBuf::from(env.path("root")),
+    ] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o666)).unwrap();
+
+    let mut ours = Running::start(env.command().args(["watch", "--socket", &socket]));
+    let mut stranger = {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = env.command();
+        cmd.args(["watch", "--socket", &socket])
+            .uid(65534)
+            .gid(65534);
+        Running::start(&mut cmd)
+    };
+    let turn = json!({"kind": "turn_ended", "pod_name": "w1"});
+    ours.expect_while("finished a turn", || env.send("root", turn.clone()));
+    // The stranger connected, was dropped at once, and saw nothing:
+    // `watch` ends as when an endpoint closes.
+    let (status, stderr) = stranger.exit();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stranger.seen.is_empty(), "{:?}", stranger.seen);
+    assert!(stranger.lines.try_recv().is_err());
+    // The endpoint says why in its log.
+    let (_, log) = root.stop(Signal::TERM);
+    assert!(log.contains("dropped a peer of another uid"), "{log}");
 }

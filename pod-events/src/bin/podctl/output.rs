@@ -311,6 +311,38 @@ mod tests {
         assert_eq!(dup.len(), 3, "{dup:?}");
     }
 
+    proptest::proptest! {
+        /// Whatever a hostile table or registry says (cycles, duplicate
+        /// names, missing parents), every node is shown exactly once, and
+        /// a node drawn under its parent comes after it.
+        #[test]
+        fn every_node_is_shown_once(
+            nodes in proptest::collection::vec((0u8..6, proptest::option::of(0u8..7)), 0..12)
+        ) {
+            let names: Vec<(String, Option<String>)> = nodes
+                .iter()
+                .map(|(n, p)| (format!("p{n}"), p.map(|p| format!("p{p}"))))
+                .collect();
+            let forest: Vec<(&str, Option<&str>)> = names
+                .iter()
+                .map(|(n, p)| (n.as_str(), p.as_deref()))
+                .collect();
+            let order = tree_order(&forest);
+            let mut shown: Vec<usize> = order.iter().map(|(i, _)| *i).collect();
+            shown.sort_unstable();
+            proptest::prop_assert_eq!(shown, (0..forest.len()).collect::<Vec<_>>());
+            for (at, (i, label)) in order.iter().enumerate() {
+                proptest::prop_assert!(label.ends_with(forest[*i].0));
+                // A nested label's parent appears earlier.
+                if label.len() > forest[*i].0.len() {
+                    let parent = forest[*i].1.unwrap();
+                    let before = order[..at].iter().any(|(j, _)| forest[*j].0 == parent);
+                    proptest::prop_assert!(before, "{label} before its parent {parent}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn ids_are_shortened() {
         assert_eq!(short_id("0123456789abcdef"), "01234567…");

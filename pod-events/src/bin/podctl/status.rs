@@ -27,7 +27,8 @@ pub(crate) struct StatusArgs {
     /// The scope table [default: RUNTIME_DIR/scope.lock].
     #[arg(long, value_name = "FILE")]
     scope_lock: Option<PathBuf>,
-    /// The pod's socket to probe [default: its allocation's socket, else
+    /// The pod's socket to probe: a path, `unix:` + path, or
+    /// tls://HOST:PORT [default: its allocation's socket, else
     /// RUNTIME_DIR/NAME/sock].
     #[arg(long, value_name = "PATH")]
     socket: Option<String>,
@@ -45,7 +46,7 @@ pub(crate) fn run(args: StatusArgs, format: Format) -> Result<()> {
     let table = scopes::open_to_read(args.scope_lock)?;
     let allocation = table.find(&name)?;
     let socket = match (args.socket, &allocation) {
-        (Some(socket), _) => paths::checked("--socket", socket)?,
+        (Some(socket), _) => paths::address("--socket", socket)?,
         (None, Some(allocation)) => allocation.socket.clone(),
         (None, None) => paths::socket(None, &name)?,
     };
@@ -109,7 +110,7 @@ fn describe(
     let answers = match reachable {
         Some(true) => "answers",
         Some(false) => "does not answer",
-        None => "not probed: not a Unix socket path",
+        None => "not probed: not a socket address",
     };
     facts.push(("socket", format!("{socket} ({answers})")));
     if let Some(a) = allocation {
@@ -138,8 +139,10 @@ fn describe(
     text
 }
 
-/// Whether something answers at each socket: `None` for an address that
-/// is not a Unix socket path (`tls://`), which is not probed here.
+/// Whether something answers at each address (a Unix socket path with or
+/// without `unix:`, or `tls://host:port`, where a TCP connect answers):
+/// `None` for anything else (a record written by another tool), which is
+/// not probed.
 pub(crate) fn probe(sockets: &[&str]) -> Result<Vec<Option<bool>>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -149,9 +152,12 @@ pub(crate) fn probe(sockets: &[&str]) -> Result<Vec<Option<bool>>> {
     Ok(runtime.block_on(async {
         let mut answers = Vec::with_capacity(sockets.len());
         for socket in sockets {
-            let answer = match socket.strip_prefix("unix:").unwrap_or(socket) {
-                path if path.starts_with('/') => Some(probe.is_reachable(Path::new(path)).await),
-                _ => None,
+            let path = socket.strip_prefix("unix:").unwrap_or(socket);
+            let probed = path.starts_with('/') || socket.starts_with("tls://");
+            let answer = if probed {
+                Some(probe.is_reachable(Path::new(socket)).await)
+            } else {
+                None
             };
             answers.push(answer);
         }
