@@ -72,7 +72,7 @@ mod control;
 mod endpoint;
 mod guard;
 pub mod handoff;
-mod identity;
+pub mod identity;
 mod merge;
 mod parent;
 mod pod;
