@@ -1003,7 +1003,10 @@ fn a_stuck_table_lock_delays_nothing_that_needs_no_table_and_sigterm_still_stops
         .unwrap();
     assert_eq!(ready.trim(), "held");
     for i in 0..20 {
-        env.send(&socket, json!({"kind": "shut_down", "pod_name": format!("w{i}")}));
+        env.send(
+            &socket,
+            json!({"kind": "shut_down", "pod_name": format!("w{i}")}),
+        );
     }
     env.send(&socket, json!({"kind": "turn_ended", "pod_name": "t1"}));
     // Rendered whatever the table does (before any shutdown's table work
