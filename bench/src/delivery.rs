@@ -70,7 +70,9 @@ pub(crate) fn measure_rate(plan: &Plan, dir: &Path, senders: usize) -> Result<(f
 }
 
 async fn ours_rate(path: &Path, lives: usize, senders: usize) -> Result<f64> {
-    let mut scenario = Scenario::new(false).await;
+    // Allocated: an endpoint admits a sub-delegation only when the
+    // table holds it (delegated before the timed part).
+    let mut scenario = Scenario::new(true).await;
     let plan = deal(scenario.lives(lives), senders);
     let total: usize = plan.iter().map(Vec::len).sum();
     let listener = Listener::bind(path, ListenConfig::default()).await?;
@@ -111,7 +113,7 @@ async fn ours_rate(path: &Path, lives: usize, senders: usize) -> Result<f64> {
 }
 
 async fn raw_rate(path: &Path, lives: usize, senders: usize) -> Result<f64> {
-    let mut scenario = Scenario::new(false).await;
+    let mut scenario = Scenario::new(true).await;
     let plan: Vec<Vec<Vec<u8>>> = deal(scenario.lives(lives), senders)
         .into_iter()
         .map(|methods| methods.iter().map(pod_protocol::encode).collect())

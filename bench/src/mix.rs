@@ -31,8 +31,13 @@ pub(crate) const SPAWNERS: usize = 100;
 pub(crate) const EVENTS_PER_LIFE: usize = 7;
 
 const ROOT_PID: u32 = 1;
-const SPAWNER_PID: u32 = 2;
-const GRANDCHILD_PID: u32 = 3;
+
+/// The process holding the children's and grandchildren's allocations:
+/// this one, which sends their events in the socket items, so an
+/// endpoint's sender check finds it speaking for them.
+fn pod_pid() -> u32 {
+    std::process::id()
+}
 
 pub(crate) fn pod(name: &str) -> PodName {
     PodName::new(name).expect("a valid pod name")
@@ -67,7 +72,7 @@ impl Scenario {
     /// without, the table holds only the root and its children.
     pub(crate) async fn new(allocate: bool) -> Self {
         let liveness = FakeLiveness::new();
-        for pid in [ROOT_PID, SPAWNER_PID, GRANDCHILD_PID] {
+        for pid in [ROOT_PID, pod_pid()] {
             liveness.spawn(pid);
         }
         let scopes = ScopeTable::new(MemoryStore::new(), liveness);
@@ -80,7 +85,7 @@ impl Scenario {
             let target = format!("/srv/work/{name}");
             let incarnation = if allocate {
                 scopes
-                    .delegate(&pod("root"), spec(&name, SPAWNER_PID, &target))
+                    .delegate(&pod("root"), spec(&name, pod_pid(), &target))
                     .expect("delegate to a child")
                     .incarnation
                     .unwrap_or_default()
@@ -130,7 +135,7 @@ impl Scenario {
         let target = format!("/srv/work/{spawner}/{name}");
         let incarnation = if self.allocate {
             self.scopes
-                .delegate(&pod(&spawner), spec(&name, GRANDCHILD_PID, &target))
+                .delegate(&pod(&spawner), spec(&name, pod_pid(), &target))
                 .expect("delegate to a grandchild")
                 .incarnation
                 .unwrap_or_default()

@@ -477,11 +477,17 @@ where
                 .registry()
                 .read(|state| state.records_named(name).next().is_some())
         };
+        let is_departed = |name: &str, incarnation: &str| {
+            parent
+                .registry()
+                .read(|state| state.is_departed(name, Some(incarnation)))
+        };
         let context = Context {
             policy: self.config.sender_policy,
             tree: self.config.process_tree.as_ref(),
             is_live: &is_live,
             is_registered: &is_registered,
+            is_departed: &is_departed,
         };
         context.judge(event, peer, &snapshot)
     }

@@ -26,7 +26,7 @@
 //! | --- | --- | --- |
 //! | `TurnEnded`, `Errored` | only from `n` | policy |
 //! | `ShutDown` | from `n`, from a pod above `n` in the table (a relay), or anyone once `n`'s process is dead | from a pod holding an allocation that this parent has registered (a relaying child), else policy |
-//! | `ScopeSubDelegated` | the table must agree: `n`'s allocation exists with the event's rules and incarnation, and the sender is the pod it was delegated from or a pod above that | refused, whatever the policy |
+//! | `ScopeSubDelegated` | the table must agree: `n`'s allocation exists with the event's rules and incarnation, and the sender is the pod it was delegated from or a pod above that | admitted when this parent already saw that incarnation depart (a reordered announcement, which registers nothing); else refused, whatever the policy |
 //!
 //! The policy ([`SenderPolicy`]) only decides claims the table cannot
 //! check: `Strict` refuses them, `Legacy` admits them and counts them as
@@ -227,6 +227,8 @@ pub(crate) struct Context<'a> {
     pub(crate) is_live: &'a dyn Fn(&Allocation) -> bool,
     /// Whether this parent's registry holds a record of the pod.
     pub(crate) is_registered: &'a dyn Fn(&str) -> bool,
+    /// Whether this parent's departed set holds the pod's incarnation.
+    pub(crate) is_departed: &'a dyn Fn(&str, &str) -> bool,
 }
 
 impl Context<'_> {
@@ -289,6 +291,16 @@ impl Context<'_> {
             (None, None) => "a process of unknown pid".to_owned(),
         };
         match (event, snapshot.get(subject)) {
+            // A late announcement of a pod whose departure this parent
+            // already applied: harmless (applying it registers nothing) and
+            // not a forgery, delivery only reordered it.
+            (
+                PodEvent::ScopeSubDelegated {
+                    sub_incarnation: Some(incarnation),
+                    ..
+                },
+                None,
+            ) if (self.is_departed)(subject, incarnation) => Verdict::Verified,
             (PodEvent::ScopeSubDelegated { .. }, None) => Verdict::Rejected(format!(
                 "the scope table holds no allocation for `{subject}`: nothing was delegated to it"
             )),
