@@ -14,7 +14,8 @@
 //! registrations on the file-backed registry and scope table, 4-mem the
 //! durable registry alone under a burst (scope table in memory), 5
 //! scope-table delegate, 6 peak memory of a loaded endpoint, 7 end to end
-//! over persistent connections into a pipe. Timing assertions never go in
+//! over persistent connections into a pipe, 8 events over mutual TLS
+//! (pooled connections, and a cold handshake). Timing assertions never go in
 //! tests; they live here.
 
 mod counter;
@@ -27,6 +28,7 @@ mod registry;
 mod report;
 mod scopes;
 mod system;
+mod tls;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -64,6 +66,10 @@ pub(crate) struct Plan {
     pub(crate) e2e_events: usize,
     /// Persistent connections (one child each) of item 7.
     pub(crate) e2e_connections: usize,
+    /// Events per run of item 8's pooled figures.
+    pub(crate) tls_events: usize,
+    /// Cold handshakes per run of item 8.
+    pub(crate) tls_handshakes: usize,
 }
 
 impl Plan {
@@ -82,6 +88,8 @@ impl Plan {
             e2e_runs: 5,
             e2e_events: 1_000_000,
             e2e_connections: 8,
+            tls_events: 50_000,
+            tls_handshakes: 300,
         }
     }
 
@@ -101,6 +109,8 @@ impl Plan {
             e2e_runs: 3,
             e2e_events: 100_000,
             e2e_connections: 8,
+            tls_events: 10_000,
+            tls_handshakes: 60,
         }
     }
 }
@@ -111,12 +121,12 @@ const USAGE: &str = "usage: pod-bench [--quick] [--only ITEM[,ITEM...]] [--out D
   --only    items to run: 1 delivery, 2 burst, 3 receive path,
             4 file-backed registry and scope table (shutdowns, registrations),
             4-mem durable registry alone, 5 scope table, 6 peak memory,
-            7 end to end into a pipe (default: all)
+            7 end to end into a pipe, 8 mutual TLS (default: all)
   --out     where to write results.json and results.md
             (default: <cargo target dir>/bench)";
 
 /// The items, in the order they run.
-const ITEMS: [&str; 8] = ["1", "2", "3", "4", "4-mem", "5", "6", "7"];
+const ITEMS: [&str; 9] = ["1", "2", "3", "4", "4-mem", "5", "6", "7", "8"];
 
 struct Args {
     plan: Plan,
@@ -422,7 +432,47 @@ fn run(args: &Args) -> Result<Vec<Row>> {
             ),
         ])
     })?;
+
+    item("8", "events over mutual TLS", &mut || {
+        Ok(tls_rows(&tls::measure(plan)?))
+    })?;
     Ok(rows)
+}
+
+/// Item 8's rows: pooled delivery against a raw rustls writer on one
+/// connection, and the cost of a cold handshake.
+fn tls_rows(f: &tls::Measured) -> Vec<Row> {
+    let senders = tls::SENDERS;
+    vec![
+        Row::new(
+            "8. TLS delivery, pooled TlsSender, 1 sender (raw: rustls, one connection)",
+            "events/s",
+            f.pooled,
+            f.raw,
+            Goal::ratio(Bound::AtLeast(0.7)),
+        ),
+        Row::new(
+            format!("8b. same, {senders} concurrent senders, default pool (4)"),
+            "events/s",
+            f.concurrent,
+            f.raw,
+            Goal::none(),
+        ),
+        Row::new(
+            format!("8c. same, {senders} concurrent senders, pool of {senders}"),
+            "events/s",
+            f.concurrent_pool,
+            f.raw,
+            Goal::none(),
+        ),
+        Row::new(
+            "8d. cold handshake: one event per new connection (raw: rustls connect+write+close)",
+            "ms",
+            f.cold_ms,
+            f.raw_cold_ms,
+            Goal::none(),
+        ),
+    ]
 }
 
 /// Item 4's rows: per burst and way in, the time against its plain
@@ -534,7 +584,7 @@ mod tests {
         let all = parse(&["--quick", "--out", "/tmp/x"]).unwrap();
         assert_eq!(all.only.len(), ITEMS.len());
         assert_eq!(all.plan.system_pods, Plan::quick().system_pods);
-        let error = parse(&["--only", "8"]).err().unwrap().to_string();
+        let error = parse(&["--only", "9"]).err().unwrap().to_string();
         assert!(error.contains("4-mem"), "{error}");
     }
 
@@ -571,6 +621,27 @@ mod tests {
         ] {
             assert!(f.table_loads + f.table_cached_loads >= 1.0, "{f:?}");
             assert_eq!(f.table_writes, 0.0, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn item_8_delivers_every_event_each_way() {
+        let plan = Plan {
+            runs: 1,
+            tls_events: 300,
+            tls_handshakes: 3,
+            ..tiny()
+        };
+        // Every figure waits until each event arrived (decoded by the
+        // baseline's server), so a lost event fails here.
+        let rows = tls_rows(&tls::measure(&plan).unwrap());
+        assert_eq!(rows.len(), 4);
+        for row in &rows {
+            let json = serde_json::to_value(row).unwrap();
+            for key in ["ours", "baseline"] {
+                let figure = json[key].as_f64().unwrap();
+                assert!(figure.is_finite() && figure > 0.0, "{json}");
+            }
         }
     }
 
