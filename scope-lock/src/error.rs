@@ -180,6 +180,11 @@ pub enum ScopeError {
     /// incarnation id.
     #[error("cannot mint an incarnation id: the OS random source failed: {0}")]
     Entropy(getrandom::Error),
+    /// The etcd-backed table failed (feature `etcd`): unreachable, no
+    /// quorum, lock retries exhausted, ...; see [`EtcdError`](crate::EtcdError).
+    #[cfg(feature = "etcd")]
+    #[error(transparent)]
+    Etcd(#[from] crate::etcd::EtcdError),
 }
 
 impl ScopeError {

@@ -72,6 +72,8 @@
 
 pub mod coverage;
 mod error;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod file_store;
 mod format;
 mod liveness;
@@ -88,6 +90,8 @@ use std::time::Duration;
 pub use pod_protocol::{Permission, PodName, ScopeRule};
 
 pub use error::ScopeError;
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdAddress, EtcdError, EtcdOptions, EtcdStore, LeaseHolder, LeaseLiveness};
 pub use file_store::{FileStore, FileStoreStats};
 pub use liveness::{Liveness, ProcLiveness};
 pub use store::TableStore;

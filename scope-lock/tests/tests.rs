@@ -3,11 +3,14 @@
 //! environment (see `multiprocess`).
 
 mod coverage;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod file_safety;
 mod file_store;
 mod legacy_race;
 mod model;
 mod multiprocess;
+mod store_suite;
 mod table;
 
 use pod_scope_lock::{Permission, PodName, PodSpec, ScopeRule};
