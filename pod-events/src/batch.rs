@@ -13,7 +13,7 @@
 //!
 //! # Why the answers are those of one transaction per event
 //!
-//! [`apply_ops`] applies the operations to the table in queue order, each
+//! A batch applies its operations to the table in queue order, each
 //! on the state the previous ones left, exactly as separate transactions
 //! would in that order: a release that fails (unknown pod, incarnation
 //! mismatch) changes nothing, as it would alone, and a lookup sees every
@@ -22,10 +22,19 @@
 //! difference is durability's granularity: when the batch's write fails,
 //! no operation of it took effect, and every caller gets that error
 //! ([`BatchError`]); nothing is reported released that is not on disk. The
-//! crate's tests check [`apply_ops`] against one transaction per operation
+//! crate's tests check the batches against one transaction per operation
 //! for arbitrary operations split into arbitrary batches.
+//!
+//! # Visits
+//!
+//! The queue also takes visits: a closure that reads the table at its
+//! place in the queue, in the same read or transaction as the operations
+//! around it, without a copy of the table. The endpoint checks senders
+//! this way, so one read serves every check and lookup of a batch. A
+//! visit in a batch that writes sees the table before that write is
+//! durable; a visit only reads, and what it decides (who may send what)
+//! does not depend on the write.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pod_protocol::PodName;
@@ -70,20 +79,15 @@ pub(crate) enum BatchError {
     Lost,
 }
 
-/// Applies `ops` to `table` in order, each on the state the previous ones
-/// left; a failing release changes nothing. One answer per operation.
-pub(crate) fn apply_ops<'a>(
-    table: &mut Table,
-    ops: impl IntoIterator<Item = &'a TableOp>,
-) -> Vec<TableAnswer> {
-    ops.into_iter()
-        .map(|op| match op {
-            TableOp::Release { name, incarnation } => {
-                TableAnswer::Released(table.release(name, incarnation.as_deref()))
-            }
-            TableOp::Find { name } => lookup(table, name),
-        })
-        .collect()
+/// Applies one operation to `table`, on the state the operations before
+/// it left; a failing release changes nothing.
+fn apply_op(table: &mut Table, op: &TableOp) -> TableAnswer {
+    match op {
+        TableOp::Release { name, incarnation } => {
+            TableAnswer::Released(table.release(name, incarnation.as_deref()))
+        }
+        TableOp::Find { name } => lookup(table, name),
+    }
 }
 
 fn lookup(table: &Table, name: &PodName) -> TableAnswer {
@@ -92,9 +96,40 @@ fn lookup(table: &Table, name: &PodName) -> TableAnswer {
 
 type Reply = oneshot::Sender<Result<TableAnswer, BatchError>>;
 
+/// A read of the table at its place in the queue: called once, with the
+/// table as the operations queued before it left it, or with `None` when
+/// the batch could not read the table. It must not use the store.
+pub(crate) type Visitor = Box<dyn FnOnce(Option<&Table>) + Send>;
+
+/// One queued item: an operation and where its answer goes, or a visit.
+enum Entry {
+    Op(TableOp, Reply),
+    /// `None` once called.
+    Visit(Option<Visitor>),
+}
+
+impl Entry {
+    fn writes(&self) -> bool {
+        matches!(self, Entry::Op(op, _) if op.writes())
+    }
+
+    /// Calls a visit not yet called with `table`; an operation's answer.
+    fn apply(&mut self, table: &mut Table) -> Option<TableAnswer> {
+        match self {
+            Entry::Op(op, _) => Some(apply_op(table, op)),
+            Entry::Visit(visitor) => {
+                if let Some(visit) = visitor.take() {
+                    visit(Some(table));
+                }
+                None
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Queue {
-    waiting: Vec<(TableOp, Reply)>,
+    waiting: Vec<Entry>,
     /// A driver task is running and will take `waiting` before it ends.
     driving: bool,
 }
@@ -106,9 +141,6 @@ pub(crate) struct TableBatcher<S: TableStore, L: Liveness> {
     /// Held by whoever runs a blocking table operation (a batch here, a
     /// reconcile pass in the parent), one at a time.
     blocking: Arc<Semaphore>,
-    /// Batches with a release run so far (whatever their outcome): a
-    /// snapshot of the table read before the last of them may be stale.
-    writes: Arc<AtomicU64>,
 }
 
 impl<S: TableStore, L: Liveness> std::fmt::Debug for TableBatcher<S, L> {
@@ -126,18 +158,7 @@ impl<S: TableStore, L: Liveness> TableBatcher<S, L> {
             scopes,
             queue: Arc::default(),
             blocking,
-            writes: Arc::default(),
         }
-    }
-
-    /// How many batches that could change the table have run.
-    pub(crate) fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Acquire)
-    }
-
-    /// Counts a change to the table made outside the batches.
-    pub(crate) fn count_write(&self) {
-        self.writes.fetch_add(1, Ordering::AcqRel);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -174,25 +195,45 @@ impl<S: TableStore, L: Liveness> TableBatcher<S, L> {
         if !self.scopes.store().may_block() {
             // In memory a transaction costs a lock and no I/O: batching
             // would only add a task hop.
-            let writes = op.writes();
-            let answer = self.run_now(op);
-            if writes {
-                self.count_write();
-            }
-            return answer;
+            return self.run_now(op);
         }
         // The driver answers every operation it takes, even when the batch
         // fails; a dropped reply means the store panicked.
         self.enqueue(op).await.unwrap_or(Err(BatchError::Lost))
     }
 
+    /// Runs `visitor` on the table at this point of the queue: after every
+    /// operation queued before it, in the same read as the operations
+    /// around it (at once, for stores that never block).
+    pub(crate) fn visit(&self, visitor: Visitor) {
+        if !self.scopes.store().may_block() {
+            let mut visitor = Some(visitor);
+            let read = self.scopes.store().read(|table| {
+                if let Some(visit) = visitor.take() {
+                    visit(Some(table));
+                }
+            });
+            if let (Err(_), Some(visit)) = (read, visitor) {
+                visit(None);
+            }
+            return;
+        }
+        self.push(Entry::Visit(Some(visitor)));
+    }
+
     /// Queues `op` behind everything queued so far, starting the driver
     /// when none runs. Must be called within a tokio runtime.
     fn enqueue(&self, op: TableOp) -> oneshot::Receiver<Result<TableAnswer, BatchError>> {
         let (reply, answer) = oneshot::channel();
+        self.push(Entry::Op(op, reply));
+        answer
+    }
+
+    /// Queues `entry`, starting the driver when none runs.
+    fn push(&self, entry: Entry) {
         let start_driver = {
             let mut queue = self.lock();
-            queue.waiting.push((op, reply));
+            queue.waiting.push(entry);
             !std::mem::replace(&mut queue.driving, true)
         };
         if start_driver {
@@ -200,10 +241,8 @@ impl<S: TableStore, L: Liveness> TableBatcher<S, L> {
                 self.scopes.clone(),
                 self.queue.clone(),
                 self.blocking.clone(),
-                self.writes.clone(),
             ));
         }
-        answer
     }
 
     /// One operation as its own transaction (stores that never block).
@@ -227,7 +266,6 @@ async fn drive<S: TableStore, L: Liveness>(
     scopes: ScopeTable<S, L>,
     queue: Arc<Mutex<Queue>>,
     blocking: Arc<Semaphore>,
-    writes: Arc<AtomicU64>,
 ) {
     loop {
         let batch = {
@@ -238,51 +276,74 @@ async fn drive<S: TableStore, L: Liveness>(
             }
             std::mem::take(&mut queue.waiting)
         };
-        let (ops, replies): (Vec<TableOp>, Vec<Reply>) = batch.into_iter().unzip();
-        let changes = ops.iter().any(TableOp::writes);
+        let mut entries = batch;
         // Never closed, so acquiring only waits.
         let turn = blocking.acquire().await;
         let scopes = scopes.clone();
-        let outcome = tokio::task::spawn_blocking(move || run_batch(&scopes, &ops)).await;
+        let outcome = tokio::task::spawn_blocking(move || {
+            let outcome = run_batch(&scopes, &mut entries);
+            (entries, outcome)
+        })
+        .await;
         drop(turn);
-        if changes {
-            writes.fetch_add(1, Ordering::AcqRel);
-        }
-        match outcome {
-            Ok(Ok(answers)) => {
-                for (reply, answer) in replies.into_iter().zip(answers) {
+        // A panic in the store drops the entries: each waiter of an
+        // operation reports it, each visit's owner sees its visitor gone,
+        // and the next batch starts afresh.
+        let Ok((entries, outcome)) = outcome else {
+            continue;
+        };
+        let answers: Vec<Result<Option<TableAnswer>, BatchError>> = match outcome {
+            Ok(answers) => answers.into_iter().map(Ok).collect(),
+            Err(error) => {
+                let error = BatchError::Store(Arc::new(error));
+                std::iter::repeat_with(|| Err(error.clone()))
+                    .take(entries.len())
+                    .collect()
+            }
+        };
+        for (entry, answer) in entries.into_iter().zip(answers) {
+            match (entry, answer) {
+                (Entry::Op(_, reply), Ok(Some(answer))) => {
                     let _ = reply.send(Ok(answer));
                 }
-            }
-            Ok(Err(error)) => {
-                let error = BatchError::Store(Arc::new(error));
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
+                (Entry::Op(_, reply), Err(error)) => {
+                    let _ = reply.send(Err(error));
                 }
+                // Not called: the batch could not read the table.
+                (Entry::Visit(Some(visit)), _) => visit(None),
+                (Entry::Op(..), Ok(None)) | (Entry::Visit(None), _) => {}
             }
-            // A panic in the store: the replies are dropped, each waiter
-            // reports it, and the next batch starts afresh.
-            Err(_) => {}
         }
     }
 }
 
 /// One transaction for the whole batch, or one read when nothing in it
 /// writes.
+/// Answers one per entry (`None` for a visit).
 fn run_batch<S: TableStore, L: Liveness>(
     scopes: &ScopeTable<S, L>,
-    ops: &[TableOp],
-) -> Result<Vec<TableAnswer>, ScopeError> {
+    entries: &mut [Entry],
+) -> Result<Vec<Option<TableAnswer>>, ScopeError> {
     let store = scopes.store();
-    if ops.iter().any(TableOp::writes) {
-        store.transact(|table| Ok(apply_ops(table, ops)))
+    if entries.iter().any(Entry::writes) {
+        store.transact(|table| Ok(entries.iter_mut().map(|e| e.apply(table)).collect()))
     } else {
-        // Only lookups: one read (no lock on the write path, no write).
+        // Only lookups and visits: one read (no lock on the write path,
+        // no write).
         store.read(|table| {
-            ops.iter()
-                .filter_map(|op| match op {
-                    TableOp::Find { name } => Some(lookup(table, name)),
-                    TableOp::Release { .. } => None,
+            entries
+                .iter_mut()
+                .map(|entry| match entry {
+                    Entry::Op(op, _) => match op {
+                        TableOp::Find { name } => Some(lookup(table, name)),
+                        TableOp::Release { .. } => None,
+                    },
+                    Entry::Visit(visitor) => {
+                        if let Some(visit) = visitor.take() {
+                            visit(Some(table));
+                        }
+                        None
+                    }
                 })
                 .collect()
         })

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use pod_protocol::{Method, PodEvent};
 use pod_registry::Registry;
-use pod_scope_lock::{Liveness, TableStore};
+use pod_scope_lock::{Liveness, Table, TableStore};
 use pod_transport::{MethodSender, MethodSource, Peer, ReceiveError, Received};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::identity::{
-    quick_verdict, Context, ProcTree, ProcessTree, SenderPolicy, Snapshot, Snapshots, Verdict,
+    quick_verdict, Context, ProcTree, ProcessTree, SenderPolicy, Snapshots, Verdict,
 };
 use crate::parent::{Effects, Parent, Reconciliation};
 use crate::probe::Reachability;
@@ -371,7 +371,6 @@ where
                         continue;
                     }
                 }
-                let ticket = self.snapshots.ticket();
                 // The semaphore is never closed, so acquiring only waits.
                 let Ok(permit) = in_flight.clone().acquire_owned().await else {
                     break 'recv;
@@ -379,7 +378,6 @@ where
                 let job = Job {
                     event,
                     peer,
-                    ticket,
                     _permit: permit,
                 };
                 if let Some((key, job)) = self.lanes.enqueue(job) {
@@ -446,30 +444,49 @@ where
     /// whatever the table is doing; it is refreshed in the background.
     fn quick_check(self: &Arc<Self>, event: &PodEvent, peer: &Peer) -> Option<Verdict> {
         let snapshot = self.snapshots.current();
-        if !snapshot.is_recent(self.parent.table_writes(), self.config.snapshot_max_age) {
+        if !snapshot.is_recent(self.config.snapshot_max_age) {
             self.refresh_snapshot();
-            if snapshot.seq() == 0 {
+            if !snapshot.is_loaded() {
                 return None;
             }
         }
         quick_verdict(event, peer, &snapshot, self.config.sender_policy)
     }
 
-    /// Starts a load of the table unless one runs.
+    /// Starts a load of the snapshot unless one runs.
     fn refresh_snapshot(self: &Arc<Self>) {
-        if let Some(seq) = self.snapshots.want(self.snapshots.ticket()) {
-            tokio::spawn(self.clone().load_snapshots(seq));
+        if self.snapshots.begin_load() {
+            let shared = self.clone();
+            tokio::spawn(async move {
+                let snapshot = shared.parent.table_snapshot().await;
+                shared.snapshots.publish(snapshot);
+            });
         }
     }
 
-    /// Checks the sender of `event`, received when load `ticket` was the
-    /// next to start: against a recent snapshot when that decides, else
-    /// against one read after the event arrived.
-    async fn check_sender(self: &Arc<Self>, event: &PodEvent, peer: &Peer, ticket: u64) -> Verdict {
+    /// Checks the sender of `event`: against the latest snapshot when that
+    /// admits it, else against the table as the batcher reads it after
+    /// every table operation queued before (one read serves every check
+    /// and lookup of a batch, and nothing copies the table).
+    async fn check_sender(self: &Arc<Self>, event: &PodEvent, peer: &Peer) -> Verdict {
         if let Some(verdict) = self.quick_check(event, peer) {
             return verdict;
         }
-        let snapshot = self.snapshot_from(ticket).await;
+        let (verdict, answer) = tokio::sync::oneshot::channel();
+        let (shared, event_, peer_) = (self.clone(), event.clone(), peer.clone());
+        self.parent.visit_table(Box::new(move |table| {
+            let _ = verdict.send(shared.judge(&event_, &peer_, table));
+        }));
+        match answer.await {
+            Ok(verdict) => verdict,
+            // The store panicked in the batch: judged as unreadable.
+            Err(_) => self.judge(event, peer, None),
+        }
+    }
+
+    /// The full judgement of `event`'s sender on `table` (`None`:
+    /// unreadable). Reads the registry and `/proc`, never the store.
+    fn judge(&self, event: &PodEvent, peer: &Peer, table: Option<&Table>) -> Verdict {
         let parent = &self.parent;
         let is_live = |a: &pod_scope_lock::Allocation| parent.scopes().is_live(a);
         let is_registered = |name: &str| {
@@ -489,7 +506,7 @@ where
             is_registered: &is_registered,
             is_departed: &is_departed,
         };
-        context.judge(event, peer, &snapshot)
+        context.judge(event, peer, table)
     }
 
     /// Counts the verdict; logs a rejection. Whether to go on with the
@@ -516,39 +533,10 @@ where
         }
     }
 
-    /// A snapshot whose load started after load `ticket - 1`: starts a
-    /// load when none runs, and waits.
-    async fn snapshot_from(self: &Arc<Self>, ticket: u64) -> Arc<Snapshot> {
-        let mut updates = self.snapshots.subscribe();
-        loop {
-            let latest = updates.borrow_and_update().clone();
-            if latest.seq() >= ticket {
-                return latest;
-            }
-            if let Some(seq) = self.snapshots.want(ticket) {
-                tokio::spawn(self.clone().load_snapshots(seq));
-            }
-            if updates.changed().await.is_err() {
-                return self.snapshots.current();
-            }
-        }
-    }
-
-    /// Runs load `seq`, and the loads events wait for after it.
-    async fn load_snapshots(self: Arc<Self>, mut seq: u64) {
-        loop {
-            let snapshot = self.parent.table_snapshot(seq).await;
-            match self.snapshots.publish(snapshot) {
-                Some(next) => seq = next,
-                None => return,
-            }
-        }
-    }
-
     /// Applies one pod's events in arrival order until its queue is empty.
     async fn lane(self: Arc<Self>, key: String, mut job: Job) {
         loop {
-            let verdict = self.check_sender(&job.event, &job.peer, job.ticket).await;
+            let verdict = self.check_sender(&job.event, &job.peer).await;
             if self.admit_sender(&job.event, &job.peer, verdict) {
                 self.handle(job.event, job.peer).await;
             }
@@ -588,8 +576,6 @@ where
 struct Job {
     event: PodEvent,
     peer: Peer,
-    /// The snapshot load the sender check may rest on, at the latest.
-    ticket: u64,
     _permit: OwnedSemaphorePermit,
 }
 

@@ -46,8 +46,8 @@
 //!
 //! `TurnEnded` and `Errored` are checked against the endpoint's latest
 //! snapshot of the table, refreshed in the background once it is older
-//! than [`snapshot_max_age`](crate::EndpointConfig::snapshot_max_age) (or
-//! than this process's last write to the table), so they are rendered
+//! than [`snapshot_max_age`](crate::EndpointConfig::snapshot_max_age), so
+//! they are rendered
 //! whatever the table is doing. One about a pod whose allocation appeared
 //! since the snapshot (or, under `Legacy`, while the table cannot be read)
 //! is admitted as unverified; one the snapshot would refuse is judged again
@@ -55,13 +55,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pod_protocol::{PodEvent, PodName};
+use pod_protocol::PodEvent;
 use pod_scope_lock::{Allocation, Table};
 use pod_transport::Peer;
-use tokio::sync::watch;
 
 /// What the endpoint does with a claim the scope table cannot check: an
 /// event about a pod that holds no allocation, from a sender that holds
@@ -134,76 +134,56 @@ impl ProcessTree for FakeProcessTree {
 /// processes sit a few levels below it, never this many.
 const MAX_PROCESS_DEPTH: usize = 16;
 
-/// The scope table as the endpoint last read it, indexed by holder pid.
+/// The scope table as the endpoint last read it, for the quick checks of
+/// `TurnEnded` and `Errored`.
 #[derive(Debug)]
 pub(crate) struct Snapshot {
-    /// `None` when the table could not be read: nothing is verifiable.
+    /// `None` when the table could not be read (or none was read yet).
     table: Option<Table>,
-    by_pid: HashMap<u32, Vec<PodName>>,
-    /// Its place in the order of loads (0: none loaded yet).
-    seq: u64,
-    /// When its load started, and the parent's table-write count then.
+    /// Whether a load produced it (the first snapshot is a placeholder).
+    loaded: bool,
+    /// When its load started.
     started: Instant,
-    writes_seen: u64,
 }
 
 impl Snapshot {
-    /// The table `table` (`None`: unreadable) as load number `seq` read it,
-    /// started at `started` when this process had made `writes_seen`
-    /// writes to the table.
-    pub(crate) fn new(table: Option<Table>, seq: u64, started: Instant, writes_seen: u64) -> Self {
-        let mut by_pid: HashMap<u32, Vec<PodName>> = HashMap::new();
-        for allocation in table.iter().flat_map(Table::allocations) {
-            by_pid
-                .entry(allocation.pid)
-                .or_default()
-                .push(allocation.pod_name.clone());
-        }
+    /// The table `table` (`None`: unreadable), read by a load started at
+    /// `started`.
+    pub(crate) fn new(table: Option<Table>, started: Instant) -> Self {
         Snapshot {
             table,
-            by_pid,
-            seq,
+            loaded: true,
             started,
-            writes_seen,
         }
     }
 
-    /// Its place in the order of loads (0: none loaded yet).
-    pub(crate) fn seq(&self) -> u64 {
-        self.seq
+    /// Whether a load produced it.
+    pub(crate) fn is_loaded(&self) -> bool {
+        self.loaded
     }
 
-    /// Whether a judgement may rest on this snapshot without a fresh load:
-    /// this process wrote nothing to the table since it was read, and it is
-    /// younger than `max_age`.
-    pub(crate) fn is_recent(&self, writes_now: u64, max_age: Duration) -> bool {
-        self.seq > 0 && self.writes_seen == writes_now && self.started.elapsed() < max_age
+    /// Whether it is younger than `max_age`. This process's own writes
+    /// do not age it: they only release allocations, and a released one
+    /// still in the snapshot can only admit a line from the process that
+    /// held it; what appears (another process's grants) ages it.
+    pub(crate) fn is_recent(&self, max_age: Duration) -> bool {
+        self.loaded && self.started.elapsed() < max_age
     }
 
-    pub(crate) fn get(&self, name: &str) -> Option<&Allocation> {
+    fn get(&self, name: &str) -> Option<&Allocation> {
         self.table.as_ref()?.get(name)
     }
+}
 
-    /// The allocations above `of` in the delegation tree, nearest first.
-    fn ancestors<'s>(&'s self, of: &'s Allocation) -> impl Iterator<Item = &'s Allocation> + 's {
-        // The table's invariant forbids cycles; the bound is for a table
-        // read while another writer broke it.
-        let bound = self.table.as_ref().map_or(0, Table::len);
-        std::iter::successors(self.parent_of(of), |a| self.parent_of(a)).take(bound)
-    }
-
-    fn parent_of(&self, of: &Allocation) -> Option<&Allocation> {
-        self.get(of.delegated_from.as_ref()?.as_str())
-    }
-
-    /// The allocations whose holder is `pid`.
-    fn held_by(&self, pid: u32) -> impl Iterator<Item = &Allocation> + '_ {
-        self.by_pid
-            .get(&pid)
-            .into_iter()
-            .flatten()
-            .filter_map(|name| self.get(name.as_str()))
-    }
+/// The allocations above `of` in the delegation tree, nearest first.
+fn ancestors<'t>(
+    table: &'t Table,
+    of: &'t Allocation,
+) -> impl Iterator<Item = &'t Allocation> + 't {
+    let parent_of = |a: &Allocation| table.get(a.delegated_from.as_ref()?.as_str());
+    // The table's invariant forbids cycles; the bound is for a table read
+    // while another writer broke it.
+    std::iter::successors(parent_of(of), move |a| parent_of(a)).take(table.len())
 }
 
 /// Whether the endpoint may act on an event.
@@ -234,8 +214,9 @@ pub(crate) struct Context<'a> {
 impl Context<'_> {
     /// The peer and its ancestor processes, nearest first (pid 1 and the
     /// kernel's excluded): as the listener recorded them while the peer
-    /// was connected, continued (or, when it recorded none, found) through
-    /// the process tree.
+    /// was connected, or, when it recorded none (an in-memory transport, a
+    /// peer gone before its first frame was read), through the process
+    /// tree.
     fn lineage(&self, peer: &Peer) -> Vec<u32> {
         let mut chain: Vec<u32> = peer
             .pid
@@ -243,6 +224,10 @@ impl Context<'_> {
             .chain(peer.ancestors.iter().copied())
             .collect();
         chain.retain(|&p| p > 1);
+        if !peer.ancestors.is_empty() {
+            // As deep as the listener records: no `/proc` reads here.
+            return chain;
+        }
         let mut next = chain
             .last()
             .and_then(|&last| self.tree.parent(last))
@@ -266,8 +251,9 @@ impl Context<'_> {
 
     /// Decides whether the process `peer_pid` may send `event` (already
     /// validated), per the rules of the module documentation.
-    pub(crate) fn judge(&self, event: &PodEvent, peer: &Peer, snapshot: &Snapshot) -> Verdict {
+    pub(crate) fn judge(&self, event: &PodEvent, peer: &Peer, table: Option<&Table>) -> Verdict {
         let subject = event.subject();
+        let get = |name: &str| table.and_then(|t| t.get(name));
         let lineage = self.lineage(peer);
         // The sender speaks for a pod when the pod's live holder process
         // is the sender or one of its ancestors (the sender is the pod or
@@ -284,13 +270,14 @@ impl Context<'_> {
                             .is_some_and(|parent| lineage.contains(&parent)))
         };
         // Above `of` in the delegation tree, the sender speaks for a pod.
-        let speaks_above = |of: &Allocation| snapshot.ancestors(of).any(&speaks_for);
+        let speaks_above =
+            |of: &Allocation| table.is_some_and(|t| ancestors(t, of).any(&speaks_for));
         let who = || match (&peer.pod_name, lineage.first()) {
             (Some(name), _) => format!("the holder of a certificate for `{name}`"),
             (None, Some(pid)) => format!("process {pid}"),
             (None, None) => "a process of unknown pid".to_owned(),
         };
-        match (event, snapshot.get(subject)) {
+        match (event, get(subject)) {
             // A late announcement of a pod whose departure this parent
             // already applied: harmless (applying it registers nothing) and
             // not a forgery, delivery only reordered it.
@@ -328,7 +315,7 @@ impl Context<'_> {
                 let Some(spawner) = allocation
                     .delegated_from
                     .as_ref()
-                    .and_then(|name| snapshot.get(name.as_str()))
+                    .and_then(|name| get(name.as_str()))
                 else {
                     return Verdict::Rejected(format!(
                         "`{subject}` is a top-level pod in the scope table: nobody delegated to it"
@@ -369,10 +356,12 @@ impl Context<'_> {
                     .pod_name
                     .as_ref()
                     .is_some_and(|name| (self.is_registered)(name.as_str()))
-                    || lineage.iter().any(|pid| {
-                        snapshot
-                            .held_by(*pid)
-                            .any(|a| (self.is_live)(a) && (self.is_registered)(a.pod_name.as_str()))
+                    || table.is_some_and(|t| {
+                        t.allocations().any(|a| {
+                            lineage.contains(&a.pid)
+                                && (self.is_live)(a)
+                                && (self.is_registered)(a.pod_name.as_str())
+                        })
                     }) =>
             {
                 Verdict::Verified
@@ -425,78 +414,45 @@ pub(crate) fn quick_verdict(
     }
 }
 
-/// The endpoint's latest snapshot of the table, and the coordination of
-/// its loads: at most one load runs at a time, and one load serves every
-/// event received before it started.
+/// The endpoint's latest snapshot of the table, and whether a load of a
+/// newer one runs (at most one at a time).
 #[derive(Debug)]
 pub(crate) struct Snapshots {
-    latest: watch::Sender<Arc<Snapshot>>,
-    loads: Mutex<Loads>,
-}
-
-#[derive(Debug, Default)]
-struct Loads {
-    /// The number of the last load started.
-    started: u64,
-    /// The highest load number an event waits for.
-    wanted: u64,
-    loading: bool,
+    latest: Mutex<Arc<Snapshot>>,
+    loading: AtomicBool,
 }
 
 impl Default for Snapshots {
     fn default() -> Self {
+        let none = Snapshot {
+            table: None,
+            loaded: false,
+            started: Instant::now(),
+        };
         Snapshots {
-            latest: watch::Sender::new(Arc::new(Snapshot::new(None, 0, Instant::now(), 0))),
-            loads: Mutex::default(),
+            latest: Mutex::new(Arc::new(none)),
+            loading: AtomicBool::new(false),
         }
     }
 }
 
 impl Snapshots {
-    fn loads(&self) -> std::sync::MutexGuard<'_, Loads> {
-        self.loads.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The load an event received now needs: the next one to start.
-    pub(crate) fn ticket(&self) -> u64 {
-        self.loads().started + 1
-    }
-
     /// The latest snapshot, however old.
     pub(crate) fn current(&self) -> Arc<Snapshot> {
-        self.latest.borrow().clone()
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    /// Watches for new snapshots.
-    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
-        self.latest.subscribe()
+    /// Whether the caller must start a load: none runs.
+    pub(crate) fn begin_load(&self) -> bool {
+        !self.loading.swap(true, Ordering::AcqRel)
     }
 
-    /// Records that an event waits for load `ticket`; returns the number
-    /// of a load the caller must start, when none runs.
-    pub(crate) fn want(&self, ticket: u64) -> Option<u64> {
-        let mut loads = self.loads();
-        loads.wanted = loads.wanted.max(ticket);
-        if loads.loading || self.latest.borrow().seq >= ticket {
-            return None;
-        }
-        loads.loading = true;
-        loads.started += 1;
-        Some(loads.started)
-    }
-
-    /// Publishes a finished load; returns the number of the next load the
-    /// caller must start, when events wait for a later one.
-    pub(crate) fn publish(&self, snapshot: Snapshot) -> Option<u64> {
-        let seq = snapshot.seq;
-        self.latest.send_replace(Arc::new(snapshot));
-        let mut loads = self.loads();
-        if loads.wanted > seq {
-            loads.started += 1;
-            Some(loads.started)
-        } else {
-            loads.loading = false;
-            None
-        }
+    /// Publishes a finished load.
+    pub(crate) fn publish(&self, snapshot: Snapshot) {
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+        self.loading.store(false, Ordering::Release);
     }
 }

@@ -369,24 +369,23 @@ where
         }
     }
 
-    /// How many times this parent has changed (or tried to change) the
-    /// scope table: a snapshot read before the last of them may be stale.
-    pub(crate) fn table_writes(&self) -> u64 {
-        self.batcher.writes()
-    }
-
-    /// Reads the whole table as load number `seq` of the endpoint's
-    /// snapshots; an unreadable table is a snapshot without a table.
-    pub(crate) async fn table_snapshot(&self, seq: u64) -> Snapshot {
+    /// Reads the whole table for the endpoint's snapshot; an unreadable
+    /// table is a snapshot without a table.
+    pub(crate) async fn table_snapshot(&self) -> Snapshot {
         let started = std::time::Instant::now();
-        let writes = self.table_writes();
         match self.with_scopes(|scopes| scopes.store().load()).await {
-            Ok(table) => Snapshot::new(Some(table), seq, started, writes),
+            Ok(table) => Snapshot::new(Some(table), started),
             Err(error) => {
                 tracing::warn!(%error, "scope table unreadable; senders cannot be verified");
-                Snapshot::new(None, seq, started, writes)
+                Snapshot::new(None, started)
             }
         }
+    }
+
+    /// Runs `visitor` on the table in the event path's next batch, after
+    /// every table operation queued before it.
+    pub(crate) fn visit_table(&self, visitor: crate::batch::Visitor) {
+        self.batcher.visit(visitor);
     }
 
     /// Whether the pod of `record` is alive: per its allocation (pid and
@@ -503,7 +502,6 @@ where
                 })
             })
             .await;
-        self.batcher.count_write();
         let descendants = match outcome {
             Ok((reclaimed, finished, descendants)) => {
                 report.reclaimed = reclaimed;
