@@ -13,5 +13,7 @@ mod tests {
     pub(crate) mod run;
     pub(crate) mod sockets;
     #[cfg(feature = "cli")]
+    pub(crate) mod support;
+    #[cfg(feature = "cli")]
     pub(crate) mod tls;
 }

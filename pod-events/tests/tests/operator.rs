@@ -6,256 +6,18 @@
 //! Every invocation runs the real binary with `PODS_RUNTIME_DIR` in the
 //! test's own directory and `RUST_LOG` cleared.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rustix::process::{kill_process, Pid, Signal};
+use rustix::process::Signal;
 use serde_json::{json, Value};
 
-/// A liveness bound for waits on other processes, not a performance
-/// assertion.
-const DEADLINE: Duration = Duration::from_secs(30);
+use super::support::{text, Env, Running, DEADLINE, PODCTL};
 
-const PODCTL: &str = env!("CARGO_BIN_EXE_podctl");
-
-/// A private directory to run podctl in.
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn path(&self, relative: &str) -> String {
-        self.dir.path().join(relative).display().to_string()
-    }
-
-    fn lock(&self) -> String {
-        self.path("scope.lock")
-    }
-
-    fn socket(&self, pod: &str) -> String {
-        self.path(&format!("{pod}/sock"))
-    }
-
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(PODCTL);
-        cmd.env("PODS_RUNTIME_DIR", self.path("run"))
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command().args(args).output().unwrap()
-    }
-
-    /// Runs podctl and checks its exit status and that `needle` is in
-    /// stdout (status 0), in its one line of stderr (status 1 with a
-    /// message) or in stderr (status 2). Returns stdout.
-    fn check(&self, args: &[&str], code: i32, needle: &str) -> String {
-        let out = self.run(args);
-        let (stdout, stderr) = text(&out);
-        let context = format!("podctl {args:?}\nstdout: {stdout}\nstderr: {stderr}");
-        assert_eq!(out.status.code(), Some(code), "{context}");
-        match code {
-            0 => assert!(stdout.contains(needle), "{context}"),
-            1 => {
-                assert_eq!(stderr.lines().count(), 1, "one line on stderr: {context}");
-                assert!(stderr.starts_with("podctl: "), "{context}");
-                assert!(stderr.contains(needle), "{context}");
-            }
-            _ => assert!(stderr.contains(needle), "{context}"),
-        }
-        stdout
-    }
-
-    /// Runs podctl; stdout must parse as JSON. Returns it and the status.
-    fn json_status(&self, args: &[&str]) -> (Value, Option<i32>) {
-        let out = self.run(args);
-        let (stdout, stderr) = text(&out);
-        let value = serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("podctl {args:?}: {e}\nstdout: {stdout}\nstderr: {stderr}"));
-        (value, out.status.code())
-    }
-
-    /// Runs podctl with `-o json`; it must succeed.
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["-o", "json"];
-        all.extend(args);
-        let (value, code) = self.json_status(&all);
-        assert_eq!(code, Some(0), "podctl {all:?}: {value}");
-        value
-    }
-
-    /// `scope register` or `scope delegate --from`: must succeed.
-    fn allocate(&self, from: Option<&str>, name: &str, pid: u32, write: &str) -> Value {
-        let (pid, socket, lock) = (pid.to_string(), self.socket(name), self.lock());
-        let mut args = vec!["scope"];
-        match from {
-            Some(from) => args.extend(["delegate", "--from", from]),
-            None => args.push("register"),
-        }
-        args.extend([
-            "--scope-lock",
-            &lock,
-            "--name",
-            name,
-            "--pid",
-            &pid,
-            "--socket",
-            &socket,
-            "--write",
-            write,
-        ]);
-        self.json(&args)
-    }
-
-    fn send(&self, pod: &str, event: Value) {
-        let socket = self.socket(pod);
-        self.check(
-            &["send", "--socket", &socket, "--event", &event.to_string()],
-            0,
-            "",
-        );
-    }
-
-    /// `podctl listen` as pod `name` with its paths here, once it answers.
-    fn listen(&self, name: &str, extra: &[&str]) -> Running {
-        let (socket, state, lock) = (self.socket(name), self.path(name), self.lock());
-        let mut args = vec![
-            "listen",
-            "--name",
-            name,
-            "--socket",
-            &socket,
-            "--state-dir",
-            &state,
-            "--scope-lock",
-            &lock,
-            "--reconcile-interval-ms",
-            "0",
-        ];
-        args.extend(extra);
-        let running = Running::start(self.command().args(&args));
-        let control = PathBuf::from(format!("{socket}.control"));
-        running.wait_for("listen to bind its sockets", || control.exists());
-        running
-    }
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// A podctl process left running, its stdout lines collected.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn start(cmd: &mut Command) -> Running {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (sink, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if sink.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn wait_for(&self, what: &str, done: impl Fn() -> bool) {
-        let deadline = Instant::now() + DEADLINE;
-        while !done() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Waits for a printed line containing `needle`; `meanwhile` runs
-    /// between waits (e.g. to send again until a subscriber is there).
-    fn expect_while(&mut self, needle: &str, meanwhile: impl Fn()) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
-                return line.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line containing {needle:?}; saw {:?}",
-                self.seen
-            );
-            meanwhile();
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                self.seen.push(line);
-            }
-        }
-    }
-
-    fn expect(&mut self, needle: &str) -> String {
-        self.expect_while(needle, || {})
-    }
-
-    /// Waits for the process to exit on its own; returns its status and
-    /// stderr.
-    fn exit(&mut self) -> (ExitStatus, String) {
-        let deadline = Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "podctl did not exit");
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        let mut stderr = String::new();
-        if let Some(mut pipe) = self.child.stderr.take() {
-            std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
-        }
-        (status, stderr)
-    }
-
-    fn stop(&mut self, signal: Signal) -> (ExitStatus, String) {
-        kill_process(Pid::from_child(&self.child), signal).unwrap();
-        self.exit()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// Every listen here leaves repairs to the tests: no periodic reconcile.
+const NO_RECONCILE: [&str; 2] = ["--reconcile-interval-ms", "0"];
 
 /// The README's podctl example: the `sh` block of its `## podctl`
 /// section that runs `podctl listen`.
@@ -381,7 +143,7 @@ fn status_exits_0_when_alive_and_1_when_not_saying_why() {
     );
 
     // Its socket answers: alive though it holds no allocation.
-    let mut root = env.listen("root", &[]);
+    let mut root = env.listen("root", &NO_RECONCILE);
     let out = run(status("root"), &[]);
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
     assert!(text(&out).0.contains("no allocation; its socket answers"));
@@ -441,7 +203,7 @@ fn status_exits_0_when_alive_and_1_when_not_saying_why() {
 fn tree_marks_where_the_registry_and_the_table_disagree() {
     let env = Env::new();
     let lock = env.lock();
-    let root = env.listen("root", &[]);
+    let root = env.listen("root", &NO_RECONCILE);
     let registered = env.allocate(None, "root", root.pid(), "/srv/repo");
     env.allocate(Some("root"), "w1", std::process::id(), "/srv/repo/a");
     drop(root);
@@ -520,7 +282,7 @@ fn watch_follows_a_running_endpoint_read_only_and_ends_with_it() {
     let default = env.path("run/root/sock.control");
     env.check(&["watch", "--name", "root"], 1, &default);
 
-    let mut root = env.listen("root", &[]);
+    let mut root = env.listen("root", &NO_RECONCILE);
     let control = format!("{socket}.control");
     let mode = std::fs::metadata(&control).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "the control socket is private");
@@ -534,11 +296,11 @@ fn watch_follows_a_running_endpoint_read_only_and_ends_with_it() {
     // both have seen one.
     let turn = json!({"kind": "turn_ended", "pod_name": "w1"});
     lines.expect_while("pod `w1` finished a turn", || {
-        env.send("root", turn.clone())
+        env.send(&env.socket("root"), turn.clone())
     });
-    json.expect_while("turn_ended", || env.send("root", turn.clone()));
+    json.expect_while("turn_ended", || env.send(&env.socket("root"), turn.clone()));
     env.send(
-        "root",
+        &env.socket("root"),
         json!({"kind": "errored", "pod_name": "w1", "message": "disk full"}),
     );
     lines.expect("pod `w1` errored: disk full");
@@ -616,31 +378,12 @@ fn quiet_prints_nothing_and_verbose_logs_more() {
     // listen logs its notices by default, none under -q (RUST_LOG too is
     // overridden), more under -v.
     let logs = |flags: &[&str], rust_log: Option<&str>| {
-        let mut root = {
-            let mut cmd = env.command();
-            cmd.args(flags);
-            if let Some(filter) = rust_log {
-                cmd.env("RUST_LOG", filter);
-            }
-            let socket = env.socket("root");
-            let state = env.path("root");
-            cmd.args([
-                "listen",
-                "--name",
-                "root",
-                "--socket",
-                &socket,
-                "--state-dir",
-                &state,
-                "--scope-lock",
-                &lock,
-                "--reconcile-interval-ms",
-                "0",
-            ]);
-            Running::start(&mut cmd)
-        };
-        let control = PathBuf::from(format!("{}.control", env.socket("root")));
-        root.wait_for("listen", || control.exists());
+        let mut cmd = env.command();
+        cmd.args(flags);
+        if let Some(filter) = rust_log {
+            cmd.env("RUST_LOG", filter);
+        }
+        let mut root = env.listen_in(cmd, "root", &NO_RECONCILE);
         let (status, stderr) = root.stop(Signal::TERM);
         assert!(status.success(), "{status}: {stderr}");
         stderr
@@ -707,12 +450,15 @@ fn completions_and_man_pages_come_from_the_definitions() {
 fn messages_say_what_happened() {
     let env = Env::new();
     let lock = env.lock();
-    let root = env.listen("root", &[]);
+    let root = env.listen("root", &NO_RECONCILE);
     env.allocate(None, "root", root.pid(), "/srv/repo");
     env.allocate(Some("root"), "w1", std::process::id(), "/srv/repo/a");
 
     // A departure, counted in the singular.
-    env.send("root", json!({"kind": "shut_down", "pod_name": "w1"}));
+    env.send(
+        &env.socket("root"),
+        json!({"kind": "shut_down", "pod_name": "w1"}),
+    );
     let state = env.path("root");
     let deadline = Instant::now() + DEADLINE;
     let shown = loop {
@@ -788,7 +534,7 @@ fn a_watcher_of_another_uid_is_dropped_before_it_sees_a_line() {
         return;
     }
     let env = Env::new();
-    let mut root = env.listen("root", &[]);
+    let mut root = env.listen("root", &NO_RECONCILE);
     let socket = env.socket("root");
     let control = format!("{socket}.control");
     // Open the way on purpose (directories traversable, the socket
@@ -812,13 +558,14 @@ fn a_watcher_of_another_uid_is_dropped_before_it_sees_a_line() {
         Running::start(&mut cmd)
     };
     let turn = json!({"kind": "turn_ended", "pod_name": "w1"});
-    ours.expect_while("finished a turn", || env.send("root", turn.clone()));
+    ours.expect_while("finished a turn", || {
+        env.send(&env.socket("root"), turn.clone())
+    });
     // The stranger connected, was dropped at once, and saw nothing:
     // `watch` ends as when an endpoint closes.
     let (status, stderr) = stranger.exit();
     assert!(status.success(), "{status}: {stderr}");
-    assert!(stranger.seen.is_empty(), "{:?}", stranger.seen);
-    assert!(stranger.lines.try_recv().is_err());
+    assert!(stranger.all_lines().is_empty(), "{:?}", stranger.seen);
     // The endpoint says why in its log.
     let (_, log) = root.stop(Signal::TERM);
     assert!(log.contains("dropped a peer of another uid"), "{log}");

@@ -7,84 +7,15 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
-use rustix::process::{kill_process, Pid, Signal};
+use rustix::process::Signal;
 use serde_json::{json, Value};
 
-/// A liveness bound for waits on other processes, not a performance
-/// assertion.
-const DEADLINE: Duration = Duration::from_secs(20);
-
-/// A private directory to run podctl in.
-struct Env {
-    dir: tempfile::TempDir,
-}
+use super::support::{eventually, Env, Running, PODCTL};
 
 impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    /// `<dir>/relative`, as a string (podctl's path flags).
-    fn path(&self, relative: &str) -> String {
-        self.dir.path().join(relative).display().to_string()
-    }
-
-    fn lock(&self) -> String {
-        self.path("scope.lock")
-    }
-
-    fn socket(&self, pod: &str) -> String {
-        self.path(&format!("{pod}/sock"))
-    }
-
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_podctl"));
-        cmd.env("PODS_RUNTIME_DIR", self.path("run"))
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command().args(args).output().unwrap()
-    }
-
-    /// Runs podctl and checks how it ended: status `code`, and `needle`
-    /// in stdout (status 0) or in its one line of stderr (status 1).
-    /// Returns stdout.
-    fn check(&self, args: &[&str], code: i32, needle: &str) -> String {
-        let out = self.run(args);
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        let stderr = String::from_utf8(out.stderr).unwrap();
-        let context = format!("podctl {args:?}\nstdout: {stdout}\nstderr: {stderr}");
-        assert_eq!(out.status.code(), Some(code), "{context}");
-        match code {
-            0 => assert!(stdout.contains(needle), "{context}"),
-            1 => {
-                assert_eq!(stderr.lines().count(), 1, "one line on stderr: {context}");
-                assert!(stderr.starts_with("podctl: "), "{context}");
-                assert!(stderr.contains(needle), "{context}");
-            }
-            _ => assert!(stderr.contains(needle), "{context}"),
-        }
-        stdout
-    }
-
-    /// Runs podctl with `--json`; it must succeed and print JSON.
-    fn json(&self, args: &[&str]) -> Value {
-        let mut args = args.to_vec();
-        args.push("--json");
-        let stdout = self.check(&args, 0, "");
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-    }
-
     /// Registers a top-level pod owned by this test process.
     fn register(&self, name: &str, write: &str) -> Value {
         self.register_pid(name, std::process::id(), write)
@@ -96,160 +27,6 @@ impl Env {
 
     fn delegate(&self, from: &str, name: &str, pid: u32, write: &str) -> Value {
         self.allocate(Some(from), name, pid, write)
-    }
-
-    /// `scope register` (no `from`) or `scope delegate --from`, with the
-    /// pod's socket in this directory; it must succeed.
-    fn allocate(&self, from: Option<&str>, name: &str, pid: u32, write: &str) -> Value {
-        let (pid, socket, lock) = (pid.to_string(), self.socket(name), self.lock());
-        let mut args = vec!["scope"];
-        match from {
-            Some(from) => args.extend(["delegate", "--from", from]),
-            None => args.push("register"),
-        }
-        args.extend([
-            "--scope-lock",
-            &lock,
-            "--name",
-            name,
-            "--pid",
-            &pid,
-            "--socket",
-            &socket,
-            "--write",
-            write,
-        ]);
-        self.json(&args)
-    }
-
-    fn allocations(&self) -> Vec<Value> {
-        let table = self.json(&["scopes", "--scope-lock", &self.lock()]);
-        table["allocations"].as_array().unwrap().clone()
-    }
-
-    /// The names of the pods holding an allocation.
-    fn pod_names(&self) -> Vec<Value> {
-        self.allocations()
-            .iter()
-            .map(|a| a["pod_name"].clone())
-            .collect()
-    }
-
-    fn send(&self, to: &str, event: Value) {
-        self.check(
-            &["send", "--socket", to, "--event", &event.to_string()],
-            0,
-            "",
-        );
-    }
-
-    /// Starts `podctl listen` as pod `name` with its paths in this
-    /// directory, and waits until it listens.
-    fn listen(&self, name: &str, extra: &[&str]) -> Listening {
-        let (socket, state) = (self.socket(name), self.path(name));
-        let mut args = vec![
-            "listen",
-            "--name",
-            name,
-            "--socket",
-            &socket,
-            "--state-dir",
-            &state,
-            "--scope-lock",
-        ];
-        let lock = self.lock();
-        args.push(&lock);
-        args.extend(extra);
-        Listening::start(self.command().args(&args), PathBuf::from(&socket))
-    }
-}
-
-/// A running `podctl listen` and the lines it printed.
-struct Listening {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Listening {
-    fn start(cmd: &mut Command, socket: PathBuf) -> Listening {
-        // Warnings only on stderr: start and stop notices would clutter
-        // the test output.
-        let mut child = cmd
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (sink, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if sink.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let deadline = Instant::now() + DEADLINE;
-        while !socket.exists() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("listen exited before listening: {status}");
-            }
-            assert!(Instant::now() < deadline, "listen did not bind {socket:?}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Listening {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits for a printed line containing `needle` (lines already seen
-    /// count: events of different pods may be printed in any order).
-    fn expect(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
-                return line.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(_) => panic!("no line containing {needle:?}; saw {:?}", self.seen),
-            }
-        }
-    }
-
-    /// Every line printed, once the process has exited.
-    fn all_lines(&mut self) -> &[String] {
-        while let Ok(line) = self.lines.recv_timeout(DEADLINE) {
-            self.seen.push(line);
-        }
-        &self.seen
-    }
-
-    fn signal(&mut self, signal: Signal) -> ExitStatus {
-        kill_process(Pid::from_child(&self.child), signal).unwrap();
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "listen did not exit");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Listening {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -299,21 +76,19 @@ fn listen_prints_one_line_per_event_of_every_kind() {
 #[test]
 fn listen_json_prints_one_object_per_event() {
     let env = Env::new();
-    let mut root = Listening::start(
-        env.command().args([
-            "--json",
-            "listen",
-            "--name",
-            "root",
-            "--socket",
-            &env.socket("root"),
-            "--state-dir",
-            &env.path("root"),
-            "--scope-lock",
-            &env.lock(),
-        ]),
-        env.socket("root").into(),
-    );
+    let mut root = Running::start(env.command().args([
+        "--json",
+        "listen",
+        "--name",
+        "root",
+        "--socket",
+        &env.socket("root"),
+        "--state-dir",
+        &env.path("root"),
+        "--scope-lock",
+        &env.lock(),
+    ]));
+    root.wait_for_path(Path::new(&env.socket("root")));
     env.send(
         &env.socket("root"),
         json!({"kind": "errored", "pod_name": "w1", "message": "disk full"}),
@@ -522,7 +297,7 @@ fn a_write_conflict_names_the_competitor() {
         1,
         "write conflict: /srv/repo/src (write, recursive) overlaps the scope of pod `alpha`",
     );
-    assert_eq!(env.pod_names(), [json!("alpha")]);
+    assert_eq!(env.pod_names(), ["alpha"]);
 }
 
 #[test]
@@ -750,7 +525,7 @@ fn reconcile_adopts_live_descendants_and_reports_dead_pods() {
     let registry = env.json(&["registry", "--state-dir", &env.path("root")]);
     assert_eq!(registry["pods"], json!([]));
     assert_eq!(registry["departed"][0]["pod_name"], "w1");
-    assert_eq!(env.pod_names(), [json!("root")]);
+    assert_eq!(env.pod_names(), ["root"]);
 }
 
 #[test]
@@ -766,10 +541,8 @@ fn default_paths_live_in_the_runtime_directory() {
     let mode = std::fs::metadata(&run).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700);
 
-    let mut root = Listening::start(
-        env.command().args(["listen", "--name", "root"]),
-        run.join("root/sock"),
-    );
+    let mut root = Running::start(env.command().args(["listen", "--name", "root"]));
+    root.wait_for_path(&run.join("root/sock"));
     env.send(
         &env.path("run/root/sock"),
         json!({"kind": "shut_down", "pod_name": "w1"}),
@@ -926,15 +699,11 @@ fn send_as_stranger(env: &Env, socket: &str, event: Value) {
     let _ = std::fs::remove_file(&marker);
     let script = format!(
         "( '{podctl}' send --socket '{socket}' --event '{event}'; touch '{marker}' ) &",
-        podctl = env!("CARGO_BIN_EXE_podctl"),
+        podctl = PODCTL,
     );
     let status = Command::new("sh").args(["-c", &script]).status().unwrap();
     assert!(status.success());
-    let deadline = Instant::now() + DEADLINE;
-    while !Path::new(&marker).exists() {
-        assert!(Instant::now() < deadline, "the orphan send did not finish");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually("the orphan send finished", || Path::new(&marker).exists());
 }
 
 #[test]
@@ -970,7 +739,7 @@ fn a_stranger_cannot_shut_down_or_announce_a_pod_that_holds_scope() {
         "{:?}",
         root.seen
     );
-    assert_eq!(env.pod_names(), [json!("w9")]);
+    assert_eq!(env.pod_names(), ["w9"]);
     let registry = env.json(&["registry", "--state-dir", &env.path("root")]);
     assert_eq!(registry["pods"], json!([]), "{registry}");
     assert_eq!(registry["departed"], json!([]), "{registry}");

@@ -2,56 +2,20 @@
 //! (DESIGN section 11), as a user runs them: real processes, sockets,
 //! files and exit codes, in a temporary directory.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use rustix::process::{kill_process, Pid, Signal};
+use rustix::process::Signal;
 use serde_json::Value;
 
-/// A liveness bound for waits on other processes, not a performance
-/// assertion.
-const DEADLINE: Duration = Duration::from_secs(20);
+use super::support::{eventually, Env, Running};
 
-struct Env {
-    dir: tempfile::TempDir,
+/// A directory whose table is the default one, `podctl run`'s.
+fn env() -> Env {
+    Env::with_table("run/scope.lock")
 }
 
 impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn path(&self, relative: &str) -> String {
-        self.dir.path().join(relative).display().to_string()
-    }
-
-    fn lock(&self) -> String {
-        self.path("run/scope.lock")
-    }
-
-    /// podctl with the runtime directory in the test's directory, so every
-    /// default path (sockets, state dirs, the table) lands there, and no
-    /// handoff variable inherited from the test's environment.
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_podctl"));
-        cmd.env("PODS_RUNTIME_DIR", self.path("run"))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null());
-        for var in pod_events::handoff::HANDOFF_VARIABLES {
-            cmd.env_remove(var);
-        }
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command().args(args).output().unwrap()
-    }
-
     /// Runs podctl, expecting status 1 and one line on stderr holding
     /// `needle`.
     fn refused(&self, cmd: &mut Command, needle: &str) {
@@ -60,21 +24,6 @@ impl Env {
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr}");
         assert!(stderr.contains(needle), "{stderr}");
-    }
-
-    /// The scope table as `podctl scopes --json` shows it.
-    fn allocations(&self) -> Vec<Value> {
-        let out = self.run(&["scopes", "--scope-lock", &self.lock(), "--json"]);
-        assert!(out.status.success(), "{out:?}");
-        let value: Value = serde_json::from_slice(&out.stdout).unwrap();
-        value["allocations"].as_array().cloned().unwrap_or_default()
-    }
-
-    fn names(&self) -> Vec<String> {
-        self.allocations()
-            .iter()
-            .map(|a| a["pod_name"].as_str().unwrap().to_owned())
-            .collect()
     }
 
     /// The records of pod `name`'s registry (default state dir).
@@ -102,7 +51,7 @@ impl Env {
             "--reconcile-interval-ms",
             "0",
         ]));
-        root.wait_for(Path::new(&socket));
+        root.wait_for_path(Path::new(&socket));
         let out = self.run(&[
             "scope",
             "register",
@@ -132,98 +81,9 @@ impl Env {
     }
 }
 
-/// A process whose stdout lines are collected.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn start(cmd: &mut Command) -> Running {
-        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (sink, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if sink.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn wait_for(&mut self, path: &Path) {
-        let deadline = Instant::now() + DEADLINE;
-        while !path.exists() {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("exited before {path:?} existed: {status}");
-            }
-            assert!(Instant::now() < deadline, "{path:?} did not appear");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Waits for a printed line containing `needle`.
-    fn expect(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
-                return line.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(_) => panic!("no line containing {needle:?}; saw {:?}", self.seen),
-            }
-        }
-    }
-
-    fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the process did not exit");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn signal(&mut self, signal: Signal) -> ExitStatus {
-        kill_process(Pid::from_child(&self.child), signal).unwrap();
-        self.wait()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Polls `f` until it is true; fails after [`DEADLINE`].
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}: not reached");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_child_that_exits_without_reporting_is_reported_with_its_status() {
-    let env = Env::new();
+    let env = env();
     let mut root = env.root();
     // The child waits until the root has registered it (the announce and
     // the exit report travel on separate connections, so the root may
@@ -247,12 +107,16 @@ fn a_child_that_exits_without_reporting_is_reported_with_its_status() {
     eventually("root's registry is empty", || {
         env.registry("root").is_empty()
     });
-    assert_eq!(env.names(), ["root"], "the child's allocation was released");
+    assert_eq!(
+        env.pod_names(),
+        ["root"],
+        "the child's allocation was released"
+    );
 }
 
 #[test]
 fn podctl_run_then_podctl_listen_builds_a_tree_from_the_shell() {
-    let env = Env::new();
+    let env = env();
     let mut root = env.root();
     let mut run = Running::start(&mut env.podctl_run(
         "kid",
@@ -267,7 +131,7 @@ fn podctl_run_then_podctl_listen_builds_a_tree_from_the_shell() {
     let kid_socket = env.path("run/kid/sock");
     let line = run.expect("kid pid ");
     let pid: u32 = line.split(' ').nth(2).unwrap().parse().unwrap();
-    run.wait_for(Path::new(&kid_socket));
+    run.wait_for_path(Path::new(&kid_socket));
 
     // The listen adopted its reservation: its own process holds the grant.
     let kid = env
@@ -298,13 +162,13 @@ fn podctl_run_then_podctl_listen_builds_a_tree_from_the_shell() {
     eventually("root's registry is empty", || {
         env.registry("root").is_empty()
     });
-    assert_eq!(env.names(), ["root"]);
+    assert_eq!(env.pod_names(), ["root"]);
     assert!(root.signal(Signal::TERM).success());
 }
 
 #[test]
 fn bad_spawns_are_refused_and_change_nothing() {
-    let env = Env::new();
+    let env = env();
     let _root = env.root();
     let before = env.allocations();
     let mut unknown = env.command();
@@ -333,7 +197,7 @@ fn bad_spawns_are_refused_and_change_nothing() {
 
 #[test]
 fn listen_with_a_bad_handoff_is_refused_and_changes_nothing() {
-    let env = Env::new();
+    let env = env();
     let _root = env.root();
     let before = env.allocations();
     let handoff = |cmd: &mut Command, incarnation: &str, name: &str| {

@@ -3,20 +3,15 @@
 //! over `tls://` on loopback, a client certified by another CA refused,
 //! and every bad value of the TLS flags and address forms.
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Output};
 
 use rcgen::{BasicConstraints, Certificate, CertificateParams, IsCa, KeyPair, SanType};
-use rustix::process::{kill_process, Pid, Signal};
+use rustix::process::Signal;
 use serde_json::{json, Value};
 
-/// A liveness bound for waits on other processes, not a performance
-/// assertion.
-const DEADLINE: Duration = Duration::from_secs(20);
+use super::support::Env;
 
 /// A certificate authority that writes PEM files for pods.
 struct Ca {
@@ -54,27 +49,32 @@ impl Ca {
 
 /// A private directory with a CA (`ca.pem`) and certificates for `root`
 /// and `child`, and one for `intruder` from another CA that trusts ours.
-struct Env {
-    dir: tempfile::TempDir,
+struct TlsEnv {
+    env: Env,
     port: u16,
 }
 
-impl Env {
-    fn new() -> Env {
-        let dir = tempfile::tempdir().unwrap();
+impl std::ops::Deref for TlsEnv {
+    type Target = Env;
+
+    fn deref(&self) -> &Env {
+        &self.env
+    }
+}
+
+impl TlsEnv {
+    fn new() -> TlsEnv {
+        let env = Env::new();
+        let dir = env.dir.path();
         let ca = Ca::new();
-        ca.write(&dir.path().join("ca.pem"));
-        ca.issue(dir.path(), "root", "root");
-        ca.issue(dir.path(), "child", "child");
-        Ca::new().issue(dir.path(), "intruder", "child");
-        Env {
-            dir,
+        ca.write(&dir.join("ca.pem"));
+        ca.issue(dir, "root", "root");
+        ca.issue(dir, "child", "child");
+        Ca::new().issue(dir, "intruder", "child");
+        TlsEnv {
+            env,
             port: free_port(),
         }
-    }
-
-    fn path(&self, relative: &str) -> String {
-        self.dir.path().join(relative).display().to_string()
     }
 
     fn tls_address(&self) -> String {
@@ -93,18 +93,6 @@ impl Env {
         ]
     }
 
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_podctl"));
-        cmd.env("PODS_RUNTIME_DIR", self.path("run"))
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn run(&self, args: &[String]) -> Output {
-        self.command().args(args).output().unwrap()
-    }
-
     /// Runs podctl; it must exit 1 with one line on stderr containing
     /// every needle.
     fn refused(&self, args: &[String], needles: &[&str]) {
@@ -118,52 +106,8 @@ impl Env {
         }
     }
 
-    fn ok(&self, args: &[String]) -> String {
-        let out = self.run(args);
-        let (stdout, stderr) = (
-            String::from_utf8(out.stdout).unwrap(),
-            String::from_utf8(out.stderr).unwrap(),
-        );
-        assert!(
-            out.status.success(),
-            "podctl {args:?}\nstdout: {stdout}\nstderr: {stderr}"
-        );
-        stdout
-    }
-
-    /// `scope register` or `scope delegate --from`, for `pid`.
-    fn allocate(&self, from: Option<&str>, name: &str, pid: u32, write: &str) {
-        let mut argv = args(&["scope"]);
-        match from {
-            Some(from) => argv.extend(args(&["delegate", "--from", from])),
-            None => argv.push("register".into()),
-        }
-        argv.extend(args(&[
-            "--scope-lock",
-            &self.path("scope.lock"),
-            "--name",
-            name,
-        ]));
-        argv.extend(args(&["--pid", &pid.to_string(), "--socket"]));
-        argv.extend([
-            self.path(&format!("{name}/sock")),
-            "--write".into(),
-            write.into(),
-        ]);
-        self.ok(&argv);
-    }
-
     fn incarnation(&self, pod: &str) -> String {
-        let out = self.ok(&args(&[
-            "scopes",
-            "--scope-lock",
-            &self.path("scope.lock"),
-            "--json",
-        ]));
-        let table: Value = serde_json::from_str(&out).unwrap();
-        table["allocations"]
-            .as_array()
-            .unwrap()
+        self.allocations()
             .iter()
             .find(|a| a["pod_name"] == pod)
             .and_then(|a| a["incarnation"].as_str())
@@ -172,24 +116,16 @@ impl Env {
     }
 
     /// `podctl send --socket <to> --event <event>` plus `extra` flags.
-    fn send(&self, to: &str, event: &Value, extra: &[String]) -> Output {
+    fn send_with(&self, to: &str, event: &Value, extra: &[String]) -> Output {
         let mut args = args(&["send", "--socket", to, "--event", &event.to_string()]);
         args.extend(extra.iter().cloned());
         self.run(&args)
     }
+}
 
-    /// `podctl listen` as `name`, on its Unix socket, plus `extra`.
-    fn listen(&self, name: &str, extra: &[String]) -> Listening {
-        let mut args = args(&["listen", "--name", name, "--socket"]);
-        args.extend([self.path(&format!("{name}/sock")), "--state-dir".into()]);
-        args.extend([
-            self.path(name),
-            "--scope-lock".into(),
-            self.path("scope.lock"),
-        ]);
-        args.extend(extra.iter().cloned());
-        Listening::start(self.command().args(&args))
-    }
+/// `items` borrowed, for the helpers that take `&[&str]`.
+fn strs(items: &[String]) -> Vec<&str> {
+    items.iter().map(String::as_str).collect()
 }
 
 fn args(items: &[&str]) -> Vec<String> {
@@ -200,115 +136,6 @@ fn args(items: &[&str]) -> Vec<String> {
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
-}
-
-/// A running `podctl listen`: its stdout lines, and its stderr lines
-/// (podctl's notices included, to know when it listens).
-struct Listening {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    logs: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    logged: Vec<String>,
-}
-
-fn lines_of(from: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (sink, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(from).lines() {
-            let Ok(line) = line else { return };
-            if sink.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    lines
-}
-
-impl Listening {
-    fn start(cmd: &mut Command) -> Listening {
-        let mut child = cmd
-            .env("RUST_LOG", "warn,podctl=info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = lines_of(child.stdout.take().unwrap());
-        let logs = lines_of(child.stderr.take().unwrap());
-        let mut listening = Listening {
-            child,
-            lines,
-            logs,
-            seen: Vec::new(),
-            logged: Vec::new(),
-        };
-        listening.expect_log("listening");
-        listening
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn wait_for(
-        rx: &mpsc::Receiver<String>,
-        seen: &mut Vec<String>,
-        needle: &str,
-        what: &str,
-    ) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(line) = seen.iter().find(|l| l.contains(needle)) {
-                return line.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => seen.push(line),
-                Err(_) => panic!("no {what} containing {needle:?}; saw {seen:?}"),
-            }
-        }
-    }
-
-    /// Waits for a printed line containing `needle`.
-    fn expect(&mut self, needle: &str) -> String {
-        Self::wait_for(&self.lines, &mut self.seen, needle, "line")
-    }
-
-    /// Waits for a log line on stderr containing `needle`.
-    fn expect_log(&mut self, needle: &str) -> String {
-        Self::wait_for(&self.logs, &mut self.logged, needle, "log line")
-    }
-
-    /// SIGTERM; it must exit 0. Returns every line printed and logged.
-    fn stop(mut self) -> (Vec<String>, Vec<String>) {
-        kill_process(Pid::from_child(&self.child), Signal::TERM).unwrap();
-        let deadline = Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "listen did not exit");
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        assert!(status.success(), "listen exited with {status}");
-        while let Ok(line) = self.lines.recv_timeout(DEADLINE) {
-            self.seen.push(line);
-        }
-        while let Ok(line) = self.logs.recv_timeout(DEADLINE) {
-            self.logged.push(line);
-        }
-        (
-            std::mem::take(&mut self.seen),
-            std::mem::take(&mut self.logged),
-        )
-    }
-}
-
-impl Drop for Listening {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A process standing for a pod that runs but does not listen.
@@ -329,21 +156,21 @@ impl Drop for Sleeper {
 
 #[test]
 fn a_child_over_tls_reaches_the_root_and_another_cas_client_is_refused() {
-    let env = Env::new();
+    let env = TlsEnv::new();
     let tls = env.tls_address();
     // The test process holds the root's allocation and supervises every
     // pod process it starts (so its `podctl send`s speak for them).
     env.allocate(None, "root", std::process::id(), &env.path("repo"));
     let mut child_flags = args(&["--parent-socket", &tls, "--reconcile-interval-ms", "0"]);
     child_flags.extend(env.tls_flags("child"));
-    let mut child = env.listen("child", &child_flags);
+    let mut child = env.listen("child", &strs(&child_flags));
     env.allocate(Some("root"), "child", child.pid(), &env.path("repo/src"));
 
     // The root adopts `child` from the table at its start-up reconcile,
     // and not again during the test: what it learns next comes by TLS.
     let mut root_flags = args(&["--listen", &tls, "--reconcile-interval-ms", "600000"]);
     root_flags.extend(env.tls_flags("root"));
-    let mut root = env.listen("root", &root_flags);
+    let mut root = env.listen("root", &strs(&root_flags));
     root.expect_log(&format!("tls={tls}"));
     root.expect("spawned `child`");
 
@@ -362,17 +189,14 @@ fn a_child_over_tls_reaches_the_root_and_another_cas_client_is_refused() {
         "sub_incarnation": gc_incarnation,
         "spawner_socket": env.path("child/sock"),
     });
-    assert!(env
-        .send(&env.path("child/sock"), &announce, &[])
-        .status
-        .success());
+    env.send(&env.path("child/sock"), announce);
     child.expect("pod `child` spawned `gc`");
     let relayed = root.expect("pod `child` spawned `gc`");
     assert!(!relayed.contains("found by reconcile"), "{relayed}");
 
     // `child` reports its own turn to the root directly over TLS.
     let turn = json!({"kind": "turn_ended", "pod_name": "child"});
-    let out = env.send(&tls, &turn, &env.tls_flags("child"));
+    let out = env.send_with(&tls, &turn, &env.tls_flags("child"));
     assert!(
         out.status.success(),
         "{}",
@@ -383,19 +207,17 @@ fn a_child_over_tls_reaches_the_root_and_another_cas_client_is_refused() {
     // A client whose certificate another CA signed is refused at the
     // handshake, whatever it claims: the root renders nothing of it.
     let forged = json!({"kind": "errored", "pod_name": "child", "message": "forged"});
-    env.send(&tls, &forged, &env.tls_flags("intruder"));
+    env.send_with(&tls, &forged, &env.tls_flags("intruder"));
     root.expect_log("rejected a TLS peer");
 
     // `gc` shuts down; `child` relays the departure over TLS.
     let bye = json!({"kind": "shut_down", "pod_name": "gc", "incarnation": gc_incarnation});
-    assert!(env
-        .send(&env.path("child/sock"), &bye, &[])
-        .status
-        .success());
+    env.send(&env.path("child/sock"), bye);
     child.expect("pod `gc` shut down");
     root.expect("pod `gc` shut down");
 
-    let (lines, logs) = root.stop();
+    assert!(root.signal(Signal::TERM).success());
+    let (lines, logs) = (root.all_lines().to_vec(), root.all_logs().to_vec());
     assert!(
         !lines.iter().any(|l| l.contains("forged")),
         "the refused client's event was rendered: {lines:?}"
@@ -403,13 +225,7 @@ fn a_child_over_tls_reaches_the_root_and_another_cas_client_is_refused() {
     let refusals = logs.iter().filter(|l| l.contains("rejected a TLS peer"));
     assert_eq!(refusals.count(), 1, "{logs:?}");
     // The relayed departure emptied the root's registry of `gc`.
-    let registry = env.ok(&args(&[
-        "registry",
-        "--state-dir",
-        &env.path("root"),
-        "--json",
-    ]));
-    let registry: Value = serde_json::from_str(&registry).unwrap();
+    let registry = env.json(&["registry", "--state-dir", &env.path("root")]);
     let names: Vec<&Value> = registry["pods"]
         .as_array()
         .unwrap()
@@ -417,12 +233,12 @@ fn a_child_over_tls_reaches_the_root_and_another_cas_client_is_refused() {
         .map(|r| &r["pod_name"])
         .collect();
     assert_eq!(names, [&json!("child")], "{registry}");
-    child.stop();
+    assert!(child.signal(Signal::TERM).success());
 }
 
 #[test]
 fn bad_tls_flags_and_addresses_are_refused_naming_what_is_wrong() {
-    let env = Env::new();
+    let env = TlsEnv::new();
     let tls = env.tls_address();
     let turn = json!({"kind": "turn_ended", "pod_name": "child"}).to_string();
     let send = |to: &str, extra: &[String]| {
