@@ -17,7 +17,7 @@ use pod_scope_lock::{
 };
 use pod_transport::{MethodSender, UnixSender};
 
-use crate::guard::{Departure, Guard};
+use crate::guard::{on_table, Departure, Guard};
 use crate::handoff::{Handoff, HandoffError};
 
 /// Why a child could not take up its place in the tree. Nothing was
@@ -101,15 +101,10 @@ where
         pid: u32,
     ) -> Result<Self, ContextError> {
         let (name, incarnation) = (handoff.name.clone(), handoff.incarnation.clone());
-        let adopting = table.clone();
-        let work = move || adopt_or_accept(&adopting, &name, &incarnation, pid);
-        let adopted = if table.store().may_block() {
-            tokio::task::spawn_blocking(work)
-                .await
-                .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))
-        } else {
-            work()
-        };
+        let adopted = on_table(&table, move |table| {
+            adopt_or_accept(table, &name, &incarnation, pid)
+        })
+        .await;
         let allocation = adopted.map_err(|source| ContextError::Adopt {
             name: handoff.name.clone(),
             source,

@@ -3,7 +3,8 @@
 //!
 //! Shared by the child's [`PodContext`](crate::PodContext) (which also
 //! reports `ShutDown` upward) and the top-level [`Pod`](crate::Pod) (which
-//! has no one to report to).
+//! has no one to report to). Their table work runs through [`on_table`],
+//! so that a flock or an fsync never stalls the executor.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -78,18 +79,11 @@ impl<S: TableStore, L: Liveness, U: MethodSender + Clone> Guard<S, L, U> {
             Some((sender, socket)) => report(sender, socket, &self.name, &self.incarnation).await,
             None => false,
         };
-        let (table, name, incarnation) = (
-            self.table.clone(),
-            self.name.clone(),
-            self.incarnation.clone(),
-        );
-        let released = if table.store().may_block() {
-            tokio::task::spawn_blocking(move || release(&table, &name, &incarnation))
-                .await
-                .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))
-        } else {
-            release(&table, &name, &incarnation)
-        };
+        let (name, incarnation) = (self.name.clone(), self.incarnation.clone());
+        let released = on_table(&self.table, move |table| {
+            release(table, &name, &incarnation)
+        })
+        .await;
         Departure {
             first: true,
             released,
@@ -144,6 +138,26 @@ impl<S: TableStore, L: Liveness, U: MethodSender + Clone> Drop for Guard<S, L, U
             }
         }
     }
+}
+
+/// Runs `f` on `table`: on a blocking thread when its store may block (a
+/// flock, an fsync), inline otherwise.
+pub(crate) async fn on_table<S: TableStore, L: Liveness, T: Send + 'static>(
+    table: &ScopeTable<S, L>,
+    f: impl FnOnce(&ScopeTable<S, L>) -> T + Send + 'static,
+) -> T {
+    if !table.store().may_block() {
+        return f(table);
+    }
+    let table = table.clone();
+    off_executor(move || f(&table)).await
+}
+
+/// Runs `f` on a blocking thread; a panic there goes on here.
+pub(crate) async fn off_executor<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))
 }
 
 /// Sends `ShutDown { name, incarnation }` to `socket`; whether it was

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::context::{ContextError, PodContext};
 use crate::endpoint::{spawn_endpoint, EndpointConfig, EndpointHandle, Notification};
-use crate::guard::{Departure, Guard};
+use crate::guard::{off_executor, on_table, Departure, Guard};
 use crate::handoff::{Handoff, HandoffError};
 use crate::parent::Parent;
 use crate::probe::SocketProbe;
@@ -170,14 +170,12 @@ impl PodBuilder {
                     socket: self.socket.clone(),
                     scope,
                 };
-                let registering = table.clone();
-                let allocation =
-                    blocking(move || registering.register(spec))
-                        .await
-                        .map_err(|source| PodError::Register {
-                            name: self.name.clone(),
-                            source,
-                        })?;
+                let allocation = on_table(&table, move |table| table.register(spec))
+                    .await
+                    .map_err(|source| PodError::Register {
+                        name: self.name.clone(),
+                        source,
+                    })?;
                 let incarnation = allocation.incarnation.unwrap_or_default();
                 Lifecycle::TopLevel(Guard::new(
                     self.name.clone(),
@@ -191,7 +189,7 @@ impl PodBuilder {
             )),
         };
         let state_dir = self.state_dir.clone();
-        let registry = blocking(move || FileRegistry::open(state_dir)).await?;
+        let registry = off_executor(move || FileRegistry::open(state_dir)).await?;
         let parent = Parent::new(self.name.clone(), registry, table, SocketProbe::default());
         let parent = Arc::new(match &lifecycle {
             Lifecycle::Child(context) => {
@@ -393,9 +391,3 @@ impl Pod {
 
 /// Default reconcile interval of a [`Pod`].
 const DEFAULT_RECONCILE: Duration = Duration::from_secs(5);
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))
-}

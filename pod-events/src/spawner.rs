@@ -18,6 +18,7 @@ use pod_registry::Registry;
 use pod_scope_lock::{Liveness, PodSpec, ScopeError, TableStore};
 use pod_transport::{MethodSender, UnixSender};
 
+use crate::guard::on_table;
 use crate::handoff::Handoff;
 use crate::parent::{Effects, Parent};
 use crate::probe::{Reachability, SocketProbe};
@@ -201,13 +202,14 @@ where
             scope: scope.clone(),
         };
         let from = self.parent.name().clone();
-        let reservation = self
-            .blocking(move |scopes| scopes.reserve(&from, spec))
-            .await
-            .map_err(|source| SpawnError::Reserve {
-                name: name.clone(),
-                source,
-            })?;
+        let reservation = on_table(self.parent.scopes(), move |scopes| {
+            scopes.reserve(&from, spec)
+        })
+        .await
+        .map_err(|source| SpawnError::Reserve {
+            name: name.clone(),
+            source,
+        })?;
         let incarnation = reservation.incarnation.clone().unwrap_or_default();
         Handoff::new(
             name.clone(),
@@ -274,24 +276,12 @@ where
 
     async fn release(&self, name: &PodName, incarnation: &str) {
         let (name, incarnation) = (name.clone(), incarnation.to_owned());
-        if let Err(error) = self
-            .blocking(move |scopes| scopes.release(&name, Some(&incarnation)))
-            .await
+        if let Err(error) = on_table(self.parent.scopes(), move |scopes| {
+            scopes.release(&name, Some(&incarnation))
+        })
+        .await
         {
             tracing::warn!(%error, "could not release a failed spawn's reservation; it expires by itself");
         }
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&pod_scope_lock::ScopeTable<S, L>) -> T + Send + 'static,
-    ) -> T {
-        let scopes = self.parent.scopes().clone();
-        if !scopes.store().may_block() {
-            return f(&scopes);
-        }
-        tokio::task::spawn_blocking(move || f(&scopes))
-            .await
-            .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))
     }
 }
