@@ -219,18 +219,27 @@ impl<N: NotificationSink> NotificationSink for ControlSink<N> {
     }
 }
 
+impl Notification {
+    /// The notification as one JSON object, the form a control socket
+    /// serves and `podctl listen -o json` prints: `{"line": "...",
+    /// "origin": "reported"|"inferred", "event": {...}, "peer_pid":
+    /// N|null}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "line": self.line,
+            "origin": match self.origin {
+                Origin::Reported => "reported",
+                Origin::Inferred => "inferred",
+            },
+            "event": self.event,
+            "peer_pid": self.peer.as_ref().and_then(|peer| peer.pid),
+        })
+    }
+}
+
 /// The wire form of one notification, newline included.
 fn encode(note: &Notification) -> String {
-    let value = serde_json::json!({
-        "line": note.line,
-        "origin": match note.origin {
-            Origin::Reported => "reported",
-            Origin::Inferred => "inferred",
-        },
-        "event": note.event,
-        "peer_pid": note.peer.as_ref().and_then(|peer| peer.pid),
-    });
-    let mut text = value.to_string();
+    let mut text = note.to_json().to_string();
     text.push('\n');
     text
 }

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use pod_events::{
     control_socket_path, spawn_endpoint, AddressSender, ControlSink, EndpointConfig, Notification,
-    Origin, Parent, SocketProbe,
+    Parent, SocketProbe,
 };
 use pod_protocol::Dialect;
 use pod_registry::FileRegistry;
@@ -24,7 +24,6 @@ use pod_transport::tls::{TlsListenConfig, TlsListener};
 use pod_transport::{
     ListenConfig, Listener, MethodSender, MethodSource, Received, SendConfig, UnixSender,
 };
-use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
@@ -324,15 +323,7 @@ fn drain(lines: &mut mpsc::UnboundedReceiver<Notification>) {
 /// Writes one notification; true when stdout is gone.
 fn write_line(out: &mut impl Write, note: Notification, json: bool) -> bool {
     let text = if json {
-        output::json_line(&json!({
-            "line": note.line,
-            "origin": match note.origin {
-                Origin::Reported => "reported",
-                Origin::Inferred => "inferred",
-            },
-            "event": note.event,
-            "peer_pid": note.peer.and_then(|peer| peer.pid),
-        }))
+        output::json_line(&note.to_json())
     } else {
         note.line
     };
