@@ -60,10 +60,7 @@ pub(crate) fn adopt(
     );
     // Adoption takes the table's lock: on a runtime of its own, before the
     // endpoint's exists, so no executor thread blocks on it.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::current_thread_runtime()?;
     let context = runtime.block_on(PodContext::adopt(
         handoff,
         table.clone(),

@@ -169,6 +169,15 @@ fn main() -> ExitCode {
 /// Logs to stderr. By default podctl's own notices and every warning are
 /// shown (library warnings say when an event was dropped or a file could
 /// not be written); `-q` and `-v` choose, else `RUST_LOG` filters.
+/// A runtime on this thread, for a command's few async steps.
+fn current_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 fn init_logging(quiet: bool, verbose: u8) {
     let chosen = match (quiet, verbose) {
         (true, _) => Some("error"),

@@ -153,10 +153,7 @@ pub(crate) fn reconcile(args: ReconcileArgs, format: Format) -> Result<()> {
         })?;
     let parent = Parent::new(name, registry, table, SocketProbe::default());
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::current_thread_runtime()?;
     let report = runtime.block_on(async {
         let report = parent.reconcile().await;
         if let Err(error) = parent.registry().flush().await {

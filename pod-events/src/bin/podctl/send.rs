@@ -59,10 +59,7 @@ pub(crate) fn run(args: SendArgs) -> Result<()> {
         }
     })?;
     event.validate().context("--event is refused")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::current_thread_runtime()?;
     // Alive until the listener has read the event: it then records which
     // processes this one descends from, so the pod or supervisor that ran
     // this command can be told to be its sender.

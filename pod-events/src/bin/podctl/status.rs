@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use pod_events::{Reachability, SocketProbe};
 use pod_scope_lock::Allocation;
@@ -144,10 +144,7 @@ fn describe(
 /// `None` for anything else (a record written by another tool), which is
 /// not probed.
 pub(crate) fn probe(sockets: &[&str]) -> Result<Vec<Option<bool>>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::current_thread_runtime()?;
     let probe = SocketProbe::default();
     Ok(runtime.block_on(async {
         let mut answers = Vec::with_capacity(sockets.len());
