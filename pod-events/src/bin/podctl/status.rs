@@ -139,19 +139,17 @@ fn describe(
     text
 }
 
-/// Whether something answers at each address (a Unix socket path with or
-/// without `unix:`, or `tls://host:port`, where a TCP connect answers):
-/// `None` for anything else (a record written by another tool), which is
-/// not probed.
+/// Whether something answers at each address (an
+/// [`Address`](pod_protocol::Address): a Unix socket path with or without
+/// `unix:`, or `tls://host:port`, where a TCP connect answers): `None` for
+/// anything else (a record written by another tool), which is not probed.
 pub(crate) fn probe(sockets: &[&str]) -> Result<Vec<Option<bool>>> {
     let runtime = crate::current_thread_runtime()?;
     let probe = SocketProbe::default();
     Ok(runtime.block_on(async {
         let mut answers = Vec::with_capacity(sockets.len());
         for socket in sockets {
-            let path = socket.strip_prefix("unix:").unwrap_or(socket);
-            let probed = path.starts_with('/') || socket.starts_with("tls://");
-            let answer = if probed {
+            let answer = if socket.parse::<pod_protocol::Address>().is_ok() {
                 Some(probe.is_reachable(Path::new(socket)).await)
             } else {
                 None
