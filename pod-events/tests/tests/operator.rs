@@ -9,12 +9,11 @@
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
 use serde_json::{json, Value};
 
-use super::support::{text, Env, Running, DEADLINE, PODCTL};
+use super::support::{eventually, text, Env, Running, PODCTL};
 
 /// Every listen here leaves repairs to the tests: no periodic reconcile.
 const NO_RECONCILE: [&str; 2] = ["--reconcile-interval-ms", "0"];
@@ -460,14 +459,11 @@ fn messages_say_what_happened() {
         json!({"kind": "shut_down", "pod_name": "w1"}),
     );
     let state = env.path("root");
-    let deadline = Instant::now() + DEADLINE;
-    let shown = loop {
-        let shown = env.check(&["registry", "--state-dir", &state], 0, "");
-        if shown.contains("departure") || Instant::now() > deadline {
-            break shown;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut shown = String::new();
+    eventually("the registry shows the departure", || {
+        shown = env.check(&["registry", "--state-dir", &state], 0, "");
+        shown.contains("departure")
+    });
     assert!(shown.contains("1 recent departure: w1"), "{shown}");
 
     // A reconcile beside the running endpoint is refused, saying why.
