@@ -134,7 +134,7 @@ pub struct Peer {
     /// The pod name a verified TLS client certificate names (its URI SAN
     /// `pod://<name>`).
     pub pod_name: Option<PodName>,
-    /// A local peer's ancestor processes, parent first (a few levels,
+    /// A local peer's ancestor processes, parent first (two levels,
     /// stopping before pid 1), read from `/proc` when its connection's
     /// first frame arrived; empty when unknown.
     pub ancestors: Arc<[u32]>,

@@ -10,8 +10,10 @@
 use std::sync::Arc;
 
 /// How many ancestors the listener records: enough for a helper started by
-/// a pod, or by the supervisor that started the pod, through a shell.
-pub(crate) const RECORDED_ANCESTORS: usize = 4;
+/// a pod or by the pod's supervisor, directly or through one shell. Each
+/// level is one read of `/proc/<pid>/stat` per connection, the largest
+/// cost of a connect-per-event delivery, so no more are read.
+pub(crate) const RECORDED_ANCESTORS: usize = 2;
 
 /// The parent pid of the live process `pid` (field 4 of
 /// `/proc/<pid>/stat`), if it can be read.
