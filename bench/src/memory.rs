@@ -58,6 +58,7 @@ fn write_files(dir: &Path) -> Result<()> {
         delegated_from: parent.map(pod),
         incarnation: Some(inc),
         pending_until: None,
+        reparented: 0,
     };
     let mut allocations = vec![allocation(
         "root".into(),

@@ -75,6 +75,7 @@ pub(crate) fn build_table(n: usize, pid: u32, start_time: u64) -> Table {
                 delegated_from: parent,
                 incarnation: Some("0123456789abcdef0123456789abcdef".into()),
                 pending_until: None,
+                reparented: 0,
             }
         })
         .collect()

@@ -117,6 +117,7 @@ fn table(shape: Shape, pid: u32, start_time: u64) -> Result<Table> {
         delegated_from: from.map(pod),
         incarnation: Some(incarnation),
         pending_until: None,
+        reparented: 0,
     };
     let mut all = vec![allocation("root", "/srv/work".into(), None, "f".repeat(32))];
     for k in 0..shape.spawners {

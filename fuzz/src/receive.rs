@@ -594,6 +594,7 @@ fn tree() -> &'static Table {
                 delegated_from: from.map(pod_name),
                 incarnation: Some(incarnation_of(name)),
                 pending_until: None,
+                reparented: 0,
             })
             .collect();
         if let Err(error) = table.check_invariant() {

@@ -21,6 +21,7 @@ pub const METHOD_NAMES: &[&str] = &[
     "cancel",
     "pause",
     "get_history",
+    "reparent",
 ];
 
 /// Method names of the later dialect ([`Dialect::Worker`]) that are not in

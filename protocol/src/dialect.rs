@@ -171,6 +171,7 @@ impl Serialize for InDialect<'_, Method> {
             Method::Run(Some(params))
             | Method::Resume(Some(params))
             | Method::GetHistory(Some(params)) => with_params(serializer, name, params),
+            Method::Reparent(notice) => with_params(serializer, name, notice),
             // No `"params":null`: existing Pods write these methods bare,
             // and a relay must pass their lines on byte for byte.
             Method::Run(None)

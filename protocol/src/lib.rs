@@ -45,7 +45,7 @@ pub use tokio_codec::{FrameError, MethodCodec};
 pub use validate::{
     validate_path, validate_scope, PodName, ValidationError, MAX_PATH_LEN, MAX_POD_NAME_LEN,
 };
-pub use wire::{Method, Permission, PodEvent, ScopeRule};
+pub use wire::{Method, Permission, PodEvent, Reparent, ScopeRule};
 
 /// The README's example, compiled and run as a doctest.
 #[cfg(doctest)]

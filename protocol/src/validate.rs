@@ -247,13 +247,25 @@ impl PodEvent {
 }
 
 impl Method {
-    /// Validates the content of a [`Method::PodEvent`]; other methods carry
-    /// nothing this crate can check and always pass.
+    /// Validates the content of a [`Method::PodEvent`] or a
+    /// [`Method::Reparent`]; other methods carry nothing this crate can
+    /// check and always pass.
     pub fn validate(&self) -> Result<(), ValidationError> {
         match self {
             Method::PodEvent(event) => event.validate(),
+            Method::Reparent(notice) => notice.validate(),
             _ => Ok(()),
         }
+    }
+}
+
+impl crate::Reparent {
+    /// Checks the names and the address: both pod names valid, the
+    /// socket an absolute, normal path or a valid address.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        check_name(&self.pod_name)?;
+        check_name(&self.parent_pod)?;
+        validate_socket("parent_socket", &self.parent_socket)
     }
 }
 

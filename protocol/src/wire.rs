@@ -47,6 +47,9 @@ pub enum Method {
     Pause,
     /// Ask the Pod for its history; the parameters are passed through opaque.
     GetHistory(Option<serde_json::Value>),
+    /// A manager tells an orphan where to report from now on (DESIGN
+    /// section 12). Existing Pods do not know it and reject it by name.
+    Reparent(Reparent),
 }
 
 impl Method {
@@ -71,6 +74,7 @@ impl Method {
             Method::Cancel => "cancel",
             Method::Pause => "pause",
             Method::GetHistory(_) => "get_history",
+            Method::Reparent(_) => "reparent",
         }
     }
 }
@@ -79,6 +83,33 @@ impl From<PodEvent> for Method {
     fn from(event: PodEvent) -> Self {
         Method::PodEvent(event)
     }
+}
+
+/// The parameters of [`Method::Reparent`]: the pod a notice is meant for,
+/// the manager it reports to from now on, and the notice's order.
+///
+/// ```
+/// use pod_protocol::{decode, Method, Reparent};
+///
+/// let line = br#"{"method":"reparent","params":{"pod_name":"gc","incarnation":"7f3a","parent_pod":"root","parent_socket":"/run/pods/root/sock","seq":3}}"#;
+/// let Method::Reparent(notice) = decode(line).unwrap() else { panic!() };
+/// assert_eq!((notice.parent_pod.as_str(), notice.seq), ("root", 3));
+/// notice.validate().unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Reparent {
+    /// The orphan the notice is for; another pod ignores it.
+    pub pod_name: String,
+    /// The orphan's incarnation; another incarnation ignores it.
+    pub incarnation: String,
+    /// The pod to report to from now on.
+    pub parent_pod: String,
+    /// Where that pod listens (a socket path or a `tls://` address).
+    pub parent_socket: String,
+    /// How often the orphan's allocation was moved to a new manager: an
+    /// orphan never applies a notice with a lower `seq` than one it
+    /// applied.
+    pub seq: u64,
 }
 
 /// A lifecycle event a child Pod reports to its parent.

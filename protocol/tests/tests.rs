@@ -2,7 +2,7 @@
 
 use pod_protocol::{
     decode, encode, validate_path, DecodeError, FrameSplitter, Method, Permission, PodEvent,
-    PodName, ScopeRule, ValidationError, EVENT_KINDS, METHOD_NAMES,
+    PodName, Reparent, ScopeRule, ValidationError, EVENT_KINDS, METHOD_NAMES,
 };
 use proptest::prelude::*;
 
@@ -129,6 +129,53 @@ fn other_methods_of_existing_pods_decode() {
         assert!(METHOD_NAMES.contains(&method.name()));
         assert_eq!(decode(&encode(&method)[..]).unwrap(), method);
     }
+}
+
+fn reparent() -> Reparent {
+    Reparent {
+        pod_name: "gc".into(),
+        incarnation: "7f3a".into(),
+        parent_pod: "root".into(),
+        parent_socket: "/run/pods/root/sock".into(),
+        seq: 3,
+    }
+}
+
+#[test]
+fn a_reparent_notice_is_written_as_the_design_shows_and_validated() {
+    let line = r#"{"method":"reparent","params":{"pod_name":"gc","incarnation":"7f3a","parent_pod":"root","parent_socket":"/run/pods/root/sock","seq":3}}"#;
+    assert_eq!(
+        decode(line.as_bytes()).unwrap(),
+        Method::Reparent(reparent())
+    );
+    assert_eq!(
+        encode(&Method::Reparent(reparent())),
+        format!("{line}\n").into_bytes()
+    );
+    assert!(Method::Reparent(reparent()).validate().is_ok());
+    let bad = |f: fn(&mut Reparent)| {
+        let mut notice = reparent();
+        f(&mut notice);
+        Method::Reparent(notice).validate().unwrap_err()
+    };
+    assert!(matches!(
+        bad(|n| n.pod_name = "../x".into()),
+        ValidationError::PodName { .. }
+    ));
+    assert!(matches!(
+        bad(|n| n.parent_pod = String::new()),
+        ValidationError::PodName { .. }
+    ));
+    assert!(matches!(
+        bad(|n| n.parent_socket = "relative/sock".into()),
+        ValidationError::Path {
+            field: "parent_socket",
+            ..
+        }
+    ));
+    // Every field is required: a notice without its order is no notice.
+    let no_seq = r#"{"method":"reparent","params":{"pod_name":"gc","incarnation":"i","parent_pod":"root","parent_socket":"/s"}}"#;
+    assert!(decode(no_seq.as_bytes()).is_err());
 }
 
 #[test]
@@ -309,6 +356,7 @@ fn the_name_lists_match_the_wire_names() {
         Method::Cancel,
         Method::Pause,
         Method::GetHistory(None),
+        Method::Reparent(reparent()),
     ];
     let names: Vec<&str> = methods.iter().map(Method::name).collect();
     assert_eq!(names, METHOD_NAMES);

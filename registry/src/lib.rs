@@ -151,6 +151,20 @@ pub trait Registry: Send + Sync + 'static {
         })
     }
 
+    /// Applies [`Mutation::Redirect`].
+    fn redirect(
+        &self,
+        pod_name: PodName,
+        incarnation: Option<String>,
+        callback_address: String,
+    ) -> impl Future<Output = Result<Outcome, RegistryError>> + Send {
+        self.apply(Mutation::Redirect {
+            pod_name,
+            incarnation,
+            callback_address,
+        })
+    }
+
     /// Every record, sorted by `(pod_name, incarnation)`.
     fn list(&self) -> Vec<Record> {
         self.read(|state| state.records().cloned().collect())

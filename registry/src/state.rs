@@ -43,6 +43,19 @@ pub enum Mutation {
         /// every incarnation of the name.
         incarnation: Option<String>,
     },
+    /// Points the record `(pod_name, incarnation)` (exactly that key) at
+    /// the pod it reports to now: its `callback_address` becomes
+    /// `callback_address`. What a parent does when a death moves the pod
+    /// under a new manager (DESIGN section 12). No matching record is not
+    /// an error.
+    Redirect {
+        /// The record's name.
+        pod_name: PodName,
+        /// The record's incarnation (`None`: the legacy record).
+        incarnation: Option<String>,
+        /// Where the pod reports from now on.
+        callback_address: String,
+    },
 }
 
 impl Mutation {
@@ -50,7 +63,9 @@ impl Mutation {
     pub fn pod_name(&self) -> &PodName {
         match self {
             Mutation::Add(record) => &record.pod_name,
-            Mutation::Remove { pod_name, .. } | Mutation::Depart { pod_name, .. } => pod_name,
+            Mutation::Remove { pod_name, .. }
+            | Mutation::Depart { pod_name, .. }
+            | Mutation::Redirect { pod_name, .. } => pod_name,
         }
     }
 }
@@ -77,6 +92,12 @@ pub enum Outcome {
         /// a `ShutDown` upward only then). Always `false` for
         /// [`Mutation::Remove`].
         first_departure: bool,
+    },
+    /// [`Mutation::Redirect`]: whether a record now says something new
+    /// (`false` when none matched or it said so already).
+    Redirected {
+        /// A record's `callback_address` changed.
+        changed: bool,
     },
 }
 
@@ -216,6 +237,19 @@ impl RegistryState {
                     first_departure: false,
                 };
                 (outcome, changed)
+            }
+            Mutation::Redirect {
+                pod_name,
+                incarnation,
+                callback_address,
+            } => {
+                let changed =
+                    self.redirect(pod_name.as_str(), incarnation.as_deref(), callback_address);
+                let changed_parts = Changed {
+                    records: changed,
+                    departed: false,
+                };
+                (Outcome::Redirected { changed }, changed_parts)
             }
             Mutation::Depart {
                 pod_name,
@@ -359,6 +393,18 @@ impl RegistryState {
     fn insert_record(&mut self, record: Record) -> bool {
         // `BTreeSet::insert` keeps the existing element when one is equal.
         self.records.0.insert(Entry(record))
+    }
+
+    /// Sets the `callback_address` of the record `(name, incarnation)`;
+    /// whether it changed.
+    fn redirect(&mut self, name: &str, incarnation: Option<&str>, callback_address: &str) -> bool {
+        let Some(mut record) = self.records.take(name, incarnation) else {
+            return false;
+        };
+        let changed = record.callback_address != callback_address;
+        callback_address.clone_into(&mut record.callback_address);
+        self.insert_record(record);
+        changed
     }
 
     /// Removes the records of `name` whose incarnation matches

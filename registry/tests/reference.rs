@@ -3,7 +3,9 @@
 
 use std::collections::VecDeque;
 
-use pod_registry::{incarnations_match, Mutation, Outcome, Record, RegistryState, Tombstone};
+use pod_registry::{
+    incarnations_match, Mutation, Outcome, PodName, Record, RegistryState, Tombstone,
+};
 use proptest::prelude::*;
 
 use crate::common::{departure, record, removal};
@@ -94,6 +96,22 @@ impl Reference {
                     first_departure,
                 }
             }
+            Mutation::Redirect {
+                pod_name,
+                incarnation,
+                callback_address,
+            } => {
+                let exact = self
+                    .records
+                    .iter_mut()
+                    .find(|r| &r.pod_name == pod_name && &r.incarnation == incarnation);
+                let changed = exact.is_some_and(|r| {
+                    let changed = &r.callback_address != callback_address;
+                    r.callback_address.clone_from(callback_address);
+                    changed
+                });
+                Outcome::Redirected { changed }
+            }
             other => unimplemented!("{other:?}"),
         }
     }
@@ -107,7 +125,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     let inc = prop::sample::select(INCS.to_vec());
     // A record's content varies independently of its key, so that
     // "never overwritten" is observable.
-    (0..3u8, pod, inc, any::<bool>()).prop_map(|(kind, pod, inc, variant)| match kind {
+    (0..4u8, pod, inc, any::<bool>()).prop_map(|(kind, pod, inc, variant)| match kind {
         0 => {
             let mut r = record(pod, inc);
             if variant {
@@ -116,6 +134,11 @@ fn mutation() -> impl Strategy<Value = Mutation> {
             Mutation::Add(r)
         }
         1 => removal(pod, inc),
+        2 => Mutation::Redirect {
+            pod_name: PodName::new(pod).unwrap(),
+            incarnation: inc.map(str::to_owned),
+            callback_address: if variant { "/new.sock" } else { "" }.into(),
+        },
         _ => departure(pod, inc),
     })
 }

@@ -48,6 +48,7 @@ fn build_table(n: usize) -> Table {
                 delegated_from: parent,
                 incarnation: Some("0123456789abcdef0123456789abcdef".into()),
                 pending_until: None,
+                reparented: 0,
             }
         })
         .collect()

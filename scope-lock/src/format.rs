@@ -75,6 +75,7 @@ fn encoded_size_hint(table: &Table) -> usize {
                 + a.socket.len()
                 + a.incarnation.as_ref().map_or(0, String::len)
                 + a.pending_until.map_or(0, |_| 40)
+                + if a.reparented == 0 { 0 } else { 40 }
                 + a.delegated_from.as_ref().map_or(0, |p| p.as_str().len())
                 + a.scope_allow
                     .iter()
@@ -165,6 +166,7 @@ mod tests {
                 delegated_from: (i > 0).then(|| name("pod0")),
                 incarnation: (i % 3 != 0).then(|| "0123456789abcdef0123456789abcdef".into()),
                 pending_until: (i % 4 == 1).then(|| u64::MAX - u64::from(i)),
+                reparented: u64::MAX / 4 * u64::from(i % 5),
             })
             .collect();
         let bytes = encode(&table);

@@ -69,6 +69,18 @@ pub struct Allocation {
     /// [`ScopeTable::reserve`]: crate::ScopeTable::reserve
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_until: Option<u64>,
+    /// How many pods above this one were removed while they were between
+    /// it and the pod it reports to: each time a release or a reclaim
+    /// reparents it, this grows by the number of pods it was moved past
+    /// (and their own counts), so it is the same whatever order the
+    /// removals happened in. The `seq` of the reparent notice its new
+    /// manager sends (DESIGN section 12). Absent (`0`) until first moved.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reparented: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Allocation {
@@ -381,6 +393,7 @@ mod tests {
             delegated_from: None,
             incarnation: None,
             pending_until: None,
+            reparented: 0,
         }
     }
 

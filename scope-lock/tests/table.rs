@@ -607,6 +607,7 @@ fn allocation(pod: &str, parent: Option<&str>, rules: &[&str]) -> Allocation {
         delegated_from: parent.map(name),
         incarnation: Some("00".into()),
         pending_until: None,
+        reparented: 0,
     }
 }
 
@@ -946,4 +947,57 @@ fn a_reservation_is_held_by_the_spawner_until_adopted_and_stale_after_its_deadli
         .map(|a| a.pod_name.to_string())
         .collect();
     assert_eq!(reclaimed, ["kid", "orphan"]);
+}
+
+/// `reparented` counts the pods a survivor was moved past, the same for
+/// every order of releases and for one reclaim of them all (so tables
+/// converge whatever order deaths are handled in): root > a > b > c, and
+/// d under a.
+#[test]
+fn reparent_counts_are_the_same_for_every_order_of_removals() {
+    let tree = || -> Table {
+        vec![
+            allocation("root", None, &["w:/r/**"]),
+            allocation("a", Some("root"), &["w:/r/a/**"]),
+            allocation("b", Some("a"), &["w:/r/a/b/**"]),
+            allocation("c", Some("b"), &["w:/r/a/b/c/**"]),
+            allocation("d", Some("a"), &["w:/r/a/d/**"]),
+        ]
+        .into_iter()
+        .collect()
+    };
+    let counts = |table: &Table| -> Vec<(String, Option<String>, u64)> {
+        table
+            .allocations()
+            .map(|a| {
+                let from = a.delegated_from.as_ref().map(|p| p.to_string());
+                (a.pod_name.to_string(), from, a.reparented)
+            })
+            .collect()
+    };
+    let released = |order: &[&str]| {
+        let mut table = tree();
+        for pod in order {
+            table.release(&name(pod), None).unwrap();
+        }
+        counts(&table)
+    };
+    let expected = vec![
+        ("c".to_owned(), Some("root".to_owned()), 2),
+        ("d".to_owned(), Some("root".to_owned()), 1),
+        ("root".to_owned(), None, 0),
+    ];
+    assert_eq!(released(&["a", "b"]), expected);
+    assert_eq!(released(&["b", "a"]), expected);
+    let mut reclaimed = tree();
+    let gone = reclaimed.reclaim(|a| !matches!(a.pod_name.as_str(), "a" | "b"));
+    assert_eq!(gone.len(), 2);
+    assert_eq!(counts(&reclaimed), expected);
+    // Written only once moved, read back as written.
+    let moved = reclaimed.get("c").unwrap();
+    let json = serde_json::to_string(moved).unwrap();
+    assert!(json.contains(r#""reparented":2"#), "{json}");
+    assert_eq!(&serde_json::from_str::<Allocation>(&json).unwrap(), moved);
+    let root = serde_json::to_string(reclaimed.get("root").unwrap()).unwrap();
+    assert!(!root.contains("reparented"), "{root}");
 }

@@ -273,6 +273,7 @@ mod tests {
             delegated_from: None,
             incarnation: None,
             pending_until: None,
+            reparented: 0,
         }
     }
 

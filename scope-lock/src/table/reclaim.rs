@@ -88,10 +88,12 @@ impl Table {
         if dead.is_empty() {
             return Vec::new();
         }
-        // The nearest surviving ancestor of each dead pod: walk up through
-        // dead ones, then remember the answer for every pod on the walk, so
-        // each dead pod is walked over once (linear even for a long chain).
-        let mut heir: HashMap<PodName, Option<PodName>> = HashMap::new();
+        // The nearest surviving ancestor of each dead pod, and how much a
+        // child of it is moved past on the way there (see
+        // `Allocation::reparented`): walk up through dead ones, then
+        // remember the answer for every pod on the walk, so each dead pod
+        // is walked over once (linear even for a long chain).
+        let mut heir: HashMap<PodName, (Option<PodName>, u64)> = HashMap::new();
         for name in dead {
             if heir.contains_key(name) || self.get(name.as_str()).is_none() {
                 continue;
@@ -100,9 +102,12 @@ impl Table {
             let mut parent = self
                 .get(name.as_str())
                 .and_then(|a| a.delegated_from.clone());
+            // Moved past above the walk, when it joins one walked before.
+            let mut beyond = 0u64;
             while let Some(p) = parent.clone().filter(|p| dead.contains(p)) {
-                if let Some(known) = heir.get(&p) {
+                if let Some((known, past)) = heir.get(&p) {
                     parent = known.clone();
+                    beyond = *past;
                     break;
                 }
                 if walked.len() > dead.len() {
@@ -114,8 +119,13 @@ impl Table {
                 parent = self.get(p.as_str()).and_then(|a| a.delegated_from.clone());
                 walked.push(p);
             }
-            for pod in walked {
-                heir.insert(pod, parent.clone());
+            // Top down: a child of each walked pod is moved past that pod,
+            // what it had been moved past, and everything above it.
+            let mut past = beyond;
+            for pod in walked.into_iter().rev() {
+                let own = self.get(pod.as_str()).map_or(0, |a| a.reparented);
+                past = past.saturating_add(own).saturating_add(1);
+                heir.insert(pod, (parent.clone(), past));
             }
         }
         let all = std::mem::take(&mut self.allocations);
@@ -137,10 +147,12 @@ impl Table {
             journal.record(Undo::Removed(undo_removed));
         }
         for (i, a) in self.allocations.iter_mut().enumerate() {
-            if let Some(new_parent) = a.delegated_from.as_ref().and_then(|p| heir.get(p)) {
-                let old = std::mem::replace(&mut a.delegated_from, new_parent.clone());
+            if let Some((new_parent, past)) = a.delegated_from.as_ref().and_then(|p| heir.get(p)) {
+                let from = std::mem::replace(&mut a.delegated_from, new_parent.clone());
+                let count = a.reparented;
+                a.reparented = count.saturating_add(*past);
                 if let Some(journal) = &mut self.journal {
-                    journal.record(Undo::Reparented(i, old));
+                    journal.record(Undo::Reparented(i, from, count));
                 }
             }
         }

@@ -228,12 +228,16 @@ impl Table {
         if let Some(journal) = &mut self.journal {
             journal.record(Undo::Removed(vec![(index, removed.clone())]));
         }
+        // Moved past one pod, and past those it had been moved past.
+        let moved_past = removed.reparented.saturating_add(1);
         for (i, child) in self.allocations.iter_mut().enumerate() {
             if child.delegated_from.as_ref() == Some(name) {
-                let old =
+                let from =
                     std::mem::replace(&mut child.delegated_from, removed.delegated_from.clone());
+                let count = child.reparented;
+                child.reparented = count.saturating_add(moved_past);
                 if let Some(journal) = &mut self.journal {
-                    journal.record(Undo::Reparented(i, old));
+                    journal.record(Undo::Reparented(i, from, count));
                 }
             }
         }
@@ -284,6 +288,7 @@ impl Table {
             delegated_from,
             incarnation: Some(incarnation),
             pending_until: holder.pending_until,
+            reparented: 0,
         };
         let undo = match self.position(allocation.pod_name.as_str()) {
             // Callers refuse a taken name first; replace, as a map would.

@@ -138,8 +138,9 @@ pub(super) enum Undo {
     /// These allocations were removed, with their indices before the
     /// removal, ascending.
     Removed(Vec<(usize, Allocation)>),
-    /// The allocation at this index had this `delegated_from`.
-    Reparented(usize, Option<PodName>),
+    /// The allocation at this index had this `delegated_from` and this
+    /// `reparented` count.
+    Reparented(usize, Option<PodName>, u64),
 }
 
 /// Undoes `undo` (oldest first) on `allocations`, newest first.
@@ -150,7 +151,10 @@ fn undo_into(allocations: &mut Vec<Allocation>, undo: Vec<Undo>) {
                 allocations.remove(i);
             }
             Undo::Replaced(i, old) => allocations[i] = old,
-            Undo::Reparented(i, old) => allocations[i].delegated_from = old,
+            Undo::Reparented(i, from, count) => {
+                allocations[i].delegated_from = from;
+                allocations[i].reparented = count;
+            }
             Undo::Removed(mut removed) => {
                 if removed.len() == 1 {
                     if let Some((i, a)) = removed.pop() {
