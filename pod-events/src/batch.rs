@@ -63,8 +63,34 @@ impl TableOp {
 /// What one [`TableOp`] gave, as its own transaction would have.
 #[derive(Debug)]
 pub(crate) enum TableAnswer {
-    Released(Result<Allocation, ScopeError>),
+    Released(Result<Released, ScopeError>),
     Found(Option<Allocation>),
+}
+
+/// What a release did: the allocation it removed, and the pods it moved
+/// to a new manager (the removed pod's children, as they are after it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Released {
+    pub(crate) allocation: Allocation,
+    pub(crate) moved: Vec<Allocation>,
+}
+
+/// [`Table::release`], also saying which pods it moved.
+fn release_in(
+    table: &mut Table,
+    name: &PodName,
+    incarnation: Option<&str>,
+) -> Result<Released, ScopeError> {
+    let children: Vec<PodName> = table
+        .children(name.as_str())
+        .map(|child| child.pod_name.clone())
+        .collect();
+    let allocation = table.release(name, incarnation)?;
+    let moved = children
+        .iter()
+        .filter_map(|child| table.get(child.as_str()).cloned())
+        .collect();
+    Ok(Released { allocation, moved })
 }
 
 /// The batch an operation ran in did not complete: none of its operations
@@ -84,7 +110,7 @@ pub(crate) enum BatchError {
 fn apply_op(table: &mut Table, op: &TableOp) -> TableAnswer {
     match op {
         TableOp::Release { name, incarnation } => {
-            TableAnswer::Released(table.release(name, incarnation.as_deref()))
+            TableAnswer::Released(release_in(table, name, incarnation.as_deref()))
         }
         TableOp::Find { name } => lookup(table, name),
     }
@@ -172,7 +198,7 @@ impl<S: TableStore, L: Liveness> TableBatcher<S, L> {
         &self,
         name: PodName,
         incarnation: Option<String>,
-    ) -> Result<Result<Allocation, ScopeError>, BatchError> {
+    ) -> Result<Result<Released, ScopeError>, BatchError> {
         match self.run(TableOp::Release { name, incarnation }).await? {
             TableAnswer::Released(answer) => Ok(answer),
             TableAnswer::Found(_) => Err(BatchError::Lost),
@@ -248,9 +274,11 @@ impl<S: TableStore, L: Liveness> TableBatcher<S, L> {
     /// One operation as its own transaction (stores that never block).
     fn run_now(&self, op: TableOp) -> Result<TableAnswer, BatchError> {
         match &op {
-            TableOp::Release { name, incarnation } => Ok(TableAnswer::Released(
-                self.scopes.release(name, incarnation.as_deref()),
-            )),
+            TableOp::Release { name, incarnation } => {
+                Ok(TableAnswer::Released(self.scopes.store().transact(
+                    |table| release_in(table, name, incarnation.as_deref()),
+                )))
+            }
             TableOp::Find { name } => self
                 .scopes
                 .find(name)
@@ -445,9 +473,11 @@ mod tests {
             .iter()
             .map(|op| {
                 let answer = match op {
-                    TableOp::Release { name, incarnation } => {
-                        TableAnswer::Released(scopes.release(name, incarnation.as_deref()))
-                    }
+                    TableOp::Release { name, incarnation } => TableAnswer::Released(
+                        scopes
+                            .store()
+                            .transact(|table| release_in(table, name, incarnation.as_deref())),
+                    ),
                     TableOp::Find { name } => TableAnswer::Found(scopes.find(name).expect("read")),
                 };
                 summary(&Ok(answer))

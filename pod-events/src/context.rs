@@ -19,6 +19,7 @@ use pod_transport::{MethodSender, UnixSender};
 
 use crate::guard::{on_table, Departure, Guard};
 use crate::handoff::{Handoff, HandoffError};
+use crate::UpwardLink;
 
 /// Why a child could not take up its place in the tree. Nothing was
 /// changed in the scope table.
@@ -62,6 +63,7 @@ where
     handoff: Handoff,
     allocation: Allocation,
     sender: U,
+    upward: UpwardLink,
     guard: Guard<S, L, U>,
 }
 
@@ -109,16 +111,18 @@ where
             name: handoff.name.clone(),
             source,
         })?;
+        let upward = UpwardLink::new(handoff.parent_socket.clone());
         let guard = Guard::new(
             handoff.name.clone(),
             handoff.incarnation.clone(),
             table,
-            Some((sender.clone(), handoff.parent_socket.clone())),
+            Some((sender.clone(), upward.clone())),
         );
         Ok(PodContext {
             handoff,
             allocation,
             sender,
+            upward,
             guard,
         })
     }
@@ -133,14 +137,25 @@ where
         &self.handoff.incarnation
     }
 
-    /// The parent's name.
+    /// The parent named by the handoff: the pod that spawned this one.
+    /// Once a reparent notice moved this pod (its parent died), reports
+    /// go to another pod: see [`upward`](Self::upward).
     pub fn parent(&self) -> &PodName {
         &self.handoff.parent
     }
 
-    /// The parent's socket, where reports go.
-    pub fn parent_socket(&self) -> &str {
-        &self.handoff.parent_socket
+    /// Where reports go now: the handoff's parent socket, until a reparent
+    /// notice moves it.
+    pub fn parent_socket(&self) -> String {
+        self.upward.address()
+    }
+
+    /// The link reports go through, shared with this pod's endpoint (the
+    /// [`Pod`](crate::Pod) facade passes it to its
+    /// [`Parent`](crate::Parent)), so a reparent notice the endpoint
+    /// applies moves this context's reports too.
+    pub fn upward(&self) -> &UpwardLink {
+        &self.upward
     }
 
     /// The socket this pod listens on.
@@ -193,11 +208,8 @@ where
         if self.guard.is_done() {
             return None;
         }
-        crate::fire_and_forget(
-            &self.sender,
-            Some(Path::new(&self.handoff.parent_socket)),
-            event,
-        )
+        let parent = self.upward.address();
+        crate::fire_and_forget(&self.sender, Some(Path::new(&parent)), event)
     }
 
     /// Reports `ShutDown` with the incarnation and releases the

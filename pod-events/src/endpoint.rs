@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pod_protocol::{Method, PodEvent};
+use pod_protocol::{Method, PodEvent, Reparent};
 use pod_registry::Registry;
 use pod_scope_lock::{Liveness, Table, TableStore};
 use pod_transport::{MethodSender, MethodSource, Peer, ReceiveError, Received};
@@ -179,6 +179,12 @@ pub struct EndpointStats {
     /// Events admitted by [`SenderPolicy::Legacy`] without a check the
     /// scope table could make.
     pub unverified: u64,
+    /// Reparent notices taken: this pod's upward link moved (or a repeat
+    /// confirmed it).
+    pub reparent_notices: u64,
+    /// Reparent notices refused (not for this pod, not what the table
+    /// says, or not from a pod above it; logged with the reason).
+    pub rejected_notices: u64,
 }
 
 #[derive(Debug, Default)]
@@ -192,6 +198,8 @@ struct Counters {
     failures: AtomicU64,
     rejected_senders: AtomicU64,
     unverified: AtomicU64,
+    reparent_notices: AtomicU64,
+    rejected_notices: AtomicU64,
 }
 
 impl Counters {
@@ -207,6 +215,8 @@ impl Counters {
             failures: get(&self.failures),
             rejected_senders: get(&self.rejected_senders),
             unverified: get(&self.unverified),
+            reparent_notices: get(&self.reparent_notices),
+            rejected_notices: get(&self.rejected_notices),
         }
     }
 }
@@ -356,6 +366,14 @@ where
                 break;
             }
             for Received { peer, item } in batch.drain(..) {
+                let item = match item {
+                    Ok(Method::Reparent(notice)) => {
+                        bump(&self.counters.received, 1);
+                        self.take_notice(notice, peer);
+                        continue;
+                    }
+                    other => other,
+                };
                 let Some(event) = self.admit(&peer, item) else {
                     continue;
                 };
@@ -417,6 +435,56 @@ where
             return None;
         }
         Some(event)
+    }
+
+    /// A `reparent` notice (DESIGN section 12): checked against the
+    /// table in the event path's next batch, then applied to this pod's
+    /// upward link, on a task of its own (it waits for the table; the
+    /// receive loop does not).
+    fn take_notice(self: &Arc<Self>, notice: Reparent, peer: Peer) {
+        if let Err(error) = notice.validate() {
+            bump(&self.counters.invalid, 1);
+            tracing::warn!(%error, pid = ?peer.pid, "skipped an invalid reparent notice");
+            return;
+        }
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let (verdict, answer) = tokio::sync::oneshot::channel();
+            let (judge, notice_) = (shared.clone(), notice.clone());
+            let peer_ = peer.clone();
+            shared.parent.visit_table(Box::new(move |table| {
+                let _ = verdict.send(judge.judge_notice(&notice_, &peer_, table));
+            }));
+            let verdict = answer
+                .await
+                .unwrap_or_else(|_| Err("the scope table could not be read".to_owned()));
+            let applied = verdict.and_then(|()| match shared.parent.upward() {
+                Some(link) => Ok(link.redirect(notice.parent_socket.clone(), notice.seq)),
+                None => Err("this pod is top-level: it reports to nobody".to_owned()),
+            });
+            match applied {
+                Ok(moved) => {
+                    bump(&shared.counters.reparent_notices, 1);
+                    if moved {
+                        tracing::info!(parent = %notice.parent_pod, socket = %notice.parent_socket, seq = notice.seq, "reports to a new manager: its parent is gone");
+                    }
+                }
+                Err(reason) => {
+                    bump(&shared.counters.rejected_notices, 1);
+                    tracing::warn!(pid = ?peer.pid, parent = %notice.parent_pod, %reason, "refused a reparent notice");
+                }
+            }
+        });
+    }
+
+    fn judge_notice(
+        &self,
+        notice: &Reparent,
+        peer: &Peer,
+        table: Option<&Table>,
+    ) -> Result<(), String> {
+        let me = self.parent.name().as_str();
+        self.with_context(|context| context.judge_reparent(notice, me, peer, table))
     }
 
     async fn reconcile_every(
@@ -487,6 +555,11 @@ where
     /// The full judgement of `event`'s sender on `table` (`None`:
     /// unreadable). Reads the registry and `/proc`, never the store.
     fn judge(&self, event: &PodEvent, peer: &Peer, table: Option<&Table>) -> Verdict {
+        self.with_context(|context| context.judge(event, peer, table))
+    }
+
+    /// Runs `f` with what judging a sender needs besides the table.
+    fn with_context<T>(&self, f: impl FnOnce(&Context<'_>) -> T) -> T {
         let parent = &self.parent;
         let is_live = |a: &pod_scope_lock::Allocation| parent.scopes().is_live(a);
         let is_registered = |name: &str| {
@@ -506,7 +579,7 @@ where
             is_registered: &is_registered,
             is_departed: &is_departed,
         };
-        context.judge(event, peer, table)
+        f(&context)
     }
 
     /// Counts the verdict; logs a rejection. Whether to go on with the

@@ -6,6 +6,7 @@
 //! has no one to report to). Their table work runs through [`on_table`],
 //! so that a flock or an fsync never stalls the executor.
 
+use crate::UpwardLink;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -36,8 +37,8 @@ pub(crate) struct Guard<S: TableStore, L: Liveness, U: MethodSender + Clone> {
     pub(crate) name: PodName,
     pub(crate) incarnation: String,
     pub(crate) table: ScopeTable<S, L>,
-    /// The sender and the parent's socket; `None` for a top-level pod.
-    pub(crate) report_to: Option<(U, String)>,
+    /// The sender and the link to the parent; `None` for a top-level pod.
+    pub(crate) report_to: Option<(U, UpwardLink)>,
     done: Arc<AtomicBool>,
 }
 
@@ -46,7 +47,7 @@ impl<S: TableStore, L: Liveness, U: MethodSender + Clone> Guard<S, L, U> {
         name: PodName,
         incarnation: String,
         table: ScopeTable<S, L>,
-        report_to: Option<(U, String)>,
+        report_to: Option<(U, UpwardLink)>,
     ) -> Self {
         Guard {
             name,
@@ -76,7 +77,9 @@ impl<S: TableStore, L: Liveness, U: MethodSender + Clone> Guard<S, L, U> {
             return Departure::default();
         }
         let reported = match &self.report_to {
-            Some((sender, socket)) => report(sender, socket, &self.name, &self.incarnation).await,
+            Some((sender, link)) => {
+                report(sender, &link.address(), &self.name, &self.incarnation).await
+            }
             None => false,
         };
         let (name, incarnation) = (self.name.clone(), self.incarnation.clone());
@@ -114,7 +117,8 @@ impl<S: TableStore, L: Liveness, U: MethodSender + Clone> Drop for Guard<S, L, U
         let worker = std::thread::Builder::new()
             .name("pod-depart".into())
             .spawn(move || {
-                if let Some((sender, socket)) = report_to {
+                if let Some((sender, link)) = report_to {
+                    let socket = link.address();
                     match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()

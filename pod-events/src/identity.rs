@@ -59,7 +59,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pod_protocol::PodEvent;
+use pod_protocol::{PodEvent, Reparent};
 use pod_scope_lock::{Allocation, Table};
 use pod_transport::Peer;
 
@@ -242,6 +242,69 @@ impl Context<'_> {
         chain
     }
 
+    /// The sender speaks for a pod when the pod's live holder process is
+    /// the sender or one of its ancestors (the sender is the pod or one of
+    /// its helpers), or is a child of one of them (the sender is the pod's
+    /// supervisor, or one of the supervisor's helpers). Over TLS, the
+    /// certificate names the pod the sender is.
+    fn speaks_for(&self, peer: &Peer, lineage: &[u32], allocation: &Allocation) -> bool {
+        peer.pod_name.as_ref() == Some(&allocation.pod_name)
+            || (self.is_live)(allocation)
+                && (lineage.contains(&allocation.pid)
+                    || self
+                        .tree
+                        .parent(allocation.pid)
+                        .is_some_and(|parent| lineage.contains(&parent)))
+    }
+
+    /// Whether this pod (`me`) takes the reparent `notice` from `peer`:
+    /// meant for it (name and incarnation), saying what the table says
+    /// (its manager is `parent_pod`, listening at `parent_socket`), and
+    /// sent by a pod above it in the table. `Err` says why not.
+    pub(crate) fn judge_reparent(
+        &self,
+        notice: &Reparent,
+        me: &str,
+        peer: &Peer,
+        table: Option<&Table>,
+    ) -> Result<(), String> {
+        if notice.pod_name != me {
+            return Err(format!("it is meant for `{}`, not `{me}`", notice.pod_name));
+        }
+        let table = table.ok_or("the scope table is unreadable, so it cannot be checked")?;
+        let mine = table
+            .get(me)
+            .ok_or_else(|| format!("`{me}` holds no allocation in the scope table"))?;
+        if !mine.matches_incarnation(Some(&notice.incarnation)) {
+            return Err(format!("it is meant for another incarnation of `{me}`"));
+        }
+        let manager = mine
+            .delegated_from
+            .as_ref()
+            .and_then(|m| table.get(m.as_str()));
+        let Some(manager) = manager.filter(|m| m.pod_name.as_str() == notice.parent_pod) else {
+            return Err(format!(
+                "the scope table does not say `{}` manages `{me}`",
+                notice.parent_pod
+            ));
+        };
+        if manager.socket != notice.parent_socket {
+            return Err(format!(
+                "`{}` listens at {:?} per the scope table, not {:?}",
+                notice.parent_pod, manager.socket, notice.parent_socket
+            ));
+        }
+        let lineage = self.lineage(peer);
+        if ancestors(table, mine).any(|a| self.speaks_for(peer, &lineage, a)) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} speaks for no pod above `{me}`",
+                who(peer, &lineage)
+            ))
+        }
+    }
+
     fn by_policy(&self, what: impl FnOnce() -> String) -> Verdict {
         match self.policy {
             SenderPolicy::Legacy => Verdict::Unverified,
@@ -255,28 +318,11 @@ impl Context<'_> {
         let subject = event.subject();
         let get = |name: &str| table.and_then(|t| t.get(name));
         let lineage = self.lineage(peer);
-        // The sender speaks for a pod when the pod's live holder process
-        // is the sender or one of its ancestors (the sender is the pod or
-        // one of its helpers), or is a child of one of them (the sender is
-        // the pod's supervisor, or one of the supervisor's helpers).
-        // Over TLS, the certificate names the pod the sender is.
-        let speaks_for = |allocation: &Allocation| {
-            peer.pod_name.as_ref() == Some(&allocation.pod_name)
-                || (self.is_live)(allocation)
-                    && (lineage.contains(&allocation.pid)
-                        || self
-                            .tree
-                            .parent(allocation.pid)
-                            .is_some_and(|parent| lineage.contains(&parent)))
-        };
+        let speaks_for = |allocation: &Allocation| self.speaks_for(peer, &lineage, allocation);
         // Above `of` in the delegation tree, the sender speaks for a pod.
         let speaks_above =
             |of: &Allocation| table.is_some_and(|t| ancestors(t, of).any(&speaks_for));
-        let who = || match (&peer.pod_name, lineage.first()) {
-            (Some(name), _) => format!("the holder of a certificate for `{name}`"),
-            (None, Some(pid)) => format!("process {pid}"),
-            (None, None) => "a process of unknown pid".to_owned(),
-        };
+        let who = || who(peer, &lineage);
         match (event, get(subject)) {
             // A late announcement of a pod whose departure this parent
             // already applied: harmless (applying it registers nothing) and
@@ -373,6 +419,15 @@ impl Context<'_> {
                 )
             }),
         }
+    }
+}
+
+/// The sender, for messages.
+fn who(peer: &Peer, lineage: &[u32]) -> String {
+    match (&peer.pod_name, lineage.first()) {
+        (Some(name), _) => format!("the holder of a certificate for `{name}`"),
+        (None, Some(pid)) => format!("process {pid}"),
+        (None, None) => "a process of unknown pid".to_owned(),
     }
 }
 

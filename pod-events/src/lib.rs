@@ -81,6 +81,7 @@ mod render;
 mod send;
 mod sender;
 mod spawner;
+mod upward;
 
 pub use context::{ContextError, PodContext};
 pub use control::{
@@ -101,6 +102,7 @@ pub use render::{render, render_applied, render_event, Applied, Origin, MAX_LINE
 pub use send::{fire_and_forget, send_pod_event};
 pub use sender::AddressSender;
 pub use spawner::{SpawnError, SpawnedChild, Spawner};
+pub use upward::UpwardLink;
 
 /// The README's example, compiled and run as a doctest.
 #[cfg(doctest)]

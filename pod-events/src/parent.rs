@@ -1,20 +1,21 @@
 //! The parent side: applying events' side effects, and reconcile.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use pod_protocol::{PodEvent, PodName};
+use pod_protocol::{Method, PodEvent, PodName, Reparent};
 use pod_registry::{incarnations_match, Outcome, Record, Registry};
 use pod_scope_lock::{Allocation, Liveness, ScopeError, ScopeTable, TableStore};
 use pod_transport::{MethodSender, UnixSender};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-use crate::batch::{BatchError, TableBatcher};
+use crate::batch::{BatchError, Released, TableBatcher};
 use crate::identity::Snapshot;
 use crate::probe::Reachability;
 use crate::send::send_or_log;
+use crate::UpwardLink;
 
 /// What applying one event changed. Lower-layer failures are logged and
 /// counted in [`failures`](Effects::failures), never returned.
@@ -28,6 +29,11 @@ pub struct Effects {
     pub removed: Vec<Record>,
     /// The scope allocation a `ShutDown` released.
     pub released: Option<Allocation>,
+    /// The pods that release moved to a new manager (the released pod's
+    /// children, now under its own parent), as the table holds them
+    /// after it. The new manager tells each where to report
+    /// ([`Parent::reparent_orphans`]).
+    pub reparented: Vec<Allocation>,
     /// The pod registered by this event was already dead: a synthetic
     /// `ShutDown` was applied at once (Erlang's `noproc`).
     pub presumed_dead: bool,
@@ -81,6 +87,10 @@ pub struct Reconciliation {
     /// synthetic `ScopeSubDelegated` (from the pod it was delegated from)
     /// and the new record.
     pub adopted: Vec<(PodEvent, Record)>,
+    /// Orphans this pod manages now (a death moved them here) that were
+    /// told where to report with a `reparent` notice, this time because
+    /// their record still pointed elsewhere.
+    pub reparented: Vec<PodName>,
     /// Lower-layer errors met (each logged at warn level).
     pub failures: usize,
 }
@@ -99,7 +109,9 @@ where
     name: PodName,
     registry: R,
     scopes: ScopeTable<S, L>,
-    upward: Option<(U, PathBuf)>,
+    /// Sends relays upward and reparent notices to orphans.
+    sender: U,
+    upward: Option<UpwardLink>,
     probe: P,
     /// Relays in flight, so a shutting-down endpoint can wait for them.
     relays: TaskTracker,
@@ -129,6 +141,7 @@ where
             registry,
             batcher: TableBatcher::new(scopes.clone(), blocking.clone()),
             scopes,
+            sender: UnixSender::default(),
             upward: None,
             probe,
             relays: TaskTracker::new(),
@@ -152,11 +165,35 @@ where
         sender: U2,
         parent_socket: impl Into<PathBuf>,
     ) -> Parent<R, S, L, U2, P> {
+        let address = parent_socket.into().to_string_lossy().into_owned();
+        self.with_upward_link(sender, UpwardLink::new(address))
+    }
+
+    /// Relays events upward through `sender` over `link`, which this
+    /// parent's endpoint redirects when a reparent notice moves the pod
+    /// (share it with the pod's [`PodContext`](crate::PodContext), whose
+    /// reports then move too).
+    pub fn with_upward_link<U2: MethodSender + Clone>(
+        self,
+        sender: U2,
+        link: UpwardLink,
+    ) -> Parent<R, S, L, U2, P> {
+        let mut parent = self.with_sender(sender);
+        parent.upward = Some(link);
+        parent
+    }
+
+    /// Sends through `sender` (reparent notices to orphans, and relays
+    /// once there is an upward link): for a top-level parent whose
+    /// children listen on `tls://` addresses, an
+    /// [`AddressSender`](crate::AddressSender) with TLS.
+    pub fn with_sender<U2: MethodSender + Clone>(self, sender: U2) -> Parent<R, S, L, U2, P> {
         Parent {
             name: self.name,
             registry: self.registry,
             scopes: self.scopes,
-            upward: Some((sender, parent_socket.into())),
+            sender,
+            upward: self.upward,
             probe: self.probe,
             relays: self.relays,
             blocking: self.blocking,
@@ -167,6 +204,11 @@ where
     /// This pod's name.
     pub fn name(&self) -> &PodName {
         &self.name
+    }
+
+    /// The link relays go through; `None` for a top-level pod.
+    pub fn upward(&self) -> Option<&UpwardLink> {
+        self.upward.as_ref()
     }
 
     /// The registry of spawned pods.
@@ -279,15 +321,98 @@ where
             }
         }
         self.relay(&effects.relayed);
+        if !effects.reparented.is_empty() {
+            let orphans = std::mem::take(&mut effects.reparented);
+            self.reparent_orphans(&orphans, None).await;
+            effects.reparented = orphans;
+        }
         effects
+    }
+
+    /// Tells each pod of `orphans` that this pod manages now (the table
+    /// moved it here: its `delegated_from` is this pod and it was
+    /// reparented) where to report from now on, with a `reparent` notice
+    /// (DESIGN section 12) to its socket, and points its registry record
+    /// here once the notice was delivered. Other pods of `orphans` are
+    /// left alone. `own_socket` is this pod's address when the caller
+    /// knows it; else it is read from this pod's allocation. Returns the
+    /// pods told.
+    ///
+    /// Fire-and-forget per orphan: a notice not delivered is logged, the
+    /// record keeps pointing elsewhere, and the next
+    /// [`reconcile`](Self::reconcile) sends it again.
+    pub async fn reparent_orphans(
+        &self,
+        orphans: &[Allocation],
+        own_socket: Option<&str>,
+    ) -> Vec<PodName> {
+        let ours: Vec<&Allocation> = orphans
+            .iter()
+            .filter(|o| o.delegated_from.as_ref() == Some(&self.name) && o.reparented > 0)
+            .collect();
+        if ours.is_empty() {
+            return Vec::new();
+        }
+        let socket = match own_socket {
+            Some(socket) => socket.to_owned(),
+            None => match self.batcher.find(self.name.clone()).await {
+                Ok(Some(own)) => own.socket,
+                Ok(None) => {
+                    tracing::warn!("holds no allocation: cannot tell its orphans where it listens");
+                    return Vec::new();
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read its own allocation to tell its orphans where it listens");
+                    return Vec::new();
+                }
+            },
+        };
+        let mut told = Vec::new();
+        for orphan in ours {
+            // A legacy pod has no incarnation to address, and would reject
+            // the method anyway: its reports keep failing until reconcile
+            // infers its death.
+            let Some(incarnation) = orphan.incarnation.clone() else {
+                continue;
+            };
+            let points_here = self.registry.read(|state| {
+                state
+                    .get(orphan.pod_name.as_str(), Some(&incarnation))
+                    .is_some_and(|r| r.callback_address == socket)
+            });
+            if points_here {
+                continue;
+            }
+            let notice = Method::Reparent(Reparent {
+                pod_name: orphan.pod_name.to_string(),
+                incarnation: incarnation.clone(),
+                parent_pod: self.name.to_string(),
+                parent_socket: socket.clone(),
+                seq: orphan.reparented,
+            });
+            if let Err(error) = self.sender.send(Path::new(&orphan.socket), &notice).await {
+                tracing::warn!(pod = %orphan.pod_name, socket = %orphan.socket, %error, "could not tell an orphan where to report; reconcile tries again");
+                continue;
+            }
+            let redirected = self
+                .registry
+                .redirect(orphan.pod_name.clone(), Some(incarnation), socket.clone())
+                .await;
+            if let Err(error) = redirected {
+                tracing::warn!(pod = %orphan.pod_name, %error, "could not record where an orphan reports now");
+            }
+            told.push(orphan.pod_name.clone());
+        }
+        told
     }
 
     /// Sends each event upward on a tracked task (fire-and-forget: a
     /// failure is logged by the task and dropped).
     fn relay(&self, events: &[PodEvent]) {
-        if let Some((sender, socket)) = &self.upward {
+        if let Some(link) = &self.upward {
+            let socket = PathBuf::from(link.address());
             for event in events {
-                let (sender, socket, event) = (sender.clone(), socket.clone(), event.clone());
+                let (sender, socket, event) = (self.sender.clone(), socket.clone(), event.clone());
                 self.relays
                     .spawn(async move { send_or_log(&sender, &socket, event).await });
             }
@@ -329,7 +454,10 @@ where
             }
         };
         match self.batcher.release(name.clone(), inc.clone()).await {
-            Ok(Ok(allocation)) => effects.released = Some(allocation),
+            Ok(Ok(Released { allocation, moved })) => {
+                effects.released = Some(allocation);
+                effects.reparented = moved;
+            }
             Ok(Err(ScopeError::UnknownPod { .. } | ScopeError::IncarnationMismatch { .. })) => {}
             Ok(Err(error)) => {
                 tracing::warn!(%error, pod = %name, "could not release a departed pod's scope");
@@ -515,7 +643,18 @@ where
             }
         };
 
+        let mut orphans = Vec::new();
         for (allocation, spawner, callback) in descendants {
+            if allocation.reparented > 0 && self.scopes.is_live(&allocation) {
+                if spawner == self.name.as_str() {
+                    orphans.push(allocation.clone());
+                } else {
+                    // Another pod manages it now and tells it so; this
+                    // registry only notes where it reports.
+                    self.note_redirect(&allocation, &callback, &mut report)
+                        .await;
+                }
+            }
             let known = self.registry.read(|state| {
                 state
                     .get(
@@ -557,7 +696,43 @@ where
                 }
             }
         }
+        if !orphans.is_empty() {
+            report.reparented = self.reparent_orphans(&orphans, None).await;
+        }
         report
+    }
+
+    /// Points the registry record of `allocation` at `callback`, the
+    /// socket of the pod that manages it now, if it says otherwise.
+    async fn note_redirect(
+        &self,
+        allocation: &Allocation,
+        callback: &str,
+        report: &mut Reconciliation,
+    ) {
+        let stale = self.registry.read(|state| {
+            state
+                .get(
+                    allocation.pod_name.as_str(),
+                    allocation.incarnation.as_deref(),
+                )
+                .is_some_and(|r| r.callback_address != callback)
+        });
+        if !stale || callback.is_empty() {
+            return;
+        }
+        let redirected = self
+            .registry
+            .redirect(
+                allocation.pod_name.clone(),
+                allocation.incarnation.clone(),
+                callback.to_owned(),
+            )
+            .await;
+        if let Err(error) = redirected {
+            tracing::warn!(pod = %allocation.pod_name, %error, "reconcile: could not record where a moved pod reports now");
+            report.failures += 1;
+        }
     }
 }
 

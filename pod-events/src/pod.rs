@@ -193,7 +193,7 @@ impl PodBuilder {
         let parent = Parent::new(self.name.clone(), registry, table, SocketProbe::default());
         let parent = Arc::new(match &lifecycle {
             Lifecycle::Child(context) => {
-                parent.with_upward(UnixSender::default(), context.parent_socket())
+                parent.with_upward_link(UnixSender::default(), context.upward().clone())
             }
             Lifecycle::TopLevel(_) => parent,
         });

@@ -9,6 +9,7 @@ mod tests {
     #[cfg(feature = "cli")]
     pub(crate) mod podctl;
     pub(crate) mod processes;
+    pub(crate) mod reparent;
     #[cfg(feature = "cli")]
     pub(crate) mod run;
     pub(crate) mod sockets;

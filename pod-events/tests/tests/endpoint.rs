@@ -593,3 +593,116 @@ async fn claims_the_table_cannot_check_follow_the_policy() {
         (1, 1)
     );
 }
+
+/// root (pid 11) > child (12) > gc (13) in one in-memory table, `child`
+/// released (so `gc` is the root's now), and the root's allocation.
+fn orphaned_tree() -> (ScopeTable<MemoryStore, FakeLiveness>, String) {
+    let liveness = FakeLiveness::new();
+    let scopes = ScopeTable::new(MemoryStore::new(), liveness.clone());
+    for pid in [11, 12, 13, 66] {
+        liveness.spawn(pid);
+    }
+    let root = scopes.register(spec("root", 11, "/w")).unwrap();
+    let child = scopes
+        .delegate(&root.pod_name, spec("child", 12, "/w/c"))
+        .unwrap();
+    let gc = scopes
+        .delegate(&child.pod_name, spec("gc", 13, "/w/c/gc"))
+        .unwrap();
+    scopes.release(&child.pod_name, None).unwrap();
+    (scopes, gc.incarnation.unwrap())
+}
+
+#[tokio::test]
+async fn a_manager_tells_the_orphans_of_a_dead_child_where_to_report() {
+    let (scopes, gc_incarnation) = orphaned_tree();
+    let net = MemoryNetwork::new();
+    let mut gc_inbox = net.bind("/s/gc");
+    let registry = MemoryRegistry::new();
+    let mut gc_record = record("gc", Some(gc_incarnation.clone()));
+    gc_record.callback_address = "/s/child".into();
+    registry.add(gc_record).await.unwrap();
+    let root = Parent::new(
+        pod("root"),
+        registry.clone(),
+        scopes,
+        FakeReachability::new(),
+    )
+    .with_sender(net.sender());
+    // The release already happened (by the child's supervisor, say): the
+    // event path moved nothing, reconcile finds the orphan.
+    let report = root.reconcile().await;
+    assert_eq!(report.reparented, [pod("gc")]);
+    use pod_transport::MethodSource;
+    let notice = gc_inbox.recv().await.unwrap().item.unwrap();
+    assert_eq!(
+        notice,
+        Method::Reparent(pod_protocol::Reparent {
+            pod_name: "gc".into(),
+            incarnation: gc_incarnation.clone(),
+            parent_pod: "root".into(),
+            parent_socket: "/s/root".into(),
+            seq: 1,
+        })
+    );
+    let now = registry.get("gc", Some(&gc_incarnation)).unwrap();
+    assert_eq!(now.callback_address, "/s/root");
+    // Told once: the record points here now.
+    assert!(root.reconcile().await.reparented.is_empty());
+}
+
+#[tokio::test]
+async fn an_orphan_takes_a_notice_only_from_above_and_as_the_table_says() {
+    let (scopes, inc) = orphaned_tree();
+    let net = MemoryNetwork::new();
+    let gc = Arc::new(
+        Parent::new(
+            pod("gc"),
+            MemoryRegistry::new(),
+            scopes,
+            FakeReachability::new(),
+        )
+        .with_upward(net.sender(), "/s/child"),
+    );
+    let notice = |f: fn(&mut pod_protocol::Reparent)| {
+        let mut notice = pod_protocol::Reparent {
+            pod_name: "gc".into(),
+            incarnation: inc.clone(),
+            parent_pod: "root".into(),
+            parent_socket: "/s/root".into(),
+            seq: 1,
+        };
+        f(&mut notice);
+        Method::Reparent(notice)
+    };
+    let source = net.bind("/s/gc");
+    let from = |pid: i32| PeerCred {
+        pid: Some(pid),
+        ..PeerCred::current()
+    };
+    let refused = [
+        (66, notice(|_| {})),
+        (11, notice(|n| n.pod_name = "other".into())),
+        (11, notice(|n| n.incarnation = "f".repeat(32))),
+        (11, notice(|n| n.parent_pod = "child".into())),
+        (11, notice(|n| n.parent_socket = "/s/elsewhere".into())),
+    ];
+    for (pid, method) in refused {
+        source.inject(from(pid), Ok(method));
+    }
+    let endpoint = spawn_endpoint(gc.clone(), source, CollectingSink::new(), no_reconcile());
+    until(|| endpoint.stats().rejected_notices == 5).await;
+    assert_eq!(
+        gc.upward().unwrap().address(),
+        "/s/child",
+        "nothing moved it"
+    );
+    let endpoint = {
+        let source = net.bind("/s/gc2");
+        source.inject(from(11), Ok(notice(|_| {})));
+        spawn_endpoint(gc.clone(), source, CollectingSink::new(), no_reconcile())
+    };
+    until(|| endpoint.stats().reparent_notices == 1).await;
+    assert_eq!(gc.upward().unwrap().address(), "/s/root");
+    assert_eq!(gc.upward().unwrap().seq(), 1);
+}

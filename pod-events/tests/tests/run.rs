@@ -27,7 +27,7 @@ impl Env {
     }
 
     /// The records of pod `name`'s registry (default state dir).
-    fn registry(&self, name: &str) -> Vec<Value> {
+    pub(crate) fn registry(&self, name: &str) -> Vec<Value> {
         let file = self
             .dir
             .path()
@@ -41,15 +41,16 @@ impl Env {
     }
 
     /// `podctl listen` for the top-level pod `root`, registered with
-    /// write scope on `<dir>/srv` under the listener's pid.
-    fn root(&self) -> Running {
+    /// write scope on `<dir>/srv` under the listener's pid, reconciling
+    /// every `reconcile_ms` (0: never).
+    pub(crate) fn root(&self, reconcile_ms: &str) -> Running {
         let socket = self.path("run/root/sock");
         let mut root = Running::start(self.command().args([
             "listen",
             "--name",
             "root",
             "--reconcile-interval-ms",
-            "0",
+            reconcile_ms,
         ]));
         root.wait_for_path(Path::new(&socket));
         let out = self.run(&[
@@ -71,9 +72,20 @@ impl Env {
     }
 
     fn podctl_run(&self, name: &str, write: &str, cmd: &[&str]) -> Command {
+        self.podctl_run_from("root", name, write, cmd)
+    }
+
+    /// `podctl run --from FROM --name NAME --write <dir>/WRITE -- CMD`.
+    pub(crate) fn podctl_run_from(
+        &self,
+        from: &str,
+        name: &str,
+        write: &str,
+        cmd: &[&str],
+    ) -> Command {
         let mut command = self.command();
         command
-            .args(["run", "--from", "root", "--name", name, "--write"])
+            .args(["run", "--from", from, "--name", name, "--write"])
             .arg(self.path(write))
             .arg("--")
             .args(cmd);
@@ -84,7 +96,7 @@ impl Env {
 #[test]
 fn a_child_that_exits_without_reporting_is_reported_with_its_status() {
     let env = env();
-    let mut root = env.root();
+    let mut root = env.root("0");
     // The child waits until the root has registered it (the announce and
     // the exit report travel on separate connections, so the root may
     // apply them in either order; either converges, but the line checked
@@ -117,7 +129,7 @@ fn a_child_that_exits_without_reporting_is_reported_with_its_status() {
 #[test]
 fn podctl_run_then_podctl_listen_builds_a_tree_from_the_shell() {
     let env = env();
-    let mut root = env.root();
+    let mut root = env.root("0");
     let mut run = Running::start(&mut env.podctl_run(
         "kid",
         "srv/a",
@@ -169,7 +181,7 @@ fn podctl_run_then_podctl_listen_builds_a_tree_from_the_shell() {
 #[test]
 fn bad_spawns_are_refused_and_change_nothing() {
     let env = env();
-    let _root = env.root();
+    let _root = env.root("0");
     let before = env.allocations();
     let mut unknown = env.command();
     unknown.args([
@@ -198,7 +210,7 @@ fn bad_spawns_are_refused_and_change_nothing() {
 #[test]
 fn listen_with_a_bad_handoff_is_refused_and_changes_nothing() {
     let env = env();
-    let _root = env.root();
+    let _root = env.root("0");
     let before = env.allocations();
     let handoff = |cmd: &mut Command, incarnation: &str, name: &str| {
         cmd.args(["listen", "--reconcile-interval-ms", "0"])

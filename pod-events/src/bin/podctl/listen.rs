@@ -141,10 +141,22 @@ pub(crate) fn run(mut args: ListenArgs, json: bool) -> Result<()> {
         .context("cannot start the async runtime")?;
     let served = match parent_socket {
         Some(up) => {
-            let parent = Arc::new(parent.with_upward(upward, up));
+            // Adopted: the context's reports (its ShutDown on exit) and the
+            // relays share one link, which a reparent notice moves.
+            let link = match &context {
+                Some(context) => context.upward().clone(),
+                None => pod_events::UpwardLink::new(up.clone()),
+            };
+            // A --parent-socket flag overrides the handoff's.
+            link.redirect(up, 0);
+            let parent = Arc::new(parent.with_upward_link(upward, link));
             runtime.block_on(serve(parent, socket, tls_listen, interval, json))
         }
-        None => runtime.block_on(serve(Arc::new(parent), socket, tls_listen, interval, json)),
+        None => {
+            // Its sender still serves: reparent notices to orphans.
+            let parent = Arc::new(parent.with_sender(upward));
+            runtime.block_on(serve(parent, socket, tls_listen, interval, json))
+        }
     };
     adoption::depart(&runtime, context, served.is_ok());
     served
