@@ -81,6 +81,7 @@ mod render;
 mod send;
 mod sender;
 mod spawner;
+pub mod watch;
 
 pub use context::{ContextError, PodContext};
 pub use control::{
@@ -101,6 +102,9 @@ pub use render::{render, render_applied, render_event, Applied, Origin, MAX_LINE
 pub use send::{fire_and_forget, send_pod_event};
 pub use sender::AddressSender;
 pub use spawner::{SpawnError, SpawnedChild, Spawner};
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub use watch::PidfdWatch;
+pub use watch::{ExitSignal, ExitWatch, ManualExitWatch, WatchError, WatchedPod};
 
 /// The README's example, compiled and run as a doctest.
 #[cfg(doctest)]
