@@ -274,3 +274,45 @@ async fn a_sigkilled_child_is_presumed_crashed_long_before_the_reconcile_interva
         "kid's scope released"
     );
 }
+
+/// Through the facade: a child `Pod::spawn` started is watched from its
+/// first moment, so its death is seen even before it adopts its
+/// reservation (`sleep` never does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawned_child_killed_before_it_adopts_is_presumed_crashed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("repo");
+    let mut root = pod_events::Pod::builder("root", dir.path())
+        .unwrap()
+        .write(&work)
+        .reconcile_every(Some(RARE))
+        .start()
+        .await
+        .unwrap();
+    let mut command = tokio::process::Command::new("sleep");
+    command.arg("600").stdin(Stdio::null()).kill_on_drop(true);
+    let mut child = root
+        .spawn(
+            &mut command,
+            "kid",
+            [ScopeRule::write(work.join("kid").display().to_string())],
+        )
+        .await
+        .unwrap();
+    kill_process(Pid::from_raw(child.pid as i32).unwrap(), Signal::KILL).unwrap();
+    // The reconcile at start may have found the reservation first (an
+    // adoption line); what matters is the crash, before the interval.
+    let heard = async {
+        while let Some(note) = root.next_notification().await {
+            if note.line == crashed("kid") {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, heard)
+        .await
+        .expect("kid's death is reported long before the reconcile interval");
+    assert!(root.pods().is_empty());
+    root.wait(&mut child).await.unwrap();
+    root.shut_down().await.unwrap();
+}
