@@ -1,5 +1,7 @@
 //! The receive loop: a parent endpoint that owns a source of methods.
 
+mod exits;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +21,7 @@ use crate::identity::{
 use crate::parent::{Effects, Parent, Reconciliation};
 use crate::probe::Reachability;
 use crate::render::{render_applied, Applied, Origin};
+use crate::watch::{ExitWatch, WatchedPod};
 
 /// Most items the receive loop takes from its source at once.
 const RECV_BATCH: usize = 256;
@@ -115,6 +118,20 @@ pub struct EndpointConfig {
     /// Whose child a process is, to find the pod a helper process speaks
     /// for (default [`ProcTree`], `/proc`).
     pub process_tree: Arc<dyn ProcessTree>,
+    /// What tells the endpoint at once that a registered pod's process
+    /// exited, so it is presumed crashed without waiting for reconcile
+    /// (default: [`PidfdWatch`](crate::PidfdWatch) on Linux, none
+    /// elsewhere; `None` leaves exits to reconcile). See [`crate::watch`].
+    pub exit_watch: Option<Arc<dyn ExitWatch>>,
+    /// Most pods watched at once (default 4096). A pod registered past it
+    /// is not watched (counted in [`EndpointStats::unwatched_over_bound`]):
+    /// reconcile finds its exit, and the re-sync after each reconcile
+    /// watches it once there is room.
+    pub max_exit_watches: usize,
+    /// How long after a reported exit the pod is presumed crashed
+    /// (default 200 ms): a `ShutDown` it sent just before exiting is
+    /// applied first, and no "presumed crashed" line is rendered for it.
+    pub exit_grace: Duration,
 }
 
 impl Default for EndpointConfig {
@@ -125,8 +142,21 @@ impl Default for EndpointConfig {
             sender_policy: SenderPolicy::default(),
             snapshot_max_age: Duration::from_secs(1),
             process_tree: Arc::new(ProcTree),
+            exit_watch: default_exit_watch(),
+            max_exit_watches: 4096,
+            exit_grace: Duration::from_millis(200),
         }
     }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn default_exit_watch() -> Option<Arc<dyn ExitWatch>> {
+    Some(Arc::new(crate::PidfdWatch::new()))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn default_exit_watch() -> Option<Arc<dyn ExitWatch>> {
+    None
 }
 
 impl EndpointConfig {
@@ -151,6 +181,25 @@ impl EndpointConfig {
     /// Sets [`process_tree`](Self::process_tree).
     pub fn process_tree(mut self, tree: impl ProcessTree) -> Self {
         self.process_tree = Arc::new(tree);
+        self
+    }
+
+    /// Sets [`exit_watch`](Self::exit_watch) (`None`: exits are found by
+    /// reconcile only).
+    pub fn exit_watch(mut self, watch: Option<Arc<dyn ExitWatch>>) -> Self {
+        self.exit_watch = watch;
+        self
+    }
+
+    /// Sets [`max_exit_watches`](Self::max_exit_watches).
+    pub fn max_exit_watches(mut self, pods: usize) -> Self {
+        self.max_exit_watches = pods;
+        self
+    }
+
+    /// Sets [`exit_grace`](Self::exit_grace).
+    pub fn exit_grace(mut self, grace: Duration) -> Self {
+        self.exit_grace = grace;
         self
     }
 }
@@ -185,6 +234,18 @@ pub struct EndpointStats {
     /// Reparent notices refused (not for this pod, not what the table
     /// says, or not from a pod above it; logged with the reason).
     pub rejected_notices: u64,
+    /// Pods the exit watch reported exited, presumed crashed (each
+    /// rendered as reconcile would).
+    pub exits_presumed: u64,
+    /// Pods watched now (a gauge, not a counter).
+    pub watching: u64,
+    /// Times a pod was left unwatched because
+    /// [`EndpointConfig::max_exit_watches`] pods were watched already
+    /// (at its registration, and at each re-sync after a reconcile).
+    pub unwatched_over_bound: u64,
+    /// Times the exit watch could not watch a pod (no pidfd here, out of
+    /// file descriptors); reconcile finds its exit.
+    pub unwatchable: u64,
 }
 
 #[derive(Debug, Default)]
@@ -200,6 +261,10 @@ struct Counters {
     unverified: AtomicU64,
     reparent_notices: AtomicU64,
     rejected_notices: AtomicU64,
+    exits_presumed: AtomicU64,
+    watching: AtomicU64,
+    unwatched_over_bound: AtomicU64,
+    unwatchable: AtomicU64,
 }
 
 impl Counters {
@@ -217,6 +282,10 @@ impl Counters {
             unverified: get(&self.unverified),
             reparent_notices: get(&self.reparent_notices),
             rejected_notices: get(&self.rejected_notices),
+            exits_presumed: get(&self.exits_presumed),
+            watching: get(&self.watching),
+            unwatched_over_bound: get(&self.unwatched_over_bound),
+            unwatchable: get(&self.unwatchable),
         }
     }
 }
@@ -240,6 +309,7 @@ impl EndpointProgress {
 #[derive(Debug)]
 pub struct EndpointHandle {
     counters: Arc<Counters>,
+    exits: Arc<exits::ExitWatches>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -254,6 +324,14 @@ impl EndpointHandle {
     /// [`join`](Self::join) under a timeout, say).
     pub fn progress(&self) -> EndpointProgress {
         EndpointProgress(self.counters.clone())
+    }
+
+    /// Watches `pod`, registered with this endpoint's parent, for its exit
+    /// (see [`EndpointConfig::exit_watch`]): for a child the caller
+    /// spawned itself, whose pid it knows before the child adopts its
+    /// reservation. Whether it is watched now.
+    pub fn watch_exit(&self, pod: WatchedPod) -> bool {
+        self.exits.watch(pod, &self.counters)
     }
 
     /// Stops reading the source, applies every event already read, and
@@ -280,7 +358,10 @@ impl EndpointHandle {
 /// Runs a parent endpoint on the current tokio runtime: each item from
 /// `source` is decoded (by the source), validated, applied by `parent`,
 /// rendered, and delivered to `sink`. Reconcile runs at start and on the
-/// configured interval, its inferred outcomes delivered the same way.
+/// configured interval, its inferred outcomes delivered the same way; in
+/// between, a registered pod whose exit the
+/// [`exit_watch`](EndpointConfig::exit_watch) reports is presumed crashed
+/// at once (see [`crate::watch`]).
 ///
 /// One bad frame, invalid event or failing side effect is logged and
 /// counted; the loop goes on. Each event is handled in a tracing span
@@ -302,10 +383,12 @@ where
 {
     let counters = Arc::new(Counters::default());
     let (stop, stopped) = watch::channel(false);
+    let exits = Arc::new(exits::ExitWatches::new(&config));
     let shared = Arc::new(Shared {
         parent,
         sink,
         counters: counters.clone(),
+        exits: exits.clone(),
         lanes: Lanes::default(),
         snapshots: Snapshots::default(),
         config,
@@ -313,6 +396,7 @@ where
     let task = tokio::spawn(shared.run(source, stopped));
     EndpointHandle {
         counters,
+        exits,
         stop,
         task,
     }
@@ -327,6 +411,7 @@ where
     parent: Arc<Parent<R, S, L, U, P>>,
     sink: N,
     counters: Arc<Counters>,
+    exits: Arc<exits::ExitWatches>,
     lanes: Lanes,
     snapshots: Snapshots,
     config: EndpointConfig,
@@ -354,6 +439,7 @@ where
             .config
             .reconcile_interval
             .map(|interval| tokio::spawn(self.clone().reconcile_every(interval, stopped.clone())));
+        let exit_follower = tokio::spawn(self.clone().follow_exits());
         // A burst is taken from the source in one call (one wake-up), then
         // handled item by item exactly as if received one at a time.
         let mut batch = Vec::with_capacity(RECV_BATCH);
@@ -409,6 +495,7 @@ where
             reconciler.abort();
             let _ = reconciler.await;
         }
+        self.stop_exits(exit_follower).await;
         self.parent.wait_for_relays().await;
     }
 
@@ -501,6 +588,7 @@ where
             }
             let report = self.parent.reconcile().await;
             deliver_reconciliation(&report, &self.sink);
+            self.resync_exits(&report);
             bump(&self.counters.failures, report.failures as u64);
             bump(&self.counters.reconciles, 1);
         }
@@ -624,6 +712,7 @@ where
     async fn handle(&self, event: PodEvent, peer: Peer) {
         let span = tracing::info_span!("pod_event", pod = %event.subject(), kind = event.kind());
         let effects = self.parent.apply_validated(&event).instrument(span).await;
+        self.follow_effects(&effects);
         bump(&self.counters.failures, effects.failures as u64);
         let inferred = effects.presumed_dead.then(|| PodEvent::ShutDown {
             pod_name: event.subject().to_owned(),

@@ -82,6 +82,7 @@ mod send;
 mod sender;
 mod spawner;
 mod upward;
+pub mod watch;
 
 pub use context::{ContextError, PodContext};
 pub use control::{
@@ -103,6 +104,9 @@ pub use send::{fire_and_forget, send_pod_event};
 pub use sender::AddressSender;
 pub use spawner::{SpawnError, SpawnedChild, Spawner};
 pub use upward::UpwardLink;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub use watch::PidfdWatch;
+pub use watch::{ExitSignal, ExitWatch, ManualExitWatch, WatchError, WatchedPod};
 
 /// The README's example, compiled and run as a doctest.
 #[cfg(doctest)]

@@ -15,6 +15,7 @@ use crate::batch::{BatchError, Released, TableBatcher};
 use crate::identity::Snapshot;
 use crate::probe::Reachability;
 use crate::send::send_or_log;
+use crate::watch::WatchedPod;
 use crate::UpwardLink;
 
 /// What applying one event changed. Lower-layer failures are logged and
@@ -47,6 +48,9 @@ pub struct Effects {
     /// stuck lock). The registry keeps the change and retries it with its
     /// next write; reconcile finishes a release that did not happen.
     pub not_saved: Option<String>,
+    /// The allocation of the pod this event registered, found live: what
+    /// the endpoint's exit watch follows.
+    pub(crate) live_allocation: Option<Allocation>,
 }
 
 impl Effects {
@@ -93,6 +97,10 @@ pub struct Reconciliation {
     pub reparented: Vec<PodName>,
     /// Lower-layer errors met (each logged at warn level).
     pub failures: usize,
+    /// The live allocations of the registered pods after this pass (the
+    /// adopted included, reservations not): what the endpoint's exit
+    /// watch follows.
+    pub(crate) alive: Vec<Allocation>,
 }
 
 /// A parent pod's view of its descendants: its registry, the machine-wide
@@ -306,7 +314,9 @@ where
                             // of falling back to this pod's socket.
                             spawner_socket: (!callback.is_empty()).then_some(callback),
                         });
-                        if !self.is_alive(&record, None).await {
+                        let (alive, allocation) = self.liveness(&record, None).await;
+                        effects.live_allocation = allocation;
+                        if !alive {
                             effects.presumed_dead = true;
                             self.shut_down(sub_pod, sub_incarnation.as_deref(), &mut effects)
                                 .await;
@@ -521,23 +531,84 @@ where
     /// socket probe. An allocation of another incarnation means this one
     /// is gone. `table` is a snapshot to use instead of a fresh lookup.
     async fn is_alive(&self, record: &Record, table: Option<&HashMap<String, Allocation>>) -> bool {
+        self.liveness(record, table).await.0
+    }
+
+    /// [`is_alive`](Self::is_alive), with the allocation that says so when
+    /// it is one a process holds (not a reservation, held by its spawner).
+    async fn liveness(
+        &self,
+        record: &Record,
+        table: Option<&HashMap<String, Allocation>>,
+    ) -> (bool, Option<Allocation>) {
         let allocation: Result<_, BatchError> = match table {
             Some(table) => Ok(table.get(record.pod_name.as_str()).cloned()),
             None => self.batcher.find(record.pod_name.clone()).await,
         };
         match allocation {
             Ok(Some(allocation)) => {
-                incarnations_match(
+                let alive = incarnations_match(
                     record.incarnation.as_deref(),
                     allocation.incarnation.as_deref(),
-                ) && self.scopes.is_live(&allocation)
+                ) && self.scopes.is_live(&allocation);
+                let held = alive && allocation.pending_until.is_none();
+                (alive, held.then_some(allocation))
             }
-            Ok(None) => self.probe.is_reachable(record.socket_path.as_ref()).await,
+            Ok(None) => (
+                self.probe.is_reachable(record.socket_path.as_ref()).await,
+                None,
+            ),
             Err(error) => {
                 tracing::warn!(%error, "scope table unreadable; probing the pod's socket instead");
-                self.probe.is_reachable(record.socket_path.as_ref()).await
+                (
+                    self.probe.is_reachable(record.socket_path.as_ref()).await,
+                    None,
+                )
             }
         }
+    }
+
+    /// A registered pod found dead, handled exactly as its `ShutDown`
+    /// (departed, released, relayed): the synthetic event and its effects.
+    async fn presume_crashed(
+        &self,
+        pod_name: &PodName,
+        incarnation: Option<&str>,
+    ) -> (PodEvent, Effects) {
+        let event = PodEvent::ShutDown {
+            pod_name: pod_name.to_string(),
+            incarnation: incarnation.map(str::to_owned),
+        };
+        let mut effects = Effects::default();
+        self.shut_down(pod_name.as_str(), incarnation, &mut effects)
+            .await;
+        self.relay(&effects.relayed);
+        (event, effects)
+    }
+
+    /// What reconcile does for one pod, when an exit watch says its holder
+    /// exited: unless the pod is no longer registered (its `ShutDown`, real
+    /// or inferred, came first) or its holder is alive after all by this
+    /// parent's liveness probe, it is presumed crashed.
+    pub(crate) async fn presume_exited(&self, pod: &WatchedPod) -> Option<(PodEvent, Effects)> {
+        let name = pod.pod_name.as_str();
+        let incarnation = pod.incarnation.as_deref();
+        let registered = self
+            .registry
+            .read(|state| state.get(name, incarnation).is_some());
+        let liveness = self.scopes.liveness();
+        let alive = match pod.start_time {
+            Some(start_time) => liveness.is_same_process(pod.pid, start_time),
+            None => liveness.is_alive(pod.pid),
+        };
+        if !registered || alive {
+            return None;
+        }
+        let (event, effects) = self.presume_crashed(&pod.pod_name, incarnation).await;
+        // Its orphans learn their new manager now, not at the next
+        // reconcile.
+        self.reparent_orphans(&effects.reparented, None).await;
+        Some((event, effects))
     }
 
     /// Every registered pod with its liveness (the seed's `ListPods`).
@@ -586,23 +657,16 @@ where
         let (table, unreadable) = self.snapshot_or_empty().await;
         report.failures += usize::from(unreadable);
         for record in self.registry.list() {
-            if self.is_alive(&record, Some(&table)).await {
-                continue;
+            match self.liveness(&record, Some(&table)).await {
+                (true, allocation) => report.alive.extend(allocation),
+                (false, _) => {
+                    let (event, effects) = self
+                        .presume_crashed(&record.pod_name, record.incarnation.as_deref())
+                        .await;
+                    report.failures += effects.failures;
+                    report.presumed_crashed.push((event, effects));
+                }
             }
-            let event = PodEvent::ShutDown {
-                pod_name: record.pod_name.to_string(),
-                incarnation: record.incarnation.clone(),
-            };
-            let mut effects = Effects::default();
-            self.shut_down(
-                record.pod_name.as_str(),
-                record.incarnation.as_deref(),
-                &mut effects,
-            )
-            .await;
-            self.relay(&effects.relayed);
-            report.failures += effects.failures;
-            report.presumed_crashed.push((event, effects));
         }
 
         let departed: Vec<(PodName, String)> = self.registry.read(|state| {
@@ -670,6 +734,10 @@ where
             if known || !self.scopes.is_live(&allocation) {
                 continue;
             }
+            let held = allocation
+                .pending_until
+                .is_none()
+                .then(|| allocation.clone());
             let record = Record {
                 pod_name: allocation.pod_name.clone(),
                 socket_path: allocation.socket.clone(),
@@ -688,6 +756,7 @@ where
                         spawner_socket: Some(record.callback_address.clone()),
                     };
                     report.adopted.push((event, record));
+                    report.alive.extend(held);
                 }
                 Ok(_) => {}
                 Err(error) => {

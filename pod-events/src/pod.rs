@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use pod_protocol::{PodName, ScopeRule, ValidationError};
 use pod_registry::{FileRegistry, Record, Registry, RegistryError};
-use pod_scope_lock::{FileStore, PodSpec, ProcLiveness, ScopeError, ScopeTable};
+use pod_scope_lock::{FileStore, Liveness, PodSpec, ProcLiveness, ScopeError, ScopeTable};
 use pod_transport::{ListenConfig, ListenError, Listener, ShutdownHandle, UnixSender};
 use tokio::sync::mpsc;
 
@@ -28,6 +28,7 @@ use crate::handoff::{Handoff, HandoffError};
 use crate::parent::Parent;
 use crate::probe::SocketProbe;
 use crate::spawner::{SpawnError, SpawnedChild, Spawner};
+use crate::watch::WatchedPod;
 
 /// The parent side of a [`Pod`], with the real layers.
 pub type FileParent = Parent<FileRegistry, FileStore, ProcLiveness, UnixSender, SocketProbe>;
@@ -329,6 +330,10 @@ impl Pod {
     /// Spawns `command` as the child pod `name` with `scope` (inside this
     /// pod's own): see [`Spawner::spawn`]. The child finds its place with
     /// [`Pod::from_env`] (or [`PodContext::from_env`]).
+    ///
+    /// The child's process is watched from the start (see
+    /// [`crate::watch`]): if it dies without reporting, even before it
+    /// adopts its reservation, it is presumed crashed at once.
     pub async fn spawn(
         &self,
         command: &mut tokio::process::Command,
@@ -336,10 +341,22 @@ impl Pod {
         scope: impl IntoIterator<Item = ScopeRule>,
     ) -> Result<SpawnedChild, PodError> {
         let name = PodName::new(name).map_err(PodError::Name)?;
-        Ok(self
+        let child = self
             .spawner
             .spawn(command, name, scope.into_iter().collect())
-            .await?)
+            .await?;
+        if let (Some(endpoint), true) = (&self.endpoint, child.pid != 0) {
+            // Not yet reaped (only `wait` reaps it), so the pid is the
+            // child's and its start time can be read.
+            let start_time = ProcLiveness.start_time(child.pid);
+            endpoint.watch_exit(WatchedPod::new(
+                child.name.clone(),
+                Some(child.incarnation.clone()),
+                child.pid,
+                start_time,
+            ));
+        }
+        Ok(child)
     }
 
     /// Waits for `child` to exit and records its departure (a no-op when
