@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use pod_protocol::{Method, PodEvent, PodName, Reparent};
 use pod_registry::{incarnations_match, Outcome, Record, Registry};
@@ -91,9 +91,9 @@ pub struct Reconciliation {
     /// synthetic `ScopeSubDelegated` (from the pod it was delegated from)
     /// and the new record.
     pub adopted: Vec<(PodEvent, Record)>,
-    /// Orphans this pod manages now (a death moved them here) that were
-    /// told where to report with a `reparent` notice, this time because
-    /// their record still pointed elsewhere.
+    /// Orphans this pod manages now (a death or a restart moved them
+    /// here) that were told where to report with a `reparent` notice, this
+    /// time because this process had not told them yet.
     pub reparented: Vec<PodName>,
     /// Lower-layer errors met (each logged at warn level).
     pub failures: usize,
@@ -131,6 +131,9 @@ where
     /// The event path's table operations, group-committed: the releases
     /// and lookups of events in flight together share one transaction.
     batcher: TableBatcher<S, L>,
+    /// The reparent notices delivered: orphan (name, incarnation) to the
+    /// `seq` told. In memory: a restarted pod tells its orphans again.
+    told: Arc<Mutex<HashMap<(PodName, String), u64>>>,
 }
 
 impl<R, S, L, P> Parent<R, S, L, UnixSender, P>
@@ -154,6 +157,7 @@ where
             probe,
             relays: TaskTracker::new(),
             blocking,
+            told: Arc::default(),
         }
     }
 }
@@ -206,6 +210,7 @@ where
             relays: self.relays,
             blocking: self.blocking,
             batcher: self.batcher,
+            told: self.told,
         }
     }
 
@@ -344,13 +349,18 @@ where
     /// reparented) where to report from now on, with a `reparent` notice
     /// (DESIGN section 12) to its socket, and points its registry record
     /// here once the notice was delivered. Other pods of `orphans` are
-    /// left alone. `own_socket` is this pod's address when the caller
-    /// knows it; else it is read from this pod's allocation. Returns the
-    /// pods told.
+    /// left alone, and so is an orphan already told this `seq` by this
+    /// process. `own_socket` is this pod's address when the caller knows
+    /// it; else it is read from this pod's allocation. Returns the pods
+    /// told.
     ///
-    /// Fire-and-forget per orphan: a notice not delivered is logged, the
-    /// record keeps pointing elsewhere, and the next
-    /// [`reconcile`](Self::reconcile) sends it again.
+    /// Fire-and-forget per orphan: a notice not delivered is logged and
+    /// the next [`reconcile`](Self::reconcile) sends it again. What was
+    /// told is remembered in memory only, so a restarted pod tells its
+    /// orphans again (a repeat changes nothing for them), which is how
+    /// the children a restart took back
+    /// ([`ScopeTable::restart`](pod_scope_lock::ScopeTable::restart)) learn
+    /// to report to it.
     pub async fn reparent_orphans(
         &self,
         orphans: &[Allocation],
@@ -385,12 +395,14 @@ where
             let Some(incarnation) = orphan.incarnation.clone() else {
                 continue;
             };
-            let points_here = self.registry.read(|state| {
-                state
-                    .get(orphan.pod_name.as_str(), Some(&incarnation))
-                    .is_some_and(|r| r.callback_address == socket)
-            });
-            if points_here {
+            let key = (orphan.pod_name.clone(), incarnation.clone());
+            let last = self
+                .told
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+                .copied();
+            if last.is_some_and(|seq| seq >= orphan.reparented) {
                 continue;
             }
             let notice = Method::Reparent(Reparent {
@@ -411,6 +423,10 @@ where
             if let Err(error) = redirected {
                 tracing::warn!(pod = %orphan.pod_name, %error, "could not record where an orphan reports now");
             }
+            self.told
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, orphan.reparented);
             told.push(orphan.pod_name.clone());
         }
         told

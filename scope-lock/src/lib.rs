@@ -95,7 +95,7 @@ pub use etcd::{EtcdAddress, EtcdError, EtcdOptions, EtcdStore, LeaseHolder, Leas
 pub use file_store::{FileStore, FileStoreStats};
 pub use liveness::{Liveness, ProcLiveness};
 pub use store::TableStore;
-pub use table::{Allocation, EffectiveScope, Exclusion, PodSpec, Table};
+pub use table::{Allocation, EffectiveScope, Exclusion, PodSpec, Restarted, Table};
 
 /// The README's example, compiled and run as a doctest.
 #[cfg(doctest)]
@@ -228,6 +228,35 @@ impl<S: TableStore, L: Liveness> ScopeTable<S, L> {
         let incarnation = mint_incarnation()?;
         self.inner.store.transact(|table| {
             Ok(table.delegate_reclaiming(from, spec, start_time, incarnation, |a| self.is_live(a)))
+        })?
+    }
+
+    /// Allocates a restarted pod (top-level when `from` is `None`, else
+    /// delegated from `from`) and takes back its children that the table
+    /// moved away while it was gone, in one transaction: see
+    /// [`Table::restart_reclaiming`] for which are taken and the rule for
+    /// a name taken meanwhile. `former_children` are the names and
+    /// incarnations its registry holds. The pod then tells each child
+    /// taken back where to report, with a reparent notice whose `seq` is
+    /// the child's new [`reparented`](Allocation::reparented) count.
+    pub fn restart(
+        &self,
+        from: Option<&PodName>,
+        spec: PodSpec,
+        former_children: &[(PodName, Option<String>)],
+    ) -> Result<Restarted, ScopeError> {
+        spec.validate()?;
+        let start_time = self.start_time(spec.pid)?;
+        let incarnation = mint_incarnation()?;
+        self.inner.store.transact(|table| {
+            Ok(table.restart_reclaiming(
+                from,
+                spec,
+                start_time,
+                incarnation,
+                former_children,
+                |a| self.is_live(a),
+            ))
         })?
     }
 

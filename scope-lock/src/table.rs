@@ -8,6 +8,7 @@ mod blame;
 mod invariant;
 mod reclaim;
 mod reserve;
+mod restart;
 mod rules;
 mod undo;
 
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::coverage::covers_path_valid;
 use crate::error::ScopeError;
+pub use restart::Restarted;
 pub(crate) use undo::{Journal, Orphan};
 
 /// One pod's allocation. The serde names are the on-disk format; every

@@ -2,7 +2,7 @@
 //! fake liveness.
 
 use pod_scope_lock::testing::{FakeLiveness, MemoryStore};
-use pod_scope_lock::{Allocation, PodSpec, ScopeError, ScopeTable, Table};
+use pod_scope_lock::{Allocation, PodName, PodSpec, ScopeError, ScopeTable, Table};
 
 use crate::{name, rule, spec};
 
@@ -1000,4 +1000,78 @@ fn reparent_counts_are_the_same_for_every_order_of_removals() {
     assert_eq!(&serde_json::from_str::<Allocation>(&json).unwrap(), moved);
     let root = serde_json::to_string(reclaimed.get("root").unwrap()).unwrap();
     assert!(!root.contains("reparented"), "{root}");
+}
+
+/// root > x > c, and root > y beside x; then `x` dies and `c` is moved
+/// up to the root. Returns the table and `c`'s incarnation.
+fn x_gone() -> (Table, String) {
+    let mut table = Table::new();
+    let inc = |i: u8| format!("{i:032x}");
+    table
+        .register(spec("root", 1, &["w:/r/**"]), 1, inc(1))
+        .unwrap();
+    table
+        .delegate(&name("root"), spec("x", 2, &["w:/r/x/**"]), 1, inc(2))
+        .unwrap();
+    table
+        .delegate(&name("x"), spec("c", 3, &["w:/r/x/c/**"]), 1, inc(3))
+        .unwrap();
+    table
+        .delegate(&name("root"), spec("y", 4, &["w:/r/y/**"]), 1, inc(4))
+        .unwrap();
+    table.release(&name("x"), None).unwrap();
+    (table, inc(3))
+}
+
+#[test]
+fn a_restarted_pod_takes_back_the_children_its_death_moved_up() {
+    let (mut table, c_inc) = x_gone();
+    assert_eq!(table.get("c").unwrap().delegated_from, Some(name("root")));
+    let restart = |table: &mut Table, former: &[(PodName, Option<String>)]| {
+        let x = spec("x", 5, &["w:/r/x/**"]);
+        table.restart_reclaiming(Some(&name("root")), x, 1, "9".repeat(32), former, |_| true)
+    };
+    // Without its registry's word the old scope conflicts with `c`.
+    let conflict = restart(&mut table.clone(), &[]).unwrap_err();
+    assert!(
+        matches!(&conflict, ScopeError::WriteConflict { competitor, .. } if competitor.as_str() == "c"),
+        "{conflict}"
+    );
+    // Another incarnation of `c` is not the child it had.
+    let other = [(name("c"), Some("f".repeat(32)))];
+    assert!(restart(&mut table.clone(), &other).is_err());
+    // A pod it never had (`y`) is never taken, even when listed.
+    let former = [(name("c"), Some(c_inc.clone())), (name("y"), None)];
+    let restarted = restart(&mut table, &former).unwrap();
+    assert_eq!(restarted.allocation.delegated_from, Some(name("root")));
+    assert_eq!(restarted.taken_back.len(), 1);
+    let c = table.get("c").unwrap();
+    assert_eq!(c.delegated_from, Some(name("x")));
+    assert_eq!(c.reparented, 2, "moved up once, taken back once");
+    assert_eq!(&restarted.taken_back[0], c);
+    assert_eq!(table.get("y").unwrap().delegated_from, Some(name("root")));
+    table.check_invariant().unwrap();
+    // A live pod holding the name refuses a restart under it.
+    let again = restart(&mut table, &former).unwrap_err();
+    assert!(matches!(again, ScopeError::DuplicateName { .. }), "{again}");
+}
+
+#[test]
+fn a_restart_with_a_narrower_scope_leaves_the_children_it_cannot_hold() {
+    let (mut table, c_inc) = x_gone();
+    let narrower = spec("x", 5, &["w:/r/x/other/**"]);
+    let former = [(name("c"), Some(c_inc))];
+    let restarted = table
+        .restart_reclaiming(
+            Some(&name("root")),
+            narrower,
+            1,
+            "9".repeat(32),
+            &former,
+            |_| true,
+        )
+        .unwrap();
+    assert!(restarted.taken_back.is_empty());
+    assert_eq!(table.get("c").unwrap().delegated_from, Some(name("root")));
+    table.check_invariant().unwrap();
 }

@@ -29,20 +29,21 @@ fn record(env: &Env, holder: &str, pod: &str) -> Option<Value> {
         .find(|r| r["pod_name"] == pod)
 }
 
-#[test]
-fn an_orphan_reports_to_its_new_manager_once_its_parent_is_killed() {
-    let env = Env::with_table("run/scope.lock");
+/// root > child > gc, each a `podctl listen` (the last two started by
+/// `podctl run`), then `child` SIGKILLed: returns the root and gc's
+/// `podctl run` once the root has told `gc` to report to it.
+fn tree_with_the_child_killed(env: &Env) -> (Running, Running) {
     // The root reconciles, so the notice goes out even when the child's
     // supervisor released the child's allocation before the root applied
     // its ShutDown (then the root's release moved nothing).
     let mut root = env.root("200");
-    let (mut child_run, child_pid) = spawn_listen(&env, "root", "child", "srv/a");
+    let (mut child_run, child_pid) = spawn_listen(env, "root", "child", "srv/a");
     root.expect("pod `root` spawned `child`");
-    let (mut gc_run, _) = spawn_listen(&env, "child", "gc", "srv/a/gc");
+    let (gc_run, _) = spawn_listen(env, "child", "gc", "srv/a/gc");
     root.expect("pod `child` spawned `gc`");
     let (root_socket, child_socket) = (env.path("run/root/sock"), env.path("run/child/sock"));
     assert_eq!(
-        record(&env, "root", "gc").unwrap()["callback_address"],
+        record(env, "root", "gc").unwrap()["callback_address"],
         child_socket
     );
 
@@ -54,31 +55,47 @@ fn an_orphan_reports_to_its_new_manager_once_its_parent_is_killed() {
     .unwrap();
     assert_eq!(child_run.wait().code(), Some(128 + 9));
     root.expect("pod `child` shut down");
-    let gc = env
-        .allocations()
-        .into_iter()
-        .find(|a| a["pod_name"] == "gc")
-        .unwrap();
-    assert_eq!(gc["delegated_from"], "root", "{gc}");
+    assert_eq!(allocation(env, "gc")["delegated_from"], "root");
     // The root told `gc`, and its registry and the table agree.
     eventually("root's record of gc points at the root", || {
-        record(&env, "root", "gc").is_some_and(|r| r["callback_address"] == root_socket)
+        record(env, "root", "gc").is_some_and(|r| r["callback_address"] == root_socket)
     });
+    (root, gc_run)
+}
 
-    // `gc`'s own child is announced to `gc`; its relay reaches the root.
-    let mut ggc_process: Child = Command::new("sleep").arg("600").spawn().unwrap();
-    env.allocate(Some("gc"), "ggc", ggc_process.id(), &env.path("srv/a/gc/x"));
-    let gc_socket = env.path("run/gc/sock");
+fn allocation(env: &Env, pod: &str) -> Value {
+    env.allocations()
+        .into_iter()
+        .find(|a| a["pod_name"] == pod)
+        .unwrap()
+}
+
+/// `gc` is told of a child of its own, `name`, held by a `sleep`; returns
+/// the sleep.
+fn announce_to_gc(env: &Env, name: &str) -> Child {
+    let process = Command::new("sleep").arg("600").spawn().unwrap();
+    let target = env.path(&format!("srv/a/gc/{name}"));
+    env.allocate(Some("gc"), name, process.id(), &target);
     env.send(
-        &gc_socket,
+        &env.path("run/gc/sock"),
         json!({
             "kind": "scope_sub_delegated",
             "parent_pod": "gc",
-            "sub_pod": "ggc",
-            "sub_socket": env.socket("ggc"),
-            "scope": [{"target": env.path("srv/a/gc/x"), "permission": "write", "recursive": true}],
+            "sub_pod": name,
+            "sub_socket": env.socket(name),
+            "scope": [{"target": target, "permission": "write", "recursive": true}],
         }),
     );
+    process
+}
+
+#[test]
+fn an_orphan_reports_to_its_new_manager_once_its_parent_is_killed() {
+    let env = Env::with_table("run/scope.lock");
+    let (mut root, mut gc_run) = tree_with_the_child_killed(&env);
+
+    // `gc`'s own child is announced to `gc`; its relay reaches the root.
+    let mut ggc = announce_to_gc(&env, "ggc");
     root.expect("pod `gc` spawned `ggc`");
 
     // `gc` exits cleanly: its own ShutDown reaches the root too.
@@ -90,10 +107,68 @@ fn an_orphan_reports_to_its_new_manager_once_its_parent_is_killed() {
         "gc reported its own shutdown: {:?}",
         gc_run.seen
     );
-    ggc_process.kill().unwrap();
-    ggc_process.wait().unwrap();
+    ggc.kill().unwrap();
+    ggc.wait().unwrap();
     eventually("the root's registry and the table are empty", || {
         env.registry("root").is_empty() && env.pod_names() == ["root"]
     });
+    assert!(root.signal(Signal::TERM).success());
+}
+
+#[test]
+fn a_restarted_parent_takes_its_children_back() {
+    let env = Env::with_table("run/scope.lock");
+    let (mut root, mut gc_run) = tree_with_the_child_killed(&env);
+
+    // `child` restarts under its name, its state directory intact, and
+    // takes back its old scope with the child its death moved up.
+    let mut child = Running::start(env.command().args([
+        "listen",
+        "--name",
+        "child",
+        "--reconcile-interval-ms",
+        "200",
+    ]));
+    child.wait_for_path(Path::new(&env.path("run/child/sock.control")));
+    let taken = env.json(&[
+        "scope",
+        "delegate",
+        "--from",
+        "root",
+        "--name",
+        "child",
+        "--pid",
+        &child.pid().to_string(),
+        "--write",
+        &env.path("srv/a"),
+        "--take-back",
+        &env.path("run/child"),
+    ]);
+    let names: Vec<&str> = taken
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["pod_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["child", "gc"], "{taken}");
+    let gc = allocation(&env, "gc");
+    assert_eq!(
+        (gc["delegated_from"].as_str(), gc["reparented"].as_u64()),
+        (Some("child"), Some(2))
+    );
+
+    // The restarted child tells `gc`, whose relays reach it again.
+    let mut ggc = announce_to_gc(&env, "ggc");
+    child.expect("pod `gc` spawned `ggc`");
+    let child_socket = env.path("run/child/sock");
+    eventually("the root's record of gc points at the child again", || {
+        record(&env, "root", "gc").is_some_and(|r| r["callback_address"] == child_socket)
+    });
+
+    assert!(gc_run.signal(Signal::TERM).success());
+    child.expect("pod `gc` shut down");
+    ggc.kill().unwrap();
+    ggc.wait().unwrap();
+    assert!(child.signal(Signal::TERM).success());
     assert!(root.signal(Signal::TERM).success());
 }

@@ -191,7 +191,7 @@ impl Table {
 
     /// Fails with [`ScopeError::DuplicateName`] if a live pod (passed
     /// through `probe`) holds the requested name.
-    fn check_name_free<F: FnMut(&Allocation) -> bool>(
+    pub(super) fn check_name_free<F: FnMut(&Allocation) -> bool>(
         &self,
         spec: &PodSpec,
         probe: &mut Probe<F>,
@@ -250,7 +250,7 @@ impl Table {
     /// `allowed`. Each pod outside `allowed` with an overlapping write rule
     /// is probed in that order until the first live one; the error names
     /// the deepest owner below it ([`Table::deepest_owner`]).
-    fn find_write_conflict<F: FnMut(&Allocation) -> bool>(
+    pub(super) fn find_write_conflict<F: FnMut(&Allocation) -> bool>(
         &self,
         scope: &[ScopeRule],
         allowed: &HashSet<PodName>,
@@ -272,7 +272,7 @@ impl Table {
         Ok(())
     }
 
-    fn insert(
+    pub(super) fn insert(
         &mut self,
         spec: PodSpec,
         holder: Holder,

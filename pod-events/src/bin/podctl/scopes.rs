@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use pod_protocol::ScopeRule;
+use pod_protocol::{PodName, ScopeRule};
 use pod_scope_lock::{Allocation, FileStore, PodSpec, ScopeTable};
 use serde_json::json;
 
@@ -81,6 +81,12 @@ pub(crate) struct SpecArgs {
     /// A directory the pod may read (recursively); repeatable.
     #[arg(long = "read", value_name = "PATH")]
     reads: Vec<String>,
+    /// The pod restarts: take back the children its registry in DIR (its
+    /// state directory, kept from before) holds, where its death moved
+    /// them up, if their scope lies within the new one. Its listen then
+    /// tells them to report to it again.
+    #[arg(long, value_name = "DIR")]
+    take_back: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -125,16 +131,10 @@ pub(crate) fn show(args: ScopesArgs, format: Format) -> Result<()> {
 /// `podctl scope ...`.
 pub(crate) fn change(command: ScopeCommand, format: Format) -> Result<()> {
     match command {
-        ScopeCommand::Register(spec) => {
-            let (table, spec) = spec.resolve()?;
-            let allocation = table.register(spec)?;
-            print_allocations(&table, &[allocation], format, "")
-        }
+        ScopeCommand::Register(spec) => allocate(None, spec, format),
         ScopeCommand::Delegate(args) => {
             let from = paths::pod_name(&args.from)?;
-            let (table, spec) = args.spec.resolve()?;
-            let allocation = table.delegate(&from, spec)?;
-            print_allocations(&table, &[allocation], format, "")
+            allocate(Some(&from), args.spec, format)
         }
         ScopeCommand::Release(args) => {
             let name = paths::pod_name(&args.name)?;
@@ -165,6 +165,33 @@ pub(crate) fn change(command: ScopeCommand, format: Format) -> Result<()> {
             print_allocations(&table, &reclaimed, format, "no stale allocation")
         }
     }
+}
+
+/// `scope register` (`from` `None`) and `scope delegate`, with
+/// `--take-back` a restart.
+fn allocate(from: Option<&PodName>, args: SpecArgs, format: Format) -> Result<()> {
+    let take_back = args.take_back.clone();
+    let (table, spec) = args.resolve()?;
+    let Some(dir) = take_back else {
+        let allocation = match from {
+            Some(from) => table.delegate(from, spec)?,
+            None => table.register(spec)?,
+        };
+        return print_allocations(&table, &[allocation], format, "");
+    };
+    // Read-only, as `podctl registry` reads it: the pod's listen may own
+    // the directory already.
+    crate::registry::require_dir(&dir)?;
+    let snapshot = pod_registry::RegistrySnapshot::load(&dir)?;
+    let former: Vec<(PodName, Option<String>)> = snapshot
+        .state()
+        .records()
+        .map(|r| (r.pod_name.clone(), r.incarnation.clone()))
+        .collect();
+    let restarted = table.restart(from, spec, &former)?;
+    let mut shown = vec![restarted.allocation];
+    shown.extend(restarted.taken_back);
+    print_allocations(&table, &shown, format, "")
 }
 
 impl SpecArgs {
