@@ -68,7 +68,9 @@ where
 impl PodContext {
     /// Reads the handoff variables of this process and adopts the
     /// reservation they name in the scope table file `POD_SCOPE_LOCK`,
-    /// with this process's pid.
+    /// with this process's pid. A handoff to a table on etcd
+    /// (`POD_SCOPE_STORE`) is refused ([`ContextError::Handoff`]): adopt
+    /// there with [`adopt`](PodContext::adopt).
     ///
     /// Refused with one typed error, changing nothing, when a variable is
     /// missing or invalid ([`ContextError::Handoff`], naming it) or the
@@ -76,7 +78,9 @@ impl PodContext {
     /// environment: for binaries and examples, not libraries.
     pub async fn from_env() -> Result<PodContext, ContextError> {
         let handoff = Handoff::from_env()?;
-        let table = ScopeTable::with_proc_liveness(FileStore::new(&handoff.scope_lock));
+        let table = ScopeTable::with_proc_liveness(FileStore::new(
+            handoff.table_file("PodContext::from_env")?,
+        ));
         PodContext::adopt(handoff, table, UnixSender::default(), std::process::id()).await
     }
 }

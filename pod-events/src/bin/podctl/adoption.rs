@@ -32,7 +32,11 @@ pub(crate) fn fill(
     )?;
     name.get_or_insert_with(|| handoff.name.to_string());
     socket.get_or_insert_with(|| handoff.socket.clone());
-    scope_lock.get_or_insert_with(|| handoff.scope_lock.clone());
+    let file = handoff
+        .scope
+        .file()
+        .context("this podctl opens scope table files only, not POD_SCOPE_STORE")?;
+    scope_lock.get_or_insert_with(|| file.to_path_buf());
     parent_socket.get_or_insert_with(|| handoff.parent_socket.clone());
     Ok(Some(handoff))
 }
