@@ -2,6 +2,8 @@
 
 mod tests {
     pub(crate) mod endpoint;
+    #[cfg(all(feature = "cli", feature = "etcd"))]
+    pub(crate) mod etcd;
     pub(crate) mod lifecycle;
     pub(crate) mod model;
     #[cfg(feature = "cli")]

@@ -1,0 +1,287 @@
+//! Black-box tests of podctl on a scope table on etcd (`--scope-store`,
+//! feature `etcd`), against a real single-member etcd
+//! ([`EtcdCluster`], shared with pod-scope-lock's tests: without an etcd
+//! binary they fail, saying how to get one).
+//!
+//! A pod on such a table is held by a lease: the test process takes the
+//! leases ([`LeaseHolder`]) and gives their holder ids as `--pid`, as a
+//! pod on another host would; the table is checked both through podctl
+//! and through the store itself.
+
+use pod_scope_lock::testing::etcd::EtcdCluster;
+use pod_scope_lock::{LeaseHolder, LeaseLiveness, ScopeTable};
+use serde_json::Value;
+
+use super::support::{eventually, text, Env};
+
+/// A table prefix on `cluster` and podctl's `--scope-store` for it.
+struct Table<'a> {
+    cluster: &'a EtcdCluster,
+    prefix: &'static str,
+}
+
+impl Table<'_> {
+    fn url(&self) -> String {
+        self.cluster.url(self.prefix)
+    }
+
+    /// The table as the store reads it, with lease liveness.
+    fn scopes(&self) -> ScopeTable<pod_scope_lock::EtcdStore, LeaseLiveness> {
+        let store = self.cluster.store(self.prefix);
+        let liveness = LeaseLiveness::new(&store);
+        ScopeTable::new(store, liveness)
+    }
+
+    /// A lease kept alive by this test process, as a pod's would be.
+    fn holder(&self) -> LeaseHolder {
+        LeaseHolder::acquire(&self.cluster.store(self.prefix), 5).unwrap()
+    }
+}
+
+impl Env {
+    /// `scope register` / `scope delegate --from` on the etcd table at
+    /// `url`, held by lease holder `holder`; it must succeed.
+    fn allocate_on(
+        &self,
+        url: &str,
+        from: Option<&str>,
+        name: &str,
+        holder: u32,
+        write: &str,
+    ) -> Value {
+        let (holder, socket) = (holder.to_string(), self.socket(name));
+        let mut args = vec!["scope"];
+        match from {
+            Some(from) => args.extend(["delegate", "--from", from]),
+            None => args.push("register"),
+        }
+        args.extend([
+            "--scope-store",
+            url,
+            "--name",
+            name,
+            "--pid",
+            &holder,
+            "--socket",
+            &socket,
+            "--write",
+            write,
+        ]);
+        self.json(&args)
+    }
+
+    /// `podctl -o json scopes --scope-store url`: the allocations by name.
+    fn allocations_on(&self, url: &str) -> Vec<Value> {
+        let table = self.json(&["scopes", "--scope-store", url]);
+        table["allocations"].as_array().unwrap().clone()
+    }
+}
+
+fn find<'a>(allocations: &'a [Value], name: &str) -> &'a Value {
+    allocations
+        .iter()
+        .find(|a| a["pod_name"] == name)
+        .unwrap_or_else(|| panic!("no allocation of {name} in {allocations:?}"))
+}
+
+#[test]
+fn register_delegate_show_and_release_on_an_etcd_table_with_lease_state() {
+    let cluster = EtcdCluster::start(1);
+    let table = Table {
+        cluster: &cluster,
+        prefix: "podctl/scopes",
+    };
+    let url = table.url();
+    let env = Env::new();
+    let (root, kid) = (table.holder(), table.holder());
+
+    let granted = env.allocate_on(&url, None, "root", root.holder_id(), "/srv/repo");
+    assert_eq!(granted["pid"], root.holder_id());
+    assert_eq!(granted["start_time"], root.lease_id());
+    env.allocate_on(&url, Some("root"), "kid", kid.holder_id(), "/srv/repo/docs");
+    // Refused by the same rules as on a file: outside the spawner's scope.
+    env.check(
+        &[
+            "scope",
+            "delegate",
+            "--scope-store",
+            &url,
+            "--from",
+            "root",
+            "--name",
+            "stray",
+            "--pid",
+            &kid.holder_id().to_string(),
+            "--socket",
+            &env.socket("stray"),
+            "--write",
+            "/elsewhere",
+        ],
+        1,
+        "/elsewhere",
+    );
+
+    // The store itself holds what podctl said.
+    let stored = table.scopes().list().unwrap();
+    let names: Vec<&str> = stored.iter().map(|a| a.pod_name.as_str()).collect();
+    assert_eq!(names, ["kid", "root"]);
+    assert_eq!(stored[0].delegated_from.as_ref().unwrap().as_str(), "root");
+
+    // Lease state: the holder, the lease in hex, alive.
+    let shown = env.check(&["scopes", "--scope-store", &url], 0, "HOLDER");
+    let kid_lease = format!("{:x}", kid.lease_id());
+    let kid_row = shown.lines().find(|l| l.contains("kid")).unwrap();
+    assert!(kid_row.contains(&format!("{kid_lease} (alive)")), "{shown}");
+    let listed = env.allocations_on(&url);
+    let kid_json = find(&listed, "kid");
+    assert_eq!(kid_json["alive"], true);
+    assert_eq!(kid_json["lease"]["id"], kid_lease.as_str());
+    assert_eq!(kid_json["lease"]["state"], "alive");
+    assert_eq!(find(&listed, "root")["delegated_from"], Value::Null);
+
+    // The kid's lease is revoked (its pod is gone): expired, not alive.
+    kid.revoke().unwrap();
+    let listed = env.allocations_on(&url);
+    assert_eq!(find(&listed, "kid")["lease"]["state"], "expired");
+    assert_eq!(find(&listed, "kid")["alive"], false);
+    assert_eq!(find(&listed, "root")["lease"]["state"], "alive");
+    let shown = env.check(&["scopes", "--scope-store", &url], 0, "(expired)");
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains("kid") && l.contains(" no ")),
+        "{shown}"
+    );
+
+    let released = env.check(
+        &["scope", "release", "--scope-store", &url, "--name", "kid"],
+        0,
+        "released the allocation of `kid`",
+    );
+    assert!(released.contains("lease holder"), "{released}");
+    assert!(
+        released.contains("its children now descend from `root`"),
+        "{released}"
+    );
+    let names: Vec<String> = table
+        .scopes()
+        .list()
+        .unwrap()
+        .iter()
+        .map(|a| a.pod_name.to_string())
+        .collect();
+    assert_eq!(names, ["root"]);
+    env.check(
+        &["scope", "release", "--scope-store", &url, "--name", "kid"],
+        1,
+        "no scope allocation for pod `kid`",
+    );
+    drop(root);
+}
+
+#[test]
+fn podctl_run_holds_the_childs_allocation_by_a_lease_and_hands_the_store_over() {
+    let cluster = EtcdCluster::start(1);
+    let table = Table {
+        cluster: &cluster,
+        prefix: "podctl/run",
+    };
+    let url = table.url();
+    let env = Env::new();
+    let root = table.holder();
+    env.allocate_on(&url, None, "root", root.holder_id(), "/srv/repo");
+
+    // The child looks at the table it was handed while it runs.
+    let script = r#""$PODCTL" -o json scopes --scope-store "$POD_SCOPE_STORE"; echo "lock=${POD_SCOPE_LOCK:-unset}""#;
+    let out = env
+        .command()
+        .env("PODCTL", super::support::PODCTL)
+        // Inherited by `run`, which must not pass it on: the table is
+        // POD_SCOPE_STORE.
+        .env("POD_SCOPE_LOCK", env.lock())
+        .args([
+            "run",
+            "--scope-store",
+            &url,
+            "--from",
+            "root",
+            "--name",
+            "kid",
+            "--write",
+            "/srv/repo/kid",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    let context = format!("stdout: {stdout}\nstderr: {stderr}");
+    assert_eq!(out.status.code(), Some(0), "{context}");
+    assert!(stdout.contains("lock=unset"), "{context}");
+    let json_start = stdout.find('{').expect("the child printed the table");
+    let json_end = stdout.rfind('}').unwrap();
+    let seen: Value = serde_json::from_str(&stdout[json_start..=json_end]).unwrap();
+    let kid = find(seen["allocations"].as_array().unwrap(), "kid");
+    assert_eq!(kid["alive"], true, "{context}");
+    assert_eq!(kid["lease"]["state"], "alive", "{context}");
+    assert_eq!(kid["pending_until"], Value::Null, "adopted: {context}");
+    assert_ne!(kid["pid"], root.holder_id(), "its own lease: {context}");
+    assert!(
+        stdout.contains("released its scope"),
+        "it did not report, so run released it: {context}"
+    );
+
+    // Released; the lease run held for it is revoked.
+    let holder = kid["pid"].as_u64().unwrap() as u32;
+    let liveness = table.scopes();
+    eventually("the child's lease is revoked", || {
+        !pod_scope_lock::Liveness::is_alive(liveness.liveness(), holder)
+    });
+    let names: Vec<String> = liveness
+        .list()
+        .unwrap()
+        .iter()
+        .map(|a| a.pod_name.to_string())
+        .collect();
+    assert_eq!(names, ["root"]);
+}
+
+#[test]
+fn bad_addresses_conflicting_flags_and_an_unreachable_cluster_are_refused() {
+    let env = Env::new();
+    env.check(
+        &[
+            "scopes",
+            "--scope-lock",
+            &env.lock(),
+            "--scope-store",
+            "etcd://127.0.0.1:1/p",
+        ],
+        2,
+        "cannot be used with",
+    );
+    env.check(
+        &["scopes", "--scope-store", "etcd://127.0.0.1:2379"],
+        1,
+        "no /PREFIX",
+    );
+    env.check(
+        &[
+            "scope",
+            "reclaim",
+            "--scope-store",
+            "http://127.0.0.1:2379/p",
+        ],
+        1,
+        "etcd://",
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("etcd://127.0.0.1:{port}/p");
+    env.check(&["scopes", "--scope-store", &address], 1, "unreachable");
+}
