@@ -87,9 +87,8 @@ impl TableLocation {
                 variable: POD_SCOPE_STORE,
                 value: address.clone(),
                 reason: format!(
-                    "{what} opens scope table files only: on an etcd table, adopt with \
-                     PodContext::adopt on an EtcdStore, with a LeaseHolder's id as the pid \
-                     (pod-scope-lock, feature `etcd`)"
+                    "{what} opens scope table files only: on an etcd table a child adopts \
+                     with PodContext::from_env_etcd (pod-events, feature `etcd`)"
                 ),
             }),
         }

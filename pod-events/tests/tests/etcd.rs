@@ -285,3 +285,124 @@ fn bad_addresses_conflicting_flags_and_an_unreachable_cluster_are_refused() {
     let address = format!("etcd://127.0.0.1:{port}/p");
     env.check(&["scopes", "--scope-store", &address], 1, "unreachable");
 }
+
+/// A child's context on an etcd table: adopted under a lease of its own,
+/// kept alive past several TTLs, released by `shut_down`, the lease
+/// revoked with the context; a reservation its spawner adopted already
+/// with a lease of its own is accepted, holding none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_context_holds_its_allocation_by_a_lease_it_keeps_alive() {
+    use pod_events::{Handoff, PodContext, TableLocation};
+    use pod_scope_lock::{Liveness, PodName, PodSpec, ScopeRule};
+    use pod_transport::UnixSender;
+
+    let cluster = tokio::task::spawn_blocking(|| EtcdCluster::start(1))
+        .await
+        .unwrap();
+    let table = Table {
+        cluster: &cluster,
+        prefix: "podctl/context",
+    };
+    let url = table.url();
+    let (scopes, root) = tokio::task::block_in_place(|| (table.scopes(), table.holder()));
+    let name = |n: &str| PodName::new(n).unwrap();
+    let spec = |pod: &str, pid, write: &str| PodSpec {
+        pod_name: name(pod),
+        pid,
+        socket: format!("/run/pods/{pod}/sock"),
+        scope: vec![ScopeRule::write(write)],
+    };
+    let handoff = |pod: &str, incarnation: String| {
+        Handoff::new(
+            name(pod),
+            incarnation,
+            name("root"),
+            "/run/pods/root/sock".into(),
+            format!("/run/pods/{pod}/sock"),
+            TableLocation::Store(url.clone()),
+        )
+    };
+    let reserve = |pod: &str, write: &str| {
+        tokio::task::block_in_place(|| {
+            scopes
+                .reserve(&name("root"), spec(pod, 0, write))
+                .unwrap()
+                .incarnation
+                .unwrap()
+        })
+    };
+    tokio::task::block_in_place(|| {
+        scopes
+            .register(spec("root", root.holder_id(), "/srv"))
+            .unwrap()
+    });
+
+    let incarnation = reserve("kid", "/srv/kid");
+    let context = PodContext::adopt_leased(
+        handoff("kid", incarnation),
+        scopes.clone(),
+        UnixSender::default(),
+        2,
+    )
+    .await
+    .unwrap();
+    let lease = context.lease().expect("it took a lease");
+    let allocation = context.allocation().clone();
+    assert_eq!(allocation.pid, lease.holder_id());
+    assert_eq!(allocation.start_time, u64::try_from(lease.lease_id()).ok());
+    assert_eq!(allocation.pending_until, None);
+    // Kept alive past several TTLs.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let holder = lease.holder_id();
+    tokio::task::block_in_place(|| {
+        assert!(lease.check().is_ok());
+        assert!(scopes.is_live(&allocation));
+        assert!(scopes.reclaim_stale().unwrap().is_empty());
+    });
+    let departure = context.shut_down().await;
+    assert_eq!(
+        departure.released.map(|a| a.pod_name.to_string()),
+        Some("kid".into())
+    );
+    drop(context);
+    tokio::task::block_in_place(|| {
+        eventually("the context's lease is revoked", || {
+            !scopes.liveness().is_alive(holder)
+        });
+    });
+
+    // Adopted already by its spawner's lease: accepted, no lease taken.
+    let incarnation = reserve("sup", "/srv/sup");
+    let supervisor = tokio::task::block_in_place(|| {
+        let supervisor = table.holder();
+        scopes
+            .adopt(&name("sup"), &incarnation, supervisor.holder_id())
+            .unwrap();
+        supervisor
+    });
+    let context = PodContext::adopt_leased(
+        handoff("sup", incarnation),
+        scopes.clone(),
+        UnixSender::default(),
+        2,
+    )
+    .await
+    .unwrap();
+    assert!(context.lease().is_none());
+    assert_eq!(context.allocation().pid, supervisor.holder_id());
+    // A foreign incarnation is refused, taking nothing.
+    let error = PodContext::adopt_leased(
+        handoff("sup", "0000".into()),
+        scopes.clone(),
+        UnixSender::default(),
+        2,
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("sup"), "{error}");
+    context.shut_down().await;
+    drop((context, supervisor, root));
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
+}
