@@ -12,7 +12,9 @@ use pod_scope_lock::testing::etcd::EtcdCluster;
 use pod_scope_lock::{LeaseHolder, LeaseLiveness, ScopeTable};
 use serde_json::Value;
 
-use super::support::{eventually, text, Env};
+use rustix::process::Signal;
+
+use super::support::{eventually, text, Env, Running, PODCTL};
 
 /// A table prefix on `cluster` and podctl's `--scope-store` for it.
 struct Table<'a> {
@@ -195,7 +197,7 @@ fn podctl_run_holds_the_childs_allocation_by_a_lease_and_hands_the_store_over() 
     let script = r#""$PODCTL" -o json scopes --scope-store "$POD_SCOPE_STORE"; echo "lock=${POD_SCOPE_LOCK:-unset}""#;
     let out = env
         .command()
-        .env("PODCTL", super::support::PODCTL)
+        .env("PODCTL", PODCTL)
         // Inherited by `run`, which must not pass it on: the table is
         // POD_SCOPE_STORE.
         .env("POD_SCOPE_LOCK", env.lock())
@@ -246,6 +248,117 @@ fn podctl_run_holds_the_childs_allocation_by_a_lease_and_hands_the_store_over() 
         .map(|a| a.pod_name.to_string())
         .collect();
     assert_eq!(names, ["root"]);
+}
+
+/// `podctl run -- podctl listen` on an etcd table: the listen takes the
+/// table from POD_SCOPE_STORE, adopts (or accepts run's adoption under
+/// run's lease), and on SIGTERM departs, releasing its allocation.
+#[test]
+fn podctl_listen_started_by_podctl_run_adopts_and_departs_on_an_etcd_table() {
+    let cluster = EtcdCluster::start(1);
+    let table = Table {
+        cluster: &cluster,
+        prefix: "podctl/listen",
+    };
+    let url = table.url();
+    let env = Env::new();
+    let root = table.holder();
+    env.allocate_on(&url, None, "root", root.holder_id(), "/srv/repo");
+
+    let mut run = Running::start(env.command().args([
+        "run",
+        "--scope-store",
+        &url,
+        "--from",
+        "root",
+        "--name",
+        "kid",
+        "--write",
+        "/srv/repo/kid",
+        "--",
+        PODCTL,
+        "listen",
+        "--state-dir",
+        &env.path("kid"),
+        "--reconcile-interval-ms",
+        "0",
+    ]));
+    run.expect("kid pid ");
+    let control = format!("{}.control", env.path("run/kid/sock"));
+    run.wait_for_path(std::path::Path::new(&control));
+    let scopes = table.scopes();
+    let kid = scopes
+        .find(&pod_scope_lock::PodName::new("kid").unwrap())
+        .unwrap()
+        .expect("kid holds an allocation");
+    assert_eq!(kid.pending_until, None, "adopted: {kid:?}");
+    assert!(scopes.is_live(&kid), "its lease is alive: {kid:?}");
+    assert_eq!(kid.delegated_from.as_ref().unwrap().as_str(), "root");
+
+    assert!(run.signal(Signal::TERM).success());
+    run.expect("kid exited with status 0");
+    assert!(
+        !run.seen.iter().any(|l| l.contains("without reporting")),
+        "the listen released its own allocation: {:?}",
+        run.seen
+    );
+    let names: Vec<String> = scopes
+        .list()
+        .unwrap()
+        .iter()
+        .map(|a| a.pod_name.to_string())
+        .collect();
+    assert_eq!(names, ["root"]);
+    eventually("the kid's lease is revoked", || {
+        !pod_scope_lock::Liveness::is_alive(scopes.liveness(), kid.pid)
+    });
+}
+
+/// `podctl listen --scope-store`: its sender checks match a Unix peer
+/// by pid, which a lease-held allocation does not record, so a claim
+/// checked against the table about a live lease-held pod from a Unix peer
+/// is refused; once the pod's lease is gone anyone may report its
+/// shutdown, and the endpoint releases its scope on the etcd table.
+#[test]
+fn an_endpoint_on_an_etcd_table_refuses_a_live_leased_pods_shutdown_and_applies_a_dead_ones() {
+    let cluster = EtcdCluster::start(1);
+    let table = Table {
+        cluster: &cluster,
+        prefix: "podctl/endpoint",
+    };
+    let url = table.url();
+    let env = Env::new();
+    let socket = env.socket("root");
+    let mut root = Running::start(env.command().args([
+        "listen",
+        "--name",
+        "root",
+        "--socket",
+        &socket,
+        "--state-dir",
+        &env.path("root"),
+        "--scope-store",
+        &url,
+        "--reconcile-interval-ms",
+        "0",
+    ]));
+    root.wait_for_path(std::path::Path::new(&format!("{socket}.control")));
+    let w9 = table.holder();
+    env.allocate_on(&url, None, "w9", w9.holder_id(), "/srv/w9");
+
+    // While w9's lease lives, this process is not w9 as far as a pid can
+    // tell: its claim that w9 shut down is refused.
+    let shut_down = serde_json::json!({"kind": "shut_down", "pod_name": "w9"});
+    env.send(&socket, shut_down.clone());
+    let refused = root.expect_log("refused an event its sender may not send");
+    assert!(refused.contains("w9"), "{refused}");
+    assert_eq!(table.scopes().list().unwrap().len(), 1);
+    // Once the lease is gone, anyone may report the death.
+    w9.revoke().unwrap();
+    env.send(&socket, shut_down);
+    root.expect("pod `w9` shut down; its scope is released");
+    assert!(table.scopes().list().unwrap().is_empty());
+    assert!(root.signal(Signal::TERM).success());
 }
 
 #[test]
