@@ -271,7 +271,7 @@ fn cells(table: &Scopes, allocation: &Allocation, label: String, format: Format)
             }
         }
         Holders::Leases => {
-            let lease = store::lease(table, allocation).map_or("-".into(), |lease| {
+            let lease = store::lease(table, allocation, alive).map_or("-".into(), |lease| {
                 format!("{} ({})", lease.id, lease.state())
             });
             cells.insert(3, lease);
@@ -288,8 +288,9 @@ fn cells(table: &Scopes, allocation: &Allocation, label: String, format: Format)
 fn with_liveness(table: &Scopes, allocation: &Allocation) -> Result<serde_json::Value> {
     let mut value = serde_json::to_value(allocation)?;
     if let Some(object) = value.as_object_mut() {
-        object.insert("alive".into(), table.is_live(allocation).into());
-        if let Some(lease) = store::lease(table, allocation) {
+        let alive = table.is_live(allocation);
+        object.insert("alive".into(), alive.into());
+        if let Some(lease) = store::lease(table, allocation, alive) {
             object.insert(
                 "lease".into(),
                 json!({ "id": lease.id, "state": lease.state() }),

@@ -277,15 +277,16 @@ impl Lease {
 }
 
 /// The lease of `allocation`, if `table` is held by leases and the
-/// allocation records one (its `start_time`).
-pub(crate) fn lease(table: &Scopes, allocation: &Allocation) -> Option<Lease> {
+/// allocation records one (its `start_time`); `alive` is what
+/// [`ScopeTable::is_live`] said of it (one probe per allocation).
+pub(crate) fn lease(table: &Scopes, allocation: &Allocation, alive: bool) -> Option<Lease> {
     if holders(table) != Holders::Leases {
         return None;
     }
     let id = allocation.start_time?;
     Some(Lease {
         id: format!("{id:x}"),
-        alive: table.is_live(allocation),
+        alive,
     })
 }
 
