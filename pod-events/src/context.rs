@@ -10,9 +10,9 @@
 //! from [`PodContext::shut_down`] or, failing that, from the drop guard.
 //!
 //! On a table on etcd (feature `etcd`) a pid means nothing to the other
-//! hosts: [`PodContext::from_env_etcd`] and [`PodContext::adopt_leased`]
+//! hosts: `PodContext::from_env_etcd` and `PodContext::adopt_leased`
 //! hold the allocation by an etcd lease the context keeps alive, revoked
-//! after the release.
+//! when the context drops, after the release.
 
 use std::path::Path;
 
@@ -72,7 +72,7 @@ where
     sender: U,
     guard: Guard<S, L, U>,
     /// The lease the allocation is held by on an etcd table, when this
-    /// context took one ([`adopt_leased`](PodContext::adopt_leased)):
+    /// context took one (`adopt_leased`):
     /// declared after the guard, so it is revoked only once the guard has
     /// released the allocation.
     #[cfg(feature = "etcd")]

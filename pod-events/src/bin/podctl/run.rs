@@ -11,7 +11,7 @@
 //! On an etcd table (`--scope-store`) a pid means nothing to the other
 //! hosts: the child's allocation is held by a lease this `podctl run`
 //! keeps alive while the child runs (and revokes after it exits), so the
-//! child is presumed gone [`LEASE_TTL_SECS`](crate::store::LEASE_TTL_SECS)
+//! child is presumed gone 10 s (the lease's TTL, `store::LEASE_TTL_SECS`)
 //! after `podctl run` itself dies.
 
 use std::ffi::OsString;
