@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 
-use pod_events::handoff::{HANDOFF_VARIABLES, POD_SCOPE_STORE};
-use pod_events::{Handoff, HandoffError};
+use pod_events::handoff::{HANDOFF_VARIABLES, POD_SCOPE_LOCK, POD_SCOPE_STORE};
+use pod_events::{Handoff, HandoffError, TableLocation};
 use pod_protocol::{PodName, ScopeRule};
 use pod_scope_lock::testing::{FakeLiveness, MemoryStore};
 use pod_scope_lock::{PodSpec, ScopeTable, TableStore};
@@ -17,7 +17,8 @@ use pod_scope_lock::{PodSpec, ScopeTable, TableStore};
 ///
 /// Checks: a refusal names one of the handoff variables; an accepted
 /// handoff holds a valid name, parent and absolute, lexically normal
-/// paths, and survives [`Handoff::vars`] and a second parse unchanged;
+/// paths, its table in exactly one of `POD_SCOPE_LOCK` (a valid path) and
+/// `POD_SCOPE_STORE` (an `etcd://` address without spaces), and survives [`Handoff::vars`] and a second parse unchanged;
 /// adopting it against a table where `child` is reserved (incarnation
 /// `0123abcd`) succeeds only for that name and incarnation, and a
 /// refused adoption leaves the table as it was.
@@ -51,6 +52,19 @@ pub fn handoff(data: &[u8]) {
     };
     for path in [&handoff.parent_socket, &handoff.socket] {
         pod_protocol::validate_path("socket", path).expect("an accepted socket is valid");
+    }
+    match &handoff.scope {
+        TableLocation::File(path) => {
+            let path = path.to_str().expect("an accepted table path is text");
+            pod_protocol::validate_path("table", path).expect("an accepted table path is valid");
+            assert!(!vars.contains_key(POD_SCOPE_STORE.as_bytes()));
+        }
+        TableLocation::Store(address) => {
+            assert!(address.starts_with("etcd://"), "{address}");
+            assert!(!address.chars().any(char::is_whitespace), "{address:?}");
+            assert!(!vars.contains_key(POD_SCOPE_LOCK.as_bytes()));
+        }
+        other => panic!("an unknown table location: {other:?}"),
     }
     assert_ne!(handoff.name, handoff.parent);
     let again: HashMap<&str, OsString> = handoff

@@ -8,6 +8,11 @@
 //! the child's own process (its pid and start time). Reports are
 //! fire-and-forget; the last one, `ShutDown`, goes out with the release,
 //! from [`PodContext::shut_down`] or, failing that, from the drop guard.
+//!
+//! On a table on etcd (feature `etcd`) a pid means nothing to the other
+//! hosts: `PodContext::from_env_etcd` and `PodContext::adopt_leased`
+//! hold the allocation by an etcd lease the context keeps alive, revoked
+//! when the context drops, after the release.
 
 use std::path::Path;
 
@@ -16,6 +21,9 @@ use pod_scope_lock::{
     Allocation, FileStore, Liveness, ProcLiveness, ScopeError, ScopeTable, TableStore,
 };
 use pod_transport::{MethodSender, UnixSender};
+
+#[cfg(feature = "etcd")]
+mod etcd;
 
 use crate::guard::{on_table, Departure, Guard};
 use crate::handoff::{Handoff, HandoffError};
@@ -65,12 +73,20 @@ where
     sender: U,
     upward: UpwardLink,
     guard: Guard<S, L, U>,
+    /// The lease the allocation is held by on an etcd table, when this
+    /// context took one (`adopt_leased`):
+    /// declared after the guard, so it is revoked only once the guard has
+    /// released the allocation.
+    #[cfg(feature = "etcd")]
+    lease: Option<pod_scope_lock::LeaseHolder>,
 }
 
 impl PodContext {
     /// Reads the handoff variables of this process and adopts the
     /// reservation they name in the scope table file `POD_SCOPE_LOCK`,
-    /// with this process's pid.
+    /// with this process's pid. A handoff to a table on etcd
+    /// (`POD_SCOPE_STORE`) is refused ([`ContextError::Handoff`]): that
+    /// is `from_env_etcd`'s (feature `etcd`).
     ///
     /// Refused with one typed error, changing nothing, when a variable is
     /// missing or invalid ([`ContextError::Handoff`], naming it) or the
@@ -78,7 +94,9 @@ impl PodContext {
     /// environment: for binaries and examples, not libraries.
     pub async fn from_env() -> Result<PodContext, ContextError> {
         let handoff = Handoff::from_env()?;
-        let table = ScopeTable::with_proc_liveness(FileStore::new(&handoff.scope_lock));
+        let table = ScopeTable::with_proc_liveness(FileStore::new(
+            handoff.table_file("PodContext::from_env")?,
+        ));
         PodContext::adopt(handoff, table, UnixSender::default(), std::process::id()).await
     }
 }
@@ -124,6 +142,8 @@ where
             sender,
             upward,
             guard,
+            #[cfg(feature = "etcd")]
+            lease: None,
         })
     }
 

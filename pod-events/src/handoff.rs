@@ -7,7 +7,7 @@
 //! touching the process environment; only [`Handoff::from_env`] reads it.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use pod_protocol::{validate_path, Address, PodName};
 
@@ -23,11 +23,16 @@ pub const POD_PARENT_SOCKET: &str = "POD_PARENT_SOCKET";
 pub const POD_SOCKET: &str = "POD_SOCKET";
 /// The scope table file.
 pub const POD_SCOPE_LOCK: &str = "POD_SCOPE_LOCK";
-/// The scope table as a networked store (`etcd://...`): not supported by
-/// this build, named so that a child handed one says so clearly.
+/// The scope table as a networked store (`etcd://HOST:PORT[,...]/PREFIX`),
+/// set instead of [`POD_SCOPE_LOCK`].
 pub const POD_SCOPE_STORE: &str = "POD_SCOPE_STORE";
 
-/// Every variable a spawner sets, in the order they are checked.
+/// The longest `POD_SCOPE_STORE` accepted: a few dozen endpoints.
+const MAX_STORE_LEN: usize = 4096;
+
+/// Every variable a spawner sets, in the order they are checked
+/// ([`POD_SCOPE_STORE`] stands for [`POD_SCOPE_LOCK`] when the table is
+/// on a networked store).
 pub const HANDOFF_VARIABLES: [&str; 6] = [
     POD_NAME,
     POD_INCARNATION,
@@ -41,6 +46,68 @@ pub const HANDOFF_VARIABLES: [&str; 6] = [
 /// bound keeps a hostile environment from making us carry megabytes into
 /// every event.
 const MAX_INCARNATION_LEN: usize = 128;
+
+/// Where the scope table is: the one of `POD_SCOPE_LOCK` and
+/// `POD_SCOPE_STORE` that is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TableLocation {
+    /// The table file (`POD_SCOPE_LOCK`), an absolute path.
+    File(PathBuf),
+    /// The table on etcd (`POD_SCOPE_STORE`): its
+    /// `etcd://HOST:PORT[,HOST:PORT...]/PREFIX` address as text, checked
+    /// for its scheme and characters here and parsed in full by the store
+    /// that opens it (pod-scope-lock's `EtcdAddress`, feature `etcd`).
+    Store(String),
+}
+
+impl TableLocation {
+    /// The variable that carries it.
+    pub fn variable(&self) -> &'static str {
+        match self {
+            TableLocation::File(_) => POD_SCOPE_LOCK,
+            TableLocation::Store(_) => POD_SCOPE_STORE,
+        }
+    }
+
+    /// The variable's value.
+    pub fn value(&self) -> String {
+        match self {
+            TableLocation::File(path) => path.display().to_string(),
+            TableLocation::Store(address) => address.clone(),
+        }
+    }
+
+    /// The file, or the refusal of a networked table by `what`, which
+    /// opens files only.
+    pub(crate) fn file_only(&self, what: &str) -> Result<&Path, HandoffError> {
+        match self {
+            TableLocation::File(path) => Ok(path),
+            TableLocation::Store(address) => Err(HandoffError::Invalid {
+                variable: POD_SCOPE_STORE,
+                value: address.clone(),
+                reason: format!(
+                    "{what} opens scope table files only: on an etcd table a child adopts \
+                     with PodContext::from_env_etcd (pod-events, feature `etcd`)"
+                ),
+            }),
+        }
+    }
+
+    /// The file, if the table is one.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            TableLocation::File(path) => Some(path),
+            TableLocation::Store(_) => None,
+        }
+    }
+}
+
+impl From<PathBuf> for TableLocation {
+    fn from(path: PathBuf) -> Self {
+        TableLocation::File(path)
+    }
+}
 
 /// What a spawner hands its child: the values of the handoff variables,
 /// each validated.
@@ -57,8 +124,8 @@ pub struct Handoff {
     pub parent_socket: String,
     /// The Unix socket the child listens on (`POD_SOCKET`).
     pub socket: String,
-    /// The scope table file (`POD_SCOPE_LOCK`).
-    pub scope_lock: PathBuf,
+    /// The scope table (`POD_SCOPE_LOCK` or `POD_SCOPE_STORE`).
+    pub scope: TableLocation,
 }
 
 /// Why the handoff variables cannot be used. Each names the variable.
@@ -90,6 +157,12 @@ pub enum HandoffError {
 }
 
 impl Handoff {
+    /// The table file, or the refusal of a handoff to a networked table
+    /// by a constructor that opens files only (`what` names it).
+    pub(crate) fn table_file(&self, what: &str) -> Result<&Path, HandoffError> {
+        self.scope.file_only(what)
+    }
+
     /// Reads the handoff variables from this process's environment.
     ///
     /// Only binaries and examples should call this (DESIGN section 2: no
@@ -108,8 +181,9 @@ impl Handoff {
     /// Reads the handoff variables through `lookup` (a variable's value,
     /// or `None` when unset), validating each: names as pod names, sockets
     /// as absolute lexically normal Unix socket addresses (bare or with
-    /// `unix:`), the scope table as an absolute path. The first problem
-    /// found is the error.
+    /// `unix:`), the scope table as an absolute path (`POD_SCOPE_LOCK`) or
+    /// an `etcd://` address (`POD_SCOPE_STORE`; exactly one of the two is
+    /// set). The first problem found is the error.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Handoff, HandoffError> {
         let text = |variable: &'static str| -> Result<String, HandoffError> {
             let value = lookup(variable).ok_or(HandoffError::Missing { variable })?;
@@ -170,19 +244,24 @@ impl Handoff {
                 format!("it is also {POD_PARENT_SOCKET}: a pod listens on its own socket"),
             ));
         }
-        let scope_lock = match (lookup(POD_SCOPE_LOCK), lookup(POD_SCOPE_STORE)) {
-            (None, Some(store)) => {
+        let scope = match (lookup(POD_SCOPE_LOCK), lookup(POD_SCOPE_STORE)) {
+            (Some(_), Some(store)) => {
                 return Err(invalid(
                     POD_SCOPE_STORE,
                     &store.to_string_lossy(),
-                    format!("this build has no networked scope store; set {POD_SCOPE_LOCK} to the table file instead"),
+                    format!("{POD_SCOPE_LOCK} is set too: a spawner sets exactly one of them"),
                 ))
+            }
+            (None, Some(_)) => {
+                let value = text(POD_SCOPE_STORE)?;
+                check_store(&value).map_err(|reason| invalid(POD_SCOPE_STORE, &value, reason))?;
+                TableLocation::Store(value)
             }
             _ => {
                 let value = text(POD_SCOPE_LOCK)?;
                 validate_path(POD_SCOPE_LOCK, &value)
                     .map_err(|e| invalid(POD_SCOPE_LOCK, &value, e.to_string()))?;
-                PathBuf::from(value)
+                TableLocation::File(PathBuf::from(value))
             }
         };
         Ok(Handoff {
@@ -191,7 +270,7 @@ impl Handoff {
             parent,
             parent_socket,
             socket: own_socket,
-            scope_lock,
+            scope,
         })
     }
 
@@ -204,27 +283,33 @@ impl Handoff {
             (POD_PARENT, self.parent.to_string()),
             (POD_PARENT_SOCKET, self.parent_socket.clone()),
             (POD_SOCKET, self.socket.clone()),
-            (POD_SCOPE_LOCK, self.scope_lock.display().to_string()),
+            (self.scope.variable(), self.scope.value()),
         ]
     }
 
-    /// Sets the variables on `command`, and removes `POD_SCOPE_STORE` so a
-    /// value inherited from this process cannot contradict them.
+    /// Sets the variables on `command`, and removes the one of
+    /// `POD_SCOPE_LOCK` and `POD_SCOPE_STORE` it does not set, so a value
+    /// inherited from this process cannot contradict them.
     pub fn apply_to(&self, command: &mut tokio::process::Command) {
-        command.env_remove(POD_SCOPE_STORE);
+        for variable in [POD_SCOPE_LOCK, POD_SCOPE_STORE] {
+            if variable != self.scope.variable() {
+                command.env_remove(variable);
+            }
+        }
         for (name, value) in self.vars() {
             command.env(name, value);
         }
     }
 
-    /// A handoff built from its parts, as a spawner does.
+    /// A handoff built from its parts, as a spawner does; `scope` is the
+    /// table file (a `PathBuf`) or a [`TableLocation`].
     pub fn new(
         name: PodName,
         incarnation: String,
         parent: PodName,
         parent_socket: String,
         socket: String,
-        scope_lock: PathBuf,
+        scope: impl Into<TableLocation>,
     ) -> Handoff {
         Handoff {
             name,
@@ -232,8 +317,34 @@ impl Handoff {
             parent,
             parent_socket,
             socket,
-            scope_lock,
+            scope: scope.into(),
         }
+    }
+}
+
+/// What `POD_SCOPE_STORE` must look like before a store parses it: an
+/// `etcd://` address with hosts and a prefix, bounded, printable, without
+/// spaces.
+fn check_store(value: &str) -> Result<(), String> {
+    let Some(rest) = value.strip_prefix("etcd://") else {
+        return Err(
+            "a networked scope table is an etcd://HOST:PORT[,HOST:PORT...]/PREFIX address".into(),
+        );
+    };
+    if value.len() > MAX_STORE_LEN {
+        return Err(format!("an address is at most {MAX_STORE_LEN} bytes"));
+    }
+    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("an address has no spaces or control characters".into());
+    }
+    match rest.split_once('/') {
+        Some((hosts, prefix)) if !hosts.is_empty() && !prefix.trim_matches('/').is_empty() => {
+            Ok(())
+        }
+        _ => Err(
+            "an etcd address is etcd://HOST:PORT[,HOST:PORT...]/PREFIX, with hosts and a prefix"
+                .into(),
+        ),
     }
 }
 
@@ -342,10 +453,54 @@ mod tests {
     }
 
     #[test]
-    fn a_networked_store_without_a_file_is_refused() {
+    fn a_networked_store_stands_for_the_file_and_round_trips() {
         let mut vars = good();
         vars.remove(POD_SCOPE_LOCK);
+        vars.insert(POD_SCOPE_STORE, "etcd://127.0.0.1:2379,h:1/pods".into());
+        let handoff = parse(&vars).unwrap();
+        assert_eq!(
+            handoff.scope,
+            TableLocation::Store("etcd://127.0.0.1:2379,h:1/pods".into())
+        );
+        assert_eq!(handoff.scope.file(), None);
+        let again: HashMap<&'static str, OsString> = handoff
+            .vars()
+            .into_iter()
+            .map(|(k, v)| (k, v.into()))
+            .collect();
+        assert!(!again.contains_key(POD_SCOPE_LOCK));
+        assert_eq!(parse(&again).unwrap(), handoff);
+    }
+
+    #[test]
+    fn a_bad_or_doubled_store_is_refused_naming_it() {
+        let mut vars = good();
         vars.insert(POD_SCOPE_STORE, "etcd://127.0.0.1:2379/pods".into());
+        let error = parse(&vars).unwrap_err();
+        assert_eq!(blamed(error.clone()), POD_SCOPE_STORE);
+        assert!(error.to_string().contains("exactly one"), "{error}");
+        vars.remove(POD_SCOPE_LOCK);
+        for bad in [
+            "",
+            "http://h:1/p",
+            "etcd://",
+            "etcd://h:1",
+            "etcd://h:1/",
+            "etcd:///p",
+            "etcd://h:1/a b",
+            "etcd://h:1/a\nb",
+        ] {
+            vars.insert(POD_SCOPE_STORE, bad.into());
+            assert_eq!(
+                blamed(parse(&vars).unwrap_err()),
+                POD_SCOPE_STORE,
+                "{bad:?}"
+            );
+        }
+        vars.insert(
+            POD_SCOPE_STORE,
+            format!("etcd://h:1/{}", "p".repeat(MAX_STORE_LEN)).into(),
+        );
         assert_eq!(blamed(parse(&vars).unwrap_err()), POD_SCOPE_STORE);
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::context::{ContextError, PodContext};
 use crate::endpoint::{spawn_endpoint, EndpointConfig, EndpointHandle, Notification};
 use crate::guard::{off_executor, on_table, Departure, Guard};
-use crate::handoff::{Handoff, HandoffError};
+use crate::handoff::{Handoff, HandoffError, TableLocation};
 use crate::parent::Parent;
 use crate::probe::SocketProbe;
 use crate::spawner::{SpawnError, SpawnedChild, Spawner};
@@ -100,7 +100,7 @@ pub struct PodBuilder {
     origin: Origin,
     socket: String,
     state_dir: PathBuf,
-    scope_lock: PathBuf,
+    scope: TableLocation,
     reconcile_every: Option<Duration>,
 }
 
@@ -147,15 +147,18 @@ impl PodBuilder {
     /// or adopts its reservation (a child), opens its registry, listens on
     /// its socket and starts its endpoint (receive loop, reconcile, relays
     /// upward). A failure after the allocation was taken gives it back.
+    /// A pod built from a handoff to a table on etcd is refused
+    /// ([`PodError::Handoff`]): a `Pod` keeps its table in a file.
     pub async fn start(self) -> Result<Pod, PodError> {
-        let table = ScopeTable::with_proc_liveness(FileStore::new(&self.scope_lock));
+        let scope_lock = self.scope.file_only("Pod")?.to_path_buf();
+        let table = ScopeTable::with_proc_liveness(FileStore::new(&scope_lock));
         let pid = std::process::id();
         let lifecycle = match self.origin {
             Origin::TopLevel { scope } => {
                 if scope.is_empty() {
                     return Err(PodError::NoScope { name: self.name });
                 }
-                if let Some(dir) = self.scope_lock.parent() {
+                if let Some(dir) = scope_lock.parent() {
                     DirBuilder::new()
                         .recursive(true)
                         .mode(0o700)
@@ -207,7 +210,7 @@ impl PodBuilder {
             sink,
             EndpointConfig::default().reconcile_every(self.reconcile_every),
         );
-        let spawner = Spawner::new(parent.clone(), self.socket.clone(), self.scope_lock);
+        let spawner = Spawner::new(parent.clone(), self.socket.clone(), scope_lock);
         Ok(Pod {
             parent,
             spawner,
@@ -260,7 +263,7 @@ impl Pod {
             origin: Origin::TopLevel { scope: Vec::new() },
             socket: own.join("sock").display().to_string(),
             state_dir: own,
-            scope_lock: dir.join("scope.lock"),
+            scope: TableLocation::File(dir.join("scope.lock")),
             reconcile_every: Some(DEFAULT_RECONCILE),
             name,
         })
@@ -270,8 +273,13 @@ impl Pod {
     /// missing or invalid one is [`PodError::Handoff`], naming it): its
     /// name, socket, parent and scope table; its registry lives beside its
     /// socket. Reads the environment: for binaries and examples.
+    ///
+    /// A handoff to a table on etcd (`POD_SCOPE_STORE`) is refused
+    /// ([`PodError::Handoff`]): a `Pod` keeps its table in a file.
     pub fn from_env() -> Result<PodBuilder, PodError> {
-        Ok(Pod::from_handoff(Handoff::from_env()?))
+        let handoff = Handoff::from_env()?;
+        handoff.table_file("Pod::from_env")?;
+        Ok(Pod::from_handoff(handoff))
     }
 
     /// A child pod from `handoff`.
@@ -282,7 +290,7 @@ impl Pod {
         PodBuilder {
             name: handoff.name.clone(),
             socket: handoff.socket.clone(),
-            scope_lock: handoff.scope_lock.clone(),
+            scope: handoff.scope.clone(),
             state_dir,
             reconcile_every: Some(DEFAULT_RECONCILE),
             origin: Origin::Child(handoff),

@@ -2,6 +2,8 @@
 
 mod tests {
     pub(crate) mod endpoint;
+    #[cfg(all(feature = "cli", feature = "etcd"))]
+    pub(crate) mod etcd;
     #[cfg(any(target_os = "linux", target_os = "android"))]
     pub(crate) mod exits;
     pub(crate) mod lifecycle;

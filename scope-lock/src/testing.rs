@@ -1,6 +1,7 @@
 //! In-memory implementations of the seams, for tests of this crate and of
 //! the crates above it: [`MemoryStore`] (with injected write failures) and
-//! [`FakeLiveness`] (with injected deaths and pid reuse).
+//! [`FakeLiveness`] (with injected deaths and pid reuse); with the `etcd`
+//! feature, real etcd members to test against ([`etcd::EtcdCluster`]).
 //!
 //! ```
 //! use pod_scope_lock::testing::{FakeLiveness, MemoryStore};
@@ -248,6 +249,8 @@ impl TableStore for MemoryStore {
     }
 }
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 #[cfg(test)]
 mod tests;
 

@@ -73,7 +73,7 @@ impl World {
             pod("root"),
             PARENT_SOCKET.into(),
             "/run/pods/child/sock".into(),
-            "/run/pods/scope.lock".into(),
+            std::path::PathBuf::from("/run/pods/scope.lock"),
         )
     }
 

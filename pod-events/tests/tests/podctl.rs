@@ -793,3 +793,23 @@ fn a_stuck_table_lock_delays_nothing_that_needs_no_table_and_sigterm_still_stops
     let _ = holder.kill();
     let _ = holder.wait();
 }
+
+/// A podctl built without the `etcd` feature refuses `--scope-store`,
+/// saying how to get one that takes it, and touches no file.
+#[cfg(not(feature = "etcd"))]
+#[test]
+fn scope_store_without_the_etcd_feature_is_refused_saying_how_to_build_it() {
+    let env = Env::new();
+    for args in [
+        &["scopes", "--scope-store", "etcd://127.0.0.1:2379/pods"][..],
+        &[
+            "scope",
+            "reclaim",
+            "--scope-store",
+            "etcd://127.0.0.1:2379/pods",
+        ][..],
+    ] {
+        env.check(args, 1, "--features cli,etcd");
+    }
+    assert!(!Path::new(&env.lock()).exists());
+}

@@ -421,7 +421,7 @@ async fn a_handoff_round_trips_through_a_real_environment() {
         pod("sp"),
         "/run/pods/sp/sock".into(),
         "/run/pods/kid/sock".into(),
-        "/run/pods/scope.lock".into(),
+        std::path::PathBuf::from("/run/pods/scope.lock"),
     );
     let mut command = tokio::process::Command::new("/usr/bin/env");
     command.stdout(Stdio::piped()).env_clear();

@@ -68,6 +68,7 @@ impl Env {
         for var in pod_events::handoff::HANDOFF_VARIABLES {
             cmd.env_remove(var);
         }
+        cmd.env_remove(pod_events::handoff::POD_SCOPE_STORE);
         cmd
     }
 

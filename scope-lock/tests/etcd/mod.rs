@@ -3,7 +3,6 @@
 //! layout, invalid tables, unreachable clusters, leases), and the fault
 //! tests on three members (`faults`).
 
-mod cluster;
 mod faults;
 
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use pod_scope_lock::{
 
 use crate::store_suite::Backing;
 use crate::{name, spec};
-pub(crate) use cluster::Cluster;
+pub(crate) use pod_scope_lock::testing::etcd::EtcdCluster as Cluster;
 
 /// A single-member etcd; every handle is a store of its own (its own
 /// connection, runtime and cache) on one prefix.

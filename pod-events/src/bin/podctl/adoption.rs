@@ -4,13 +4,26 @@
 //! adopts the reservation with its own pid, and on exit reports its
 //! `ShutDown` and releases the allocation it adopted.
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Context, Result};
-use pod_events::{Handoff, PodContext};
+use pod_events::{Handoff, PodContext, TableLocation};
 use pod_protocol::PodName;
-use pod_scope_lock::{FileStore, ScopeTable};
 use pod_transport::UnixSender;
+
+use crate::store::{AnyLiveness, AnyStore, Keeper, Scopes, TableArgs};
+
+/// The context of an adopted reservation, and what keeps the allocation
+/// alive (this process, or on an etcd table a lease it holds).
+pub(crate) struct Adopted {
+    context: PodContext<AnyStore, AnyLiveness>,
+    keeper: Keeper,
+}
+
+impl Adopted {
+    /// The link the context reports through, for the endpoint to share.
+    pub(crate) fn upward(&self) -> &pod_events::UpwardLink {
+        self.context.upward()
+    }
+}
 
 /// Reads the handoff variables when `POD_INCARNATION` is set (else
 /// `None`, and nothing is filled) and fills each omitted flag from them:
@@ -18,7 +31,7 @@ use pod_transport::UnixSender;
 pub(crate) fn fill(
     name: &mut Option<String>,
     socket: &mut Option<String>,
-    scope_lock: &mut Option<PathBuf>,
+    table: &mut TableArgs,
     parent_socket: &mut Option<String>,
 ) -> Result<Option<Handoff>> {
     if !Handoff::present_in_env() {
@@ -32,21 +45,26 @@ pub(crate) fn fill(
     )?;
     name.get_or_insert_with(|| handoff.name.to_string());
     socket.get_or_insert_with(|| handoff.socket.clone());
-    scope_lock.get_or_insert_with(|| handoff.scope_lock.clone());
+    table.fill_from(&handoff.scope);
     parent_socket.get_or_insert_with(|| handoff.parent_socket.clone());
     Ok(Some(handoff))
 }
 
 /// Adopts the reservation of `handoff` as pod `name` (the flags may have
-/// renamed it), in `table`, with this process's pid; the context reports
-/// to `parent_socket`. `None` without a handoff.
+/// renamed it), in `table` (at `location`), with this process's pid; the
+/// context reports to `parent_socket`. `None` without a handoff.
+///
+/// On an etcd table the allocation is held by a lease: the one the
+/// spawner already adopted it with (`podctl run` holds one for its
+/// child), else one this process takes now and keeps until it exits.
 pub(crate) fn adopt(
     handoff: Option<Handoff>,
     name: &PodName,
     socket: Option<&str>,
     parent_socket: Option<&str>,
-    table: &ScopeTable<FileStore>,
-) -> Result<Option<PodContext>> {
+    location: &TableLocation,
+    table: &Scopes,
+) -> Result<Option<Adopted>> {
     let Some(handoff) = handoff else {
         return Ok(None);
     };
@@ -56,8 +74,16 @@ pub(crate) fn adopt(
         handoff.parent,
         parent_socket.map_or(handoff.parent_socket, str::to_owned),
         socket.map_or(handoff.socket, str::to_owned),
-        table.store().path().to_path_buf(),
+        location.clone(),
     );
+    let (keeper, holder) = match adopted_by_spawner(table, &handoff)? {
+        Some(holder) => (Keeper::Process, holder),
+        None => {
+            let keeper = Keeper::new(table)?;
+            let holder = keeper.holder_id(std::process::id());
+            (keeper, holder)
+        }
+    };
     // Adoption takes the table's lock: on a runtime of its own, before the
     // endpoint's exists, so no executor thread blocks on it.
     let runtime = crate::current_thread_runtime()?;
@@ -65,17 +91,34 @@ pub(crate) fn adopt(
         handoff,
         table.clone(),
         UnixSender::default(),
-        std::process::id(),
+        holder,
     ))?;
     tracing::info!(pod = %context.name(), incarnation = context.incarnation(), "adopted the reservation");
-    Ok(Some(context))
+    Ok(Some(Adopted { context, keeper }))
+}
+
+/// On a table held by leases, the holder id a spawner already adopted
+/// this incarnation's reservation with (it keeps that lease alive for
+/// this process): adopting again would be refused as not reserved. `None`
+/// on a file table, where the adoption is this process's own pid's.
+fn adopted_by_spawner(table: &Scopes, handoff: &Handoff) -> Result<Option<u32>> {
+    if matches!(table.store(), AnyStore::File(_)) {
+        return Ok(None);
+    }
+    Ok(table.find(&handoff.name)?.and_then(|a| {
+        let ours = a.incarnation.as_deref() == Some(handoff.incarnation.as_str());
+        (ours && a.pending_until.is_none()).then_some(a.pid)
+    }))
 }
 
 /// On a clean exit, reports `ShutDown` and releases the adopted
-/// allocation; otherwise dropping the context does the same,
-/// best-effort.
-pub(crate) fn depart(runtime: &tokio::runtime::Runtime, context: Option<PodContext>, clean: bool) {
-    if let (Some(context), true) = (&context, clean) {
+/// allocation, then gives up the lease this process held for it;
+/// otherwise dropping the context does the same, best-effort.
+pub(crate) fn depart(runtime: &tokio::runtime::Runtime, adopted: Option<Adopted>, clean: bool) {
+    let Some(Adopted { context, keeper }) = adopted else {
+        return;
+    };
+    if clean {
         let departure = runtime.block_on(context.shut_down());
         tracing::info!(
             reported = departure.reported,
@@ -83,4 +126,6 @@ pub(crate) fn depart(runtime: &tokio::runtime::Runtime, context: Option<PodConte
             "departed"
         );
     }
+    drop(context);
+    keeper.revoke();
 }

@@ -27,14 +27,16 @@ use pod_transport::{
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use crate::store::{self, AnyLiveness, AnyStore, TableArgs};
 use crate::tls::TlsArgs;
-use crate::{adoption, output, paths, scopes};
+use crate::{adoption, output, paths};
 
 #[derive(Debug, Args)]
 pub(crate) struct ListenArgs {
     /// This pod's name [default: $POD_NAME when started by a spawner
     /// (`podctl run ... -- podctl listen`): the handoff variables then
-    /// also give --socket, --scope-lock and --parent-socket, and the
+    /// also give --socket, --scope-lock (or --scope-store) and
+    /// --parent-socket, and the
     /// reservation POD_INCARNATION names is adopted at start and released
     /// at a clean exit].
     #[arg(long, value_name = "NAME")]
@@ -52,9 +54,8 @@ pub(crate) struct ListenArgs {
     /// [default: RUNTIME_DIR/NAME].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// The scope table [default: RUNTIME_DIR/scope.lock].
-    #[arg(long, value_name = "FILE")]
-    scope_lock: Option<PathBuf>,
+    #[command(flatten)]
+    table: TableArgs,
     /// This pod's parent: events are relayed there (omit for a top-level
     /// pod). A Unix socket path, `unix:` + path, or tls://HOST:PORT (with
     /// --tls-cert, --tls-key and --tls-ca).
@@ -78,7 +79,7 @@ pub(crate) fn run(mut args: ListenArgs, json: bool) -> Result<()> {
     let handoff = adoption::fill(
         &mut args.name,
         &mut args.socket,
-        &mut args.scope_lock,
+        &mut args.table,
         &mut args.parent_socket,
     )?;
     let name = paths::pod_name(args.name.as_deref().unwrap_or_default())?;
@@ -109,20 +110,21 @@ pub(crate) fn run(mut args: ListenArgs, json: bool) -> Result<()> {
         _ => None,
     };
     let state_dir = paths::state_dir(args.state_dir, &name)?;
-    let scope_lock = paths::scope_lock(args.scope_lock)?;
+    let location = args.table.location()?;
     let interval =
         (args.reconcile_interval_ms > 0).then(|| Duration::from_millis(args.reconcile_interval_ms));
 
     // Reading the table and opening the registry block: do it before the
     // runtime exists. Either refusal leaves its file untouched; the table
     // goes first because opening a registry creates missing files.
-    let table = scopes::open(scope_lock);
+    let table = store::open(&location)?;
     table.list()?;
-    let context = adoption::adopt(
+    let adopted = adoption::adopt(
         handoff,
         &name,
         socket.as_deref(),
         parent_socket.as_deref(),
+        &location,
         &table,
     )?;
     let registry = FileRegistry::open(&state_dir)?;
@@ -142,13 +144,12 @@ pub(crate) fn run(mut args: ListenArgs, json: bool) -> Result<()> {
     let served = match parent_socket {
         Some(up) => {
             // Adopted: the context's reports (its ShutDown on exit) and the
-            // relays share one link, which a reparent notice moves.
-            let link = match &context {
-                Some(context) => context.upward().clone(),
-                None => pod_events::UpwardLink::new(up.clone()),
+            // relays share one link, which a reparent notice moves (the
+            // context's parent socket is --parent-socket, when given).
+            let link = match &adopted {
+                Some(adopted) => adopted.upward().clone(),
+                None => pod_events::UpwardLink::new(up),
             };
-            // A --parent-socket flag overrides the handoff's.
-            link.redirect(up, 0);
             let parent = Arc::new(parent.with_upward_link(upward, link));
             runtime.block_on(serve(parent, socket, tls_listen, interval, json))
         }
@@ -158,12 +159,11 @@ pub(crate) fn run(mut args: ListenArgs, json: bool) -> Result<()> {
             runtime.block_on(serve(parent, socket, tls_listen, interval, json))
         }
     };
-    adoption::depart(&runtime, context, served.is_ok());
+    adoption::depart(&runtime, adopted, served.is_ok());
     served
 }
 
-type FileParent<U> =
-    Parent<FileRegistry, pod_scope_lock::FileStore, pod_scope_lock::ProcLiveness, U>;
+type FileParent<U> = Parent<FileRegistry, AnyStore, AnyLiveness, U>;
 
 /// The listeners an endpoint is served by: the Unix socket, the TLS
 /// listener, or both merged into one stream.

@@ -25,6 +25,7 @@ mod run;
 mod scopes;
 mod send;
 mod status;
+mod store;
 mod tls;
 mod tree;
 mod watch;

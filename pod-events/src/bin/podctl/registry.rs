@@ -12,7 +12,8 @@ use pod_transport::UnixSender;
 use serde_json::json;
 
 use crate::output::{self, Format, Table};
-use crate::{paths, scopes};
+use crate::paths;
+use crate::store::{self, TableArgs};
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("whose").required(true).multiple(true))]
@@ -40,9 +41,8 @@ pub(crate) struct ReconcileArgs {
     /// are adopted [default: the state directory's last component].
     #[arg(long, value_name = "NAME", group = "whose")]
     name: Option<String>,
-    /// The scope table [default: RUNTIME_DIR/scope.lock].
-    #[arg(long, value_name = "FILE")]
-    scope_lock: Option<PathBuf>,
+    #[command(flatten)]
+    table: TableArgs,
     /// The pod's own parent, told of each pod found dead (as a relayed
     /// `shut_down`, the way the endpoint would).
     #[arg(long, value_name = "PATH")]
@@ -138,7 +138,8 @@ pub(crate) fn reconcile(args: ReconcileArgs, format: Format) -> Result<()> {
     };
     let dir = paths::state_dir(args.state_dir, &name)?;
     let parent_socket = paths::parent_socket(args.parent_socket)?;
-    let table = scopes::open(paths::scope_lock(args.scope_lock)?);
+    let table = store::open(&args.table.location()?)?;
+    let holders = store::holders(&table);
     // A corrupt table is refused before anything changes (the endpoint
     // would only warn and probe sockets).
     table.list()?;
@@ -197,8 +198,9 @@ pub(crate) fn reconcile(args: ReconcileArgs, format: Format) -> Result<()> {
         }
         for allocation in &report.reclaimed {
             lines.push_str(&format!(
-                "reclaimed the scope of `{}`: process {} is gone\n",
-                allocation.pod_name, allocation.pid
+                "reclaimed the scope of `{}`: {} is gone\n",
+                allocation.pod_name,
+                holders.name(allocation)
             ));
         }
         for allocation in &report.finished {

@@ -7,22 +7,29 @@
 //! started (a program not built on these crates never adopts by itself;
 //! one that is accepts an adoption already made for its pid), announced to
 //! the parent, and released when the child exits without having done so.
+//!
+//! On an etcd table (`--scope-store`) a pid means nothing to the other
+//! hosts: the child's allocation is held by a lease this `podctl run`
+//! keeps alive while the child runs (and revokes after it exits), so the
+//! child is presumed gone 10 s (the lease's TTL, `store::LEASE_TTL_SECS`)
+//! after `podctl run` itself dies.
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use pod_events::{send_pod_event, Handoff};
 use pod_protocol::{PodEvent, ScopeRule};
-use pod_scope_lock::{Allocation, FileStore, PodSpec, ScopeError, ScopeTable};
+use pod_scope_lock::{Allocation, PodSpec, ScopeError};
 use pod_transport::UnixSender;
 use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::{output, paths, scopes};
+use crate::store::{self, Keeper, Scopes, TableArgs};
+use crate::{output, paths};
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
@@ -39,9 +46,8 @@ pub(crate) struct RunArgs {
     /// Read scope for the child (repeatable); inside PARENT's.
     #[arg(long = "read", value_name = "PATH")]
     reads: Vec<String>,
-    /// The scope table [default: RUNTIME_DIR/scope.lock].
-    #[arg(long, value_name = "FILE")]
-    scope_lock: Option<PathBuf>,
+    #[command(flatten)]
+    table: TableArgs,
     /// Where PARENT listens: the spawn is announced there and the child
     /// reports there [default: PARENT's socket in the scope table].
     #[arg(long, value_name = "PATH")]
@@ -70,12 +76,12 @@ pub(crate) fn run(args: RunArgs, json: bool) -> Result<()> {
     if scope.is_empty() {
         bail!("give the child some scope: at least one --write PATH or --read PATH");
     }
-    let lock = paths::scope_lock(args.scope_lock)?;
-    let table = scopes::open(lock.clone());
+    let location = args.table.location()?;
+    let table = store::open(&location)?;
     let Some(spawner) = table.find(&from)? else {
         bail!(
-            "pod `{from}` holds no allocation in {}: register it first (`podctl scope register`), or check --from and --scope-lock",
-            lock.display()
+            "pod `{from}` holds no allocation in {}: register it first (`podctl scope register`), or check --from and --scope-lock or --scope-store",
+            store::shown(&location)
         );
     };
     let parent_socket = match args.parent_socket {
@@ -98,7 +104,23 @@ pub(crate) fn run(args: RunArgs, json: bool) -> Result<()> {
         .incarnation
         .clone()
         .context("the table minted no incarnation for the reservation")?;
-    let handoff = Handoff::new(name.clone(), incarnation, from, parent_socket, socket, lock);
+    let handoff = Handoff::new(
+        name.clone(),
+        incarnation,
+        from,
+        parent_socket,
+        socket,
+        location,
+    );
+    // What will hold the child's allocation: its own pid (known once it
+    // runs) on a file table, a lease taken now on an etcd table.
+    let keeper = match Keeper::new(&table) {
+        Ok(keeper) => keeper,
+        Err(error) => {
+            release(&table, &handoff);
+            return Err(error);
+        }
+    };
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -110,7 +132,7 @@ pub(crate) fn run(args: RunArgs, json: bool) -> Result<()> {
             return Err(error).context("cannot start the async runtime");
         }
     };
-    let status = runtime.block_on(supervise(table, handoff, scope, args.command, json))?;
+    let status = runtime.block_on(supervise(table, handoff, keeper, scope, args.command, json))?;
     drop(runtime);
     std::process::exit(exit_code(status));
 }
@@ -118,8 +140,9 @@ pub(crate) fn run(args: RunArgs, json: bool) -> Result<()> {
 /// Starts the child, adopts and announces it, waits for it, and reports
 /// its exit if it did not.
 async fn supervise(
-    table: ScopeTable<FileStore>,
+    table: Scopes,
     handoff: Handoff,
+    keeper: Keeper,
     scope: Vec<ScopeRule>,
     command: Vec<OsString>,
     json: bool,
@@ -154,8 +177,11 @@ async fn supervise(
         .id()
         .context("the child exited before its pid was known")?;
 
+    // On a file table the child's own pid holds it; on an etcd table the
+    // lease taken for it.
+    let holder = keeper.holder_id(pid);
     let (t, h) = (table.clone(), handoff.clone());
-    if let Err(error) = blocking(move || adopt_for(&t, &h, pid)).await {
+    if let Err(error) = blocking(move || adopt_for(&t, &h, holder)).await {
         // Its reservation stays under the spawner until it expires or is
         // released below.
         tracing::warn!(%error, pod = %handoff.name, "could not adopt the reservation on the child's behalf");
@@ -240,12 +266,13 @@ async fn supervise(
             output::print(&format!("{} {described}\n", handoff.name))?;
         }
     }
+    blocking(move || keeper.revoke()).await;
     Ok(status)
 }
 
 /// Adopts the reservation for the child's process `pid`, unless the
 /// child has adopted it itself already.
-fn adopt_for(table: &ScopeTable<FileStore>, handoff: &Handoff, pid: u32) -> Result<(), ScopeError> {
+fn adopt_for(table: &Scopes, handoff: &Handoff, pid: u32) -> Result<(), ScopeError> {
     match table.adopt(&handoff.name, &handoff.incarnation, pid) {
         Err(ScopeError::NotReserved { .. })
             if table
@@ -260,7 +287,7 @@ fn adopt_for(table: &ScopeTable<FileStore>, handoff: &Handoff, pid: u32) -> Resu
 
 /// Releases the child's allocation (this incarnation only); gone already
 /// is fine.
-fn release(table: &ScopeTable<FileStore>, handoff: &Handoff) {
+fn release(table: &Scopes, handoff: &Handoff) {
     match table.release(&handoff.name, Some(&handoff.incarnation)) {
         Ok(_) | Err(ScopeError::UnknownPod { .. } | ScopeError::IncarnationMismatch { .. }) => {}
         Err(error) => {

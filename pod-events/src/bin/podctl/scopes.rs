@@ -1,48 +1,22 @@
-//! `podctl scopes` and `podctl scope ...`: the machine-wide scope table.
+//! `podctl scopes` and `podctl scope ...`: the scope table (a file, or
+//! on etcd: see [`crate::store`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use pod_protocol::{PodName, ScopeRule};
-use pod_scope_lock::{Allocation, FileStore, PodSpec, ScopeTable};
+use pod_scope_lock::{Allocation, PodSpec};
 use serde_json::json;
 
 use crate::output::{self, Format, Table};
 use crate::paths;
-
-/// The table at `path`, probing processes through `/proc`.
-pub(crate) fn open(path: PathBuf) -> ScopeTable<FileStore> {
-    ScopeTable::with_proc_liveness(FileStore::new(path))
-}
-
-/// The table a read-only command shows: `flag`, which must name an
-/// existing file (a mistyped path is an error, not an empty table), or
-/// the default table, which may not exist yet (nothing registered).
-pub(crate) fn open_to_read(flag: Option<PathBuf>) -> Result<ScopeTable<FileStore>> {
-    let given = flag.is_some();
-    let path = paths::scope_lock(flag)?;
-    if given && !path.exists() {
-        bail!(
-            "no scope table at {}: the file does not exist (check --scope-lock; \
-             `podctl scope register` creates a table)",
-            shown(&path).display()
-        );
-    }
-    Ok(open(path))
-}
-
-/// `path` made absolute against the working directory, so a message
-/// about a relative path says where it looked.
-fn shown(path: &Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
-}
+use crate::store::{self, Holders, Scopes, TableArgs};
 
 #[derive(Debug, Args)]
 pub(crate) struct ScopesArgs {
-    /// The scope table [default: RUNTIME_DIR/scope.lock].
-    #[arg(long, value_name = "FILE")]
-    scope_lock: Option<PathBuf>,
+    #[command(flatten)]
+    table: TableArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,13 +37,14 @@ pub(crate) enum ScopeCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct SpecArgs {
-    /// The scope table [default: RUNTIME_DIR/scope.lock].
-    #[arg(long, value_name = "FILE")]
-    scope_lock: Option<PathBuf>,
+    #[command(flatten)]
+    table: TableArgs,
     /// The pod's name.
     #[arg(long, value_name = "NAME")]
     name: String,
-    /// The pod's process; it must be running.
+    /// The pod's process; it must be running. On an etcd table
+    /// (--scope-store): the pod's lease holder id, whose lease must be
+    /// alive.
     #[arg(long)]
     pid: u32,
     /// The pod's socket [default: RUNTIME_DIR/NAME/sock].
@@ -100,9 +75,8 @@ pub(crate) struct DelegateArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ReleaseArgs {
-    /// The scope table [default: RUNTIME_DIR/scope.lock].
-    #[arg(long, value_name = "FILE")]
-    scope_lock: Option<PathBuf>,
+    #[command(flatten)]
+    table: TableArgs,
     /// The pod to release.
     #[arg(long, value_name = "NAME")]
     name: String,
@@ -113,7 +87,7 @@ pub(crate) struct ReleaseArgs {
 
 /// `podctl scopes`.
 pub(crate) fn show(args: ScopesArgs, format: Format) -> Result<()> {
-    let table = open_to_read(args.scope_lock)?;
+    let table = store::open_to_read(args.table)?;
     let allocations = table.list()?;
     if format.is_json() {
         let list: Vec<_> = allocations
@@ -138,7 +112,7 @@ pub(crate) fn change(command: ScopeCommand, format: Format) -> Result<()> {
         }
         ScopeCommand::Release(args) => {
             let name = paths::pod_name(&args.name)?;
-            let table = open(paths::scope_lock(args.scope_lock)?);
+            let table = store::open(&args.table.location()?)?;
             let allocation = table.release(&name, args.incarnation.as_deref())?;
             if format.is_json() {
                 return output::print_json(&serde_json::to_value(&allocation)?);
@@ -150,14 +124,14 @@ pub(crate) fn change(command: ScopeCommand, format: Format) -> Result<()> {
                 None => "; its children are now top-level pods".into(),
             };
             output::print(&format!(
-                "released the allocation of `{}` (pid {}, {}){heirs}\n",
+                "released the allocation of `{}` ({}, {}){heirs}\n",
                 allocation.pod_name,
-                allocation.pid,
+                store::holders(&table).name(&allocation),
                 output::rules(&allocation.scope_allow),
             ))
         }
         ScopeCommand::Reclaim(args) => {
-            let table = open(paths::scope_lock(args.scope_lock)?);
+            let table = store::open(&args.table.location()?)?;
             let reclaimed = table.reclaim_stale()?;
             if format.is_json() {
                 return output::print_json(&json!({ "reclaimed": reclaimed }));
@@ -197,7 +171,7 @@ fn allocate(from: Option<&PodName>, args: SpecArgs, format: Format) -> Result<()
 impl SpecArgs {
     /// Validates the name and opens the table; the library validates the
     /// socket and the rules before changing anything.
-    fn resolve(self) -> Result<(ScopeTable<FileStore>, PodSpec)> {
+    fn resolve(self) -> Result<(Scopes, PodSpec)> {
         let pod_name = paths::pod_name(&self.name)?;
         let socket = paths::socket(self.socket, &pod_name)?;
         let scope = self
@@ -206,7 +180,7 @@ impl SpecArgs {
             .map(ScopeRule::write)
             .chain(self.reads.into_iter().map(ScopeRule::read))
             .collect();
-        let table = open(paths::scope_lock(self.scope_lock)?);
+        let table = store::open(&self.table.location()?)?;
         let spec = PodSpec {
             pod_name,
             pid: self.pid,
@@ -218,7 +192,7 @@ impl SpecArgs {
 }
 
 fn print_allocations(
-    table: &ScopeTable<FileStore>,
+    table: &Scopes,
     allocations: &[Allocation],
     format: Format,
     empty: &str,
@@ -230,7 +204,7 @@ fn print_allocations(
         }
         return output::print_json(&serde_json::to_value(allocations)?);
     }
-    let mut rows = Table::new(header(format));
+    let mut rows = Table::new(header(table, format));
     for allocation in allocations {
         rows.row(cells(
             table,
@@ -266,30 +240,47 @@ const WIDE_HEADER: &[&str] = &[
     "SCOPE",
 ];
 
-fn header(format: Format) -> &'static [&'static str] {
-    if format.is_wide() {
-        WIDE_HEADER
-    } else {
-        HEADER
+/// On an etcd table a pod is held by a lease: the holder id stands where
+/// the pid does, and the lease is shown beside whether it is alive.
+const LEASE_HEADER: &[&str] = &[
+    "POD",
+    "HOLDER",
+    "ALIVE",
+    "LEASE",
+    "FROM",
+    "INCARNATION",
+    "SOCKET",
+    "SCOPE",
+];
+
+const LEASE_WIDE_HEADER: &[&str] = &[
+    "POD",
+    "HOLDER",
+    "ALIVE",
+    "LEASE",
+    "FROM",
+    "INCARNATION",
+    "PENDING UNTIL",
+    "SOCKET",
+    "SCOPE",
+];
+
+fn header(table: &Scopes, format: Format) -> &'static [&'static str] {
+    match (store::holders(table), format.is_wide()) {
+        (Holders::Processes, false) => HEADER,
+        (Holders::Processes, true) => WIDE_HEADER,
+        (Holders::Leases, false) => LEASE_HEADER,
+        (Holders::Leases, true) => LEASE_WIDE_HEADER,
     }
 }
 
-fn cells(
-    table: &ScopeTable<FileStore>,
-    allocation: &Allocation,
-    label: String,
-    format: Format,
-) -> Vec<String> {
+fn cells(table: &Scopes, allocation: &Allocation, label: String, format: Format) -> Vec<String> {
     let optional = |n: Option<u64>| n.map_or("-".into(), |n| n.to_string());
+    let alive = table.is_live(allocation);
     let mut cells = vec![
         label,
         allocation.pid.to_string(),
-        if table.is_live(allocation) {
-            "yes"
-        } else {
-            "no"
-        }
-        .into(),
+        if alive { "yes" } else { "no" }.into(),
         allocation
             .delegated_from
             .as_ref()
@@ -298,30 +289,49 @@ fn cells(
         allocation.socket.clone(),
         output::rules(&allocation.scope_allow),
     ];
-    if format.is_wide() {
-        let extra = [
-            optional(allocation.start_time),
-            optional(allocation.pending_until),
-        ];
-        cells.splice(5..5, extra);
+    match store::holders(table) {
+        Holders::Processes => {
+            if format.is_wide() {
+                let extra = [
+                    optional(allocation.start_time),
+                    optional(allocation.pending_until),
+                ];
+                cells.splice(5..5, extra);
+            }
+        }
+        Holders::Leases => {
+            let lease = store::lease(table, allocation, alive).map_or("-".into(), |lease| {
+                format!("{} ({})", lease.id, lease.state())
+            });
+            cells.insert(3, lease);
+            if format.is_wide() {
+                cells.insert(6, optional(allocation.pending_until));
+            }
+        }
     }
     cells
 }
 
-fn with_liveness(
-    table: &ScopeTable<FileStore>,
-    allocation: &Allocation,
-) -> Result<serde_json::Value> {
+/// The allocation as JSON, with `alive`, and on an etcd table its
+/// `lease` (`{"id": HEX, "state": "alive" | "expired"}`).
+fn with_liveness(table: &Scopes, allocation: &Allocation) -> Result<serde_json::Value> {
     let mut value = serde_json::to_value(allocation)?;
     if let Some(object) = value.as_object_mut() {
-        object.insert("alive".into(), table.is_live(allocation).into());
+        let alive = table.is_live(allocation);
+        object.insert("alive".into(), alive.into());
+        if let Some(lease) = store::lease(table, allocation, alive) {
+            object.insert(
+                "lease".into(),
+                json!({ "id": lease.id, "state": lease.state() }),
+            );
+        }
     }
     Ok(value)
 }
 
 /// The allocations as a tree: each pod under the pod it was delegated
 /// from, siblings by name.
-fn tree(table: &ScopeTable<FileStore>, allocations: &[Allocation], format: Format) -> Table {
+fn tree(table: &Scopes, allocations: &[Allocation], format: Format) -> Table {
     let mut sorted: Vec<&Allocation> = allocations.iter().collect();
     sorted.sort_by(|a, b| a.pod_name.cmp(&b.pod_name));
     let nodes: Vec<(&str, Option<&str>)> = sorted
@@ -333,7 +343,7 @@ fn tree(table: &ScopeTable<FileStore>, allocations: &[Allocation], format: Forma
             )
         })
         .collect();
-    let mut rows = Table::new(header(format));
+    let mut rows = Table::new(header(table, format));
     for (i, label) in output::tree_order(&nodes) {
         rows.row(cells(table, sorted[i], label, format));
     }

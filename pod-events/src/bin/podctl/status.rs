@@ -8,7 +8,7 @@
 //! The socket is probed either way and shown, since a live process whose
 //! socket does not answer cannot receive events.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Result;
 use clap::Args;
@@ -17,16 +17,16 @@ use pod_scope_lock::Allocation;
 use serde_json::json;
 
 use crate::output::{self, Format};
-use crate::{paths, scopes};
+use crate::paths;
+use crate::store::{self, Holders, TableArgs};
 
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
     /// The pod's name.
     #[arg(value_name = "NAME")]
     name: String,
-    /// The scope table [default: RUNTIME_DIR/scope.lock].
-    #[arg(long, value_name = "FILE")]
-    scope_lock: Option<PathBuf>,
+    #[command(flatten)]
+    table: TableArgs,
     /// The pod's socket to probe: a path, `unix:` + path, or
     /// tls://HOST:PORT [default: its allocation's socket, else
     /// RUNTIME_DIR/NAME/sock].
@@ -43,7 +43,7 @@ pub(crate) struct NotAlive(pub(crate) String);
 /// `podctl status`.
 pub(crate) fn run(args: StatusArgs, format: Format) -> Result<()> {
     let name = paths::pod_name(&args.name)?;
-    let table = scopes::open_to_read(args.scope_lock)?;
+    let table = store::open_to_read(args.table)?;
     let allocation = table.find(&name)?;
     let socket = match (args.socket, &allocation) {
         (Some(socket), _) => paths::address("--socket", socket)?,
@@ -69,6 +69,7 @@ pub(crate) fn run(args: StatusArgs, format: Format) -> Result<()> {
             &socket,
             reachable,
             allocation.as_ref(),
+            store::holders(&table),
             format,
         ))?;
     }
@@ -94,12 +95,16 @@ fn describe(
     socket: &str,
     reachable: Option<bool>,
     allocation: Option<&Allocation>,
+    holders: Holders,
     format: Format,
 ) -> String {
     let mut facts: Vec<(&str, String)> = Vec::new();
     let why = match allocation {
-        Some(a) if alive => format!("process {} is running", a.pid),
-        Some(a) => format!("process {} is gone (its allocation is stale)", a.pid),
+        Some(a) if alive => match holders {
+            Holders::Processes => format!("process {} is running", a.pid),
+            Holders::Leases => format!("lease holder {}'s lease is alive", a.pid),
+        },
+        Some(a) => format!("{} is gone (its allocation is stale)", holders.name(a)),
         None if alive => "no allocation; its socket answers".into(),
         None => "no allocation, and nothing answers at its socket".into(),
     };

@@ -16,13 +16,13 @@ use pod_scope_lock::Allocation;
 use serde_json::json;
 
 use crate::output::{self, Format, Table};
-use crate::{paths, registry, scopes, status};
+use crate::store::{self, TableArgs};
+use crate::{paths, registry, status};
 
 #[derive(Debug, Args)]
 pub(crate) struct TreeArgs {
-    /// The scope table [default: RUNTIME_DIR/scope.lock].
-    #[arg(long, value_name = "FILE")]
-    scope_lock: Option<PathBuf>,
+    #[command(flatten)]
+    table: TableArgs,
     /// A pod's state directory whose registry to join in (read without
     /// owning it, as `podctl registry` does) [default: RUNTIME_DIR/NAME
     /// when --name is given; else no registry].
@@ -49,7 +49,7 @@ struct Node {
 
 /// `podctl tree`.
 pub(crate) fn run(args: TreeArgs, format: Format) -> Result<()> {
-    let table = scopes::open_to_read(args.scope_lock)?;
+    let table = store::open_to_read(args.table)?;
     let allocations = table.list()?;
     let owned = match (args.state_dir, args.name) {
         (None, None) => None,
