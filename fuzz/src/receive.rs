@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use arbitrary::{Arbitrary, Result as ArbitraryResult, Unstructured};
 use bytes::BytesMut;
-use pod_events::pod_transport::UnixSender;
+use pod_events::pod_transport::testing::{MemoryNetwork, MemorySender};
 use pod_events::{render, Effects, FakeReachability, Origin, Parent};
 use pod_protocol::{
     encode, Method, MethodCodec, Permission, PodEvent, PodName, ScopeRule, DEFAULT_MAX_FRAME_LEN,
@@ -621,7 +621,7 @@ fn pod_name(name: &str) -> PodName {
     PodName::new(name).expect("the fixed tree's names are valid")
 }
 
-type FuzzParent = Parent<MemoryRegistry, MemoryStore, FakeLiveness, UnixSender, FakeReachability>;
+type FuzzParent = Parent<MemoryRegistry, MemoryStore, FakeLiveness, MemorySender, FakeReachability>;
 
 /// One parent over fresh in-memory layers holding the fixed tree.
 struct World {
@@ -672,7 +672,11 @@ impl World {
         }
         let scopes = ScopeTable::new(MemoryStore::with_table(tree().clone()), liveness);
         World {
-            parent: Parent::new(pod_name(SELF_NAME), registry, scopes, probe),
+            // Reparent notices to orphans go nowhere: no socket is bound
+            // on this network, so each send fails at once, as to a pod
+            // that is not listening.
+            parent: Parent::new(pod_name(SELF_NAME), registry, scopes, probe)
+                .with_sender(MemoryNetwork::new().sender()),
         }
     }
 
