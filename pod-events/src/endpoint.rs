@@ -553,7 +553,7 @@ where
                 Ok(moved) => {
                     bump(&shared.counters.reparent_notices, 1);
                     if moved {
-                        tracing::info!(parent = %notice.parent_pod, socket = %notice.parent_socket, seq = notice.seq, "reports to a new manager: its parent is gone");
+                        tracing::info!(parent = %notice.parent_pod, socket = %notice.parent_socket, seq = notice.seq, "reports to a new manager from now on");
                     }
                 }
                 Err(reason) => {

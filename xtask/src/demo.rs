@@ -2,11 +2,15 @@
 //!
 //! Every pod is a `podctl listen` process with its own socket, registry and
 //! pid; the scope table is one file they all share, as on a real machine.
-//! The demo plays the pods' controllers with `podctl scope ...` and
-//! `podctl send`, prints each line a pod prints as it arrives (prefixed
-//! with the pod's name) and the tables at the key moments, and waits for
-//! every expected line with a deadline: a step that does not happen fails
-//! the demo. The temporary directory and every process are cleaned up, on
+//! The root is registered with `podctl scope register`; every other pod is
+//! spawned by its parent's `podctl run ... -- podctl listen`, which
+//! reserves its scope, hands it over and announces it. The demo prints
+//! each line a pod prints as it arrives (prefixed with the pod's name) and
+//! the tables at the key moments, and waits for every expected line with a
+//! deadline: a step that does not happen fails the demo. The story: a
+//! tree of three, the middle pod SIGKILLed, its child told to report to
+//! the root, the middle pod restarted taking its child back, and all of
+//! it wound down to an empty table. The temporary directory and every process are cleaned up, on
 //! failure too. With `--tls` the child reports to the root over `tls://`
 //! on loopback (certificates made for the run); the story is the same.
 
@@ -126,18 +130,16 @@ fn executable(stdout: &[u8], name: &str) -> Result<PathBuf> {
 struct Line {
     pod: String,
     text: String,
+    /// From the pod's stderr (its log), not its stdout.
+    log: bool,
 }
 
-/// A running `podctl listen`.
+/// A running `podctl listen`, or the `podctl run` that supervises one.
 struct Pod {
     name: &'static str,
     child: Child,
-}
-
-impl Pod {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
+    /// The listen's pid (under `podctl run`, not `child`'s).
+    pid: u32,
 }
 
 /// The demo's world: a private directory, the pods' processes, and the
@@ -183,6 +185,9 @@ impl Demo {
         // Scope paths must be lexically normal: resolve symlinks once.
         let dir = dir.canonicalize().unwrap_or(dir);
         println!("DEMO={}", dir.display());
+        // Every podctl of the demo runs with this: the pods' sockets,
+        // state directories and the table are its defaults under $DEMO.
+        println!("export PODS_RUNTIME_DIR=$DEMO");
         let (line_sink, lines) = mpsc::channel();
         Ok(Demo {
             podctl,
@@ -244,35 +249,22 @@ impl Demo {
         let repo = self.path("repo");
         let src = self.path("repo/src");
         let parser = self.path("repo/src/parser");
+        let ast = self.path("repo/src/parser/ast");
 
         self.begin("the root registers its scope and listens");
-        let root = self.spawn("root", None, ROOT_RECONCILE_MS)?;
-        self.allocate(None, "root", root, &repo)?;
+        let root = self.listen("root", ROOT_RECONCILE_MS)?;
+        self.allocate(None, "root", root, &repo, None)?;
 
-        self.begin("the root spawns `child` and delegates write scope on repo/src to it");
+        self.begin("the root spawns `child` with write scope on repo/src");
         // The child reconciles only when told: its registry changes only
         // through the events of this story.
-        let child = self.spawn("child", Some("root"), "0")?;
-        self.allocate(Some("root"), "child", child, &src)?;
-        println!("   (the root learns of its child from the scope table at its next reconcile)");
+        self.run("child", "root", &src, "0")?;
         self.expect("root", "that it spawned `child`", |l| {
-            l.contains("spawned `child`")
+            l.starts_with("pod `root` spawned `child`")
         })?;
 
-        self.begin("`child` spawns `gc`, sub-delegates repo/src/parser, and reports it");
-        let gc = self.spawn("gc", Some("child"), "0")?;
-        self.allocate(Some("child"), "gc", gc, &parser)?;
-        let gc_incarnation = self.incarnation("gc")?;
-        let event = json!({
-            "kind": "scope_sub_delegated",
-            "parent_pod": "child",
-            "sub_pod": "gc",
-            "sub_socket": self.socket("gc"),
-            "scope": [{"target": parser, "permission": "write", "recursive": true}],
-            "sub_incarnation": gc_incarnation,
-            "spawner_socket": self.socket("child"),
-        });
-        self.send("child", &event)?;
+        self.begin("`child` spawns `gc` with repo/src/parser; the root hears of it");
+        self.run("gc", "child", &parser, "0")?;
         self.expect("child", "that `child` spawned `gc`", |l| {
             l.starts_with("pod `child` spawned `gc`")
         })?;
@@ -291,41 +283,78 @@ impl Demo {
 
         self.begin("`child` is killed with SIGKILL");
         let status = self.kill("child")?;
-        println!("   child (pid {child}) ended: {status}");
-        self.expect("root", "that `child` is presumed crashed", |l| {
-            l == "`child` is gone without reporting: presumed crashed; scope released"
+        println!("   child (pid {}) ended: {status}", self.pod("child")?.pid);
+        // Its `podctl run` reports the death at once; the root's exit
+        // watch would have seen it too, whichever comes first.
+        self.expect("root", "that `child` is gone", |l| {
+            l.starts_with("pod `child` shut down")
+                || l.starts_with("`child` is gone without reporting: presumed crashed")
         })?;
-        let table = self.allocations()?;
+        self.expect_log("gc", "that `gc` now reports to the root", |l| {
+            l.contains("reports to a new manager from now on") && l.contains("parent=root")
+        })?;
+        let gc = self.allocation("gc")?;
         ensure!(
-            !table.iter().any(|a| a["pod_name"] == "child"),
-            "the scope table still holds `child`"
+            gc["delegated_from"] == "root",
+            "`gc` was not reparented to the root: {gc}"
         );
-        let gc_parent = table
-            .iter()
-            .find(|a| a["pod_name"] == "gc")
-            .map(|a| a["delegated_from"].clone());
-        ensure!(
-            gc_parent == Some(json!("root")),
-            "`gc` was not reparented to the root (delegated_from: {gc_parent:?})"
-        );
-        println!("   (the scope table reparented `gc` to the root, which manages it directly)");
+        println!("   (the table moved `gc` under the root, which told it to report there)");
         self.show_tables()?;
         self.check_registry(&["gc"])?;
 
-        self.begin("`gc` finishes a turn and shuts down, reporting to the root");
-        let turn = json!({"kind": "turn_ended", "pod_name": "gc", "incarnation": gc_incarnation});
-        self.send("root", &turn)?;
-        self.expect("root", "that `gc` finished a turn", |l| {
-            l == "pod `gc` finished a turn and is idle"
+        self.begin("`gc` spawns `ggc`; its report reaches the root through `gc`");
+        self.run_program("ggc", "gc", &ast, &["sleep", "600"])?;
+        self.expect("gc", "that `gc` spawned `ggc`", |l| {
+            l.starts_with("pod `gc` spawned `ggc`")
         })?;
-        let bye = json!({"kind": "shut_down", "pod_name": "gc", "incarnation": gc_incarnation});
-        self.send("root", &bye)?;
-        self.expect("root", "that `gc` shut down", |l| {
-            l == "pod `gc` shut down; its scope is released"
+        self.expect("root", "the relayed report that `gc` spawned `ggc`", |l| {
+            l.starts_with("pod `gc` spawned `ggc`")
         })?;
-        self.stop("gc")?;
 
-        self.begin("the root releases its own scope and stops");
+        self.begin("`child` restarts under its name and takes `gc` back");
+        let child = self.listen("child", "250")?;
+        self.allocate(
+            Some("root"),
+            "child",
+            child,
+            &src,
+            Some(&self.path("child")),
+        )?;
+        self.expect_log("gc", "that `gc` reports to `child` again", |l| {
+            l.contains("reports to a new manager from now on") && l.contains("parent=child")
+        })?;
+        let gc = self.allocation("gc")?;
+        ensure!(
+            gc["delegated_from"] == "child",
+            "`child` did not take `gc` back: {gc}"
+        );
+        self.show_tables()?;
+
+        self.begin("`ggc` exits; `gc` reports it to `child`, which relays it to the root");
+        let status = self.terminate("ggc")?;
+        println!("   ggc's podctl run ended: {status}");
+        self.expect("child", "that `ggc` shut down", |l| {
+            l.starts_with("pod `ggc` shut down")
+        })?;
+        // The root watches `ggc`'s process too: its exit watch may tell
+        // it first.
+        self.expect("root", "that `ggc` is gone", |l| {
+            l.starts_with("pod `ggc` shut down")
+                || l.starts_with("`ggc` is gone without reporting: presumed crashed")
+        })?;
+
+        self.begin("`gc` stops; then `child`, its shutdown told to the root; then the root");
+        self.stop("gc")?;
+        self.expect("child", "that `gc` shut down", |l| {
+            l.starts_with("pod `gc` shut down")
+        })?;
+        let incarnation = self.incarnation("child")?;
+        let bye = json!({"kind": "shut_down", "pod_name": "child", "incarnation": incarnation});
+        self.send("root", &bye)?;
+        self.expect("root", "that `child` shut down", |l| {
+            l.starts_with("pod `child` shut down")
+        })?;
+        self.stop("child")?;
         self.podctl_shown(&[
             "scope",
             "release",
@@ -365,55 +394,138 @@ impl Demo {
         text.replace(&self.dir.display().to_string(), "$DEMO")
     }
 
-    /// Starts `podctl listen` for `name` and waits until its socket
-    /// answers; returns its pid.
-    fn spawn(
+    /// `podctl listen` for `name` (its socket, state directory and table
+    /// the defaults under the demo directory), once its socket answers;
+    /// returns its pid.
+    fn listen(&mut self, name: &'static str, reconcile_ms: &str) -> Result<u32> {
+        let mut args = self.listen_args(name, reconcile_ms);
+        // The socket named: with `--listen tls://...` alone a listen
+        // would serve TLS only.
+        let socket = self.socket(name);
+        args.splice(
+            1..1,
+            [
+                "--name".to_owned(),
+                name.to_owned(),
+                "--socket".to_owned(),
+                socket,
+            ],
+        );
+        println!("   $ podctl {} &", self.short(&args.join(" ")));
+        let child = self.start(name, &args)?;
+        let pid = child.id();
+        self.pods.push(Pod { name, child, pid });
+        self.wait_for_socket(name)?;
+        Ok(pid)
+    }
+
+    /// `podctl run --from FROM --name NAME --write WRITE -- podctl listen`:
+    /// the spawner reserves, the listen adopts and listens.
+    fn run(
         &mut self,
         name: &'static str,
-        parent: Option<&str>,
+        from: &str,
+        write: &str,
         reconcile_ms: &str,
-    ) -> Result<u32> {
+    ) -> Result<()> {
+        let podctl = self.podctl.display().to_string();
+        let mut listen = vec![podctl];
+        listen.extend(self.listen_args(name, reconcile_ms));
+        let listen: Vec<&str> = listen.iter().map(String::as_str).collect();
+        self.run_program(name, from, write, &listen)?;
+        self.wait_for_socket(name)
+    }
+
+    /// `podctl run --from FROM --name NAME --write WRITE -- CMD`; records
+    /// the pid it prints (the child's).
+    fn run_program(
+        &mut self,
+        name: &'static str,
+        from: &str,
+        write: &str,
+        cmd: &[&str],
+    ) -> Result<()> {
+        let mut args: Vec<String> = [
+            "run", "--from", from, "--name", name, "--write", write, "--",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(cmd.iter().map(|&a| a.to_owned()));
+        let shown = self
+            .short(&args.join(" "))
+            .replace(&self.podctl.display().to_string(), "podctl");
+        println!("   $ podctl {shown} &");
+        let child = self.start(name, &args)?;
+        // podctl run prints `NAME pid PID incarnation ID` once started.
+        let prefix = format!("{name} pid ");
+        let mut started = String::new();
+        self.expect(name, "that it started the child", |l| {
+            let ok = l.starts_with(&prefix);
+            if ok {
+                started = l.to_owned();
+            }
+            ok
+        })?;
+        let pid = started
+            .split(' ')
+            .nth(2)
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("podctl run printed no pid: {started:?}"))?;
+        self.pods.push(Pod { name, child, pid });
+        Ok(())
+    }
+
+    /// `listen --reconcile-interval-ms N`, and with `--tls` what `name`
+    /// adds (the root's TLS listener, or `child`'s parent over TLS).
+    fn listen_args(&self, name: &str, reconcile_ms: &str) -> Vec<String> {
         let mut args = vec![
             "listen".to_owned(),
-            "--name".into(),
-            name.into(),
-            "--socket".into(),
-            self.socket(name),
-            "--state-dir".into(),
-            self.path(name),
-            "--scope-lock".into(),
-            self.lock(),
             "--reconcile-interval-ms".into(),
             reconcile_ms.into(),
         ];
-        match self.tls_args(name, parent) {
-            Some(tls) => args.extend(tls),
-            None => {
-                if let Some(parent) = parent {
-                    args.extend(["--parent-socket".into(), self.socket(parent)]);
-                }
+        let parent = match name {
+            "root" => None,
+            "child" => Some("root"),
+            _ => Some("other"),
+        };
+        match (self.tls_args(name, parent), parent) {
+            (Some(tls), _) => args.extend(tls),
+            // Under `podctl run` the handoff says where the parent listens;
+            // a restarted `child` is told.
+            (None, Some("root")) => {
+                args.extend(["--parent-socket".to_owned(), self.socket("root")]);
             }
+            (None, _) => {}
         }
-        println!("   $ podctl {} &", self.short(&args.join(" ")));
+        args
+    }
+
+    /// Starts podctl with `args`, its output forwarded under `name`.
+    fn start(&self, name: &'static str, args: &[String]) -> Result<Child> {
         let mut cmd = Command::new(&self.podctl);
-        cmd.args(&args)
+        cmd.args(args)
+            .env("PODS_RUNTIME_DIR", &self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if std::env::var_os("RUST_LOG").is_none() {
-            // Warnings only: podctl's start and stop notices would drown
+            // Warnings, and the endpoint's word when a reparent notice
+            // moves a pod: podctl's start and stop notices would drown
             // the story.
-            cmd.env("RUST_LOG", "warn");
+            cmd.env("RUST_LOG", "warn,pod_events::endpoint=info");
         }
         let mut child = cmd
             .spawn()
             .with_context(|| format!("could not start {}", self.podctl.display()))?;
         let stdout = child.stdout.take().context("no stdout pipe")?;
         let stderr = child.stderr.take().context("no stderr pipe")?;
-        forward(name, stdout, Some(self.line_sink.clone()));
-        forward(name, stderr, None);
-        self.pods.push(Pod { name, child });
+        forward(name, stdout, false, self.line_sink.clone());
+        forward(name, stderr, true, self.line_sink.clone());
+        Ok(child)
+    }
 
+    /// Waits until `name`'s socket is there (its process must not exit).
+    fn wait_for_socket(&mut self, name: &str) -> Result<()> {
         let socket = PathBuf::from(self.socket(name));
         let deadline = Instant::now() + STEP_DEADLINE;
         while !socket.exists() {
@@ -426,32 +538,42 @@ impl Demo {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        Ok(self.pod(name)?.pid())
+        Ok(())
     }
 
     fn pod(&mut self, name: &str) -> Result<&mut Pod> {
         self.pods
             .iter_mut()
+            .rev()
             .find(|p| p.name == name)
             .with_context(|| format!("no pod `{name}`"))
     }
 
-    /// SIGKILL: the pod gets no chance to report or clean up.
+    /// SIGKILL to the pod's own process (not its `podctl run`): it gets
+    /// no chance to report or clean up. Returns how its supervisor ended.
     fn kill(&mut self, name: &str) -> Result<ExitStatus> {
         println!("   $ kill -KILL <pid of {name}>");
         let pod = self.pod(name)?;
-        pod.child.kill()?;
-        Ok(pod.child.wait()?)
+        let pid = Pid::from_raw(pod.pid as i32).context("no pid")?;
+        kill_process(pid, Signal::KILL).with_context(|| format!("could not kill `{name}`"))?;
+        wait_with_deadline(&mut pod.child)
     }
 
-    /// SIGTERM, then the pod must exit 0 having removed its socket.
-    fn stop(&mut self, name: &str) -> Result<()> {
+    /// SIGTERM to the pod (through its `podctl run`, which forwards it);
+    /// how it ended.
+    fn terminate(&mut self, name: &str) -> Result<ExitStatus> {
         println!("   $ kill -TERM <pid of {name}>");
-        let socket = PathBuf::from(self.socket(name));
         let pod = self.pod(name)?;
         kill_process(Pid::from_child(&pod.child), Signal::TERM)
             .with_context(|| format!("could not signal `{name}`"))?;
-        let status = wait_with_deadline(&mut pod.child)?;
+        wait_with_deadline(&mut pod.child)
+    }
+
+    /// [`terminate`](Self::terminate), and the pod must exit 0 having
+    /// removed its socket.
+    fn stop(&mut self, name: &str) -> Result<()> {
+        let socket = PathBuf::from(self.socket(name));
+        let status = self.terminate(name)?;
         ensure!(
             status.success(),
             "`{name}` did not shut down cleanly ({status})"
@@ -474,7 +596,16 @@ impl Demo {
     /// `podctl scope register` (no `from`) or `scope delegate --from`:
     /// write scope on `write` for pod `name`, process `pid`, at its socket
     /// in the demo directory; shown.
-    fn allocate(&self, from: Option<&str>, name: &str, pid: u32, write: &str) -> Result<()> {
+    /// With `take_back` (a state directory), a restart: the pod takes
+    /// back the children its registry there names.
+    fn allocate(
+        &self,
+        from: Option<&str>,
+        name: &str,
+        pid: u32,
+        write: &str,
+        take_back: Option<&str>,
+    ) -> Result<()> {
         let (lock, pid, socket) = (self.lock(), pid.to_string(), self.socket(name));
         let mut args = vec!["scope"];
         match from {
@@ -484,6 +615,9 @@ impl Demo {
         args.extend([
             "--name", name, "--pid", &pid, "--socket", &socket, "--write", write,
         ]);
+        if let Some(dir) = take_back {
+            args.extend(["--take-back", dir]);
+        }
         self.podctl_shown(&args)
     }
 
@@ -530,6 +664,14 @@ impl Demo {
     fn allocations(&self) -> Result<Vec<Value>> {
         let table = self.podctl_json(&["scopes", "--scope-lock", &self.lock()])?;
         Ok(table["allocations"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// `pod`'s allocation, as `podctl scopes --json` shows it.
+    fn allocation(&self, pod: &str) -> Result<Value> {
+        self.allocations()?
+            .into_iter()
+            .find(|a| a["pod_name"] == pod)
+            .with_context(|| format!("`{pod}` has no allocation"))
     }
 
     fn incarnation(&self, pod: &str) -> Result<String> {
@@ -582,9 +724,29 @@ impl Demo {
     /// Waits for a line from `pod` that `matches` (`what` describes it),
     /// taking lines already received first; fails the step at the
     /// deadline.
-    fn expect(&mut self, pod: &str, what: &str, matches: impl Fn(&str) -> bool) -> Result<()> {
-        let found = |line: &Line| line.pod == pod && matches(&line.text);
-        if let Some(i) = self.pending.iter().position(found) {
+    fn expect(&mut self, pod: &str, what: &str, matches: impl FnMut(&str) -> bool) -> Result<()> {
+        self.expect_in(false, pod, what, matches)
+    }
+
+    /// [`expect`](Self::expect) for a line of `pod`'s log (stderr).
+    fn expect_log(
+        &mut self,
+        pod: &str,
+        what: &str,
+        matches: impl FnMut(&str) -> bool,
+    ) -> Result<()> {
+        self.expect_in(true, pod, what, matches)
+    }
+
+    fn expect_in(
+        &mut self,
+        log: bool,
+        pod: &str,
+        what: &str,
+        mut matches: impl FnMut(&str) -> bool,
+    ) -> Result<()> {
+        let mut found = |line: &Line| line.log == log && line.pod == pod && matches(&line.text);
+        if let Some(i) = self.pending.iter().position(&mut found) {
             self.pending.remove(i);
             return Ok(());
         }
@@ -604,21 +766,26 @@ impl Demo {
 }
 
 /// Copies a pod's output to ours line by line as it arrives, prefixed with
-/// the pod's name; stdout lines are also handed to the story.
-fn forward(pod: &'static str, from: impl Read + Send + 'static, sink: Option<mpsc::Sender<Line>>) {
+/// the pod's name, and hands each line to the story (`log`: from stderr).
+fn forward(
+    pod: &'static str,
+    from: impl Read + Send + 'static,
+    log: bool,
+    sink: mpsc::Sender<Line>,
+) {
     std::thread::spawn(move || {
         for text in BufReader::new(from).lines() {
             let Ok(text) = text else { return };
-            match &sink {
-                Some(sink) => {
-                    println!("   [{pod:>5}] {text}");
-                    let _ = sink.send(Line {
-                        pod: pod.to_owned(),
-                        text,
-                    });
-                }
-                None => eprintln!("   [{pod:>5} log] {text}"),
+            if log {
+                eprintln!("   [{pod:>5} log] {text}");
+            } else {
+                println!("   [{pod:>5}] {text}");
             }
+            let _ = sink.send(Line {
+                pod: pod.to_owned(),
+                text,
+                log,
+            });
         }
     });
 }
