@@ -99,7 +99,9 @@ pub use merge::{merge, Merged};
 pub use parent::{Effects, Parent, PodStatus, Reconciliation};
 pub use pod::{FileParent, Pod, PodBuilder, PodError};
 pub use probe::{FakeReachability, Reachability, SocketProbe};
-pub use render::{render, render_applied, render_event, Applied, Origin, MAX_LINE_LEN};
+pub use render::{
+    render, render_applied, render_event, render_scope, Applied, Origin, MAX_LINE_LEN,
+};
 pub use send::{fire_and_forget, send_pod_event};
 pub use sender::AddressSender;
 pub use spawner::{SpawnError, SpawnedChild, Spawner};

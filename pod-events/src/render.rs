@@ -180,6 +180,23 @@ fn push_name(line: &mut String, name: &str) {
     line.push('`');
 }
 
+/// A scope as the rendered lines write it: `write /srv/repo/**, read
+/// /usr/*`, each target escaped as a line escapes it, at most 8 rules
+/// then `and N more rules`; `no scope` for none. For tools that show
+/// scopes beside the lines (podctl's tables).
+///
+/// ```
+/// use pod_events::{render_scope, ScopeRule};
+///
+/// assert_eq!(render_scope(&[ScopeRule::write("/srv/repo")]), "write /srv/repo/**");
+/// assert_eq!(render_scope(&[ScopeRule::read("/")]), "read /**");
+/// ```
+pub fn render_scope(scope: &[ScopeRule]) -> String {
+    let mut text = String::new();
+    push_scope(&mut text, scope);
+    text
+}
+
 fn push_scope(line: &mut String, scope: &[ScopeRule]) {
     if scope.is_empty() {
         line.push_str("no scope");

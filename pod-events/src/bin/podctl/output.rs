@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
-use pod_protocol::{Permission, ScopeRule};
+use pod_protocol::ScopeRule;
 
 /// A table with a header row; every column but the last is padded.
 #[derive(Debug)]
@@ -184,20 +184,8 @@ pub(crate) fn rules(scope: &[ScopeRule]) -> String {
     if scope.is_empty() {
         return "-".into();
     }
-    scope
-        .iter()
-        .map(|rule| {
-            let permission = match rule.permission {
-                Permission::Read => "read",
-                Permission::Write => "write",
-            };
-            let reach = if rule.recursive { "**" } else { "*" };
-            // The root is `/`: `/**`, not `//**`.
-            let slash = if rule.target.ends_with('/') { "" } else { "/" };
-            format!("{permission} {}{slash}{reach}", rule.target)
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    // The form of the rendered lines, so a table and a line agree.
+    pod_events::render_scope(scope)
 }
 
 /// The display order and labels of a forest: `nodes[i]` is (name,
