@@ -15,11 +15,11 @@ use pod_scope_lock::{PodSpec, ScopeTable};
 use pod_transport::testing::MemoryNetwork;
 use pod_transport::{MethodSender, PeerCred, ReceiveError};
 
-fn pod(name: &str) -> PodName {
+pub(crate) fn pod(name: &str) -> PodName {
     PodName::new(name).unwrap()
 }
 
-fn spec(name: &str, pid: u32, target: &str) -> PodSpec {
+pub(crate) fn spec(name: &str, pid: u32, target: &str) -> PodSpec {
     PodSpec {
         pod_name: pod(name),
         pid,

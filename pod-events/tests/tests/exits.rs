@@ -11,7 +11,7 @@ use pod_events::{
     send_pod_event, spawn_endpoint, CollectingSink, EndpointConfig, ExitWatch, FakeReachability,
     ManualExitWatch, Origin, Parent, PidfdWatch, SocketProbe,
 };
-use pod_protocol::{PodEvent, PodName, ScopeRule};
+use pod_protocol::{PodEvent, ScopeRule};
 use pod_registry::testing::MemoryRegistry;
 use pod_registry::{Record, Registry};
 use pod_scope_lock::testing::{FakeLiveness, MemoryStore};
@@ -19,24 +19,13 @@ use pod_scope_lock::{FileStore, PodSpec, ScopeTable};
 use pod_transport::{ListenConfig, Listener, UnixSender};
 use rustix::process::{kill_process, Pid, Signal};
 
+use super::endpoint::{pod, spec};
+
 /// A liveness bound for waits, not a performance assertion; well under
 /// the reconcile interval of [`RARE`].
 const DEADLINE: Duration = Duration::from_secs(10);
 /// A reconcile interval no test waits for.
 const RARE: Duration = Duration::from_secs(60);
-
-fn pod(name: &str) -> PodName {
-    PodName::new(name).unwrap()
-}
-
-fn spec(name: &str, pid: u32, target: &str) -> PodSpec {
-    PodSpec {
-        pod_name: pod(name),
-        pid,
-        socket: format!("/s/{name}"),
-        scope: vec![ScopeRule::write(target)],
-    }
-}
 
 fn crashed(name: &str) -> String {
     format!("`{name}` is gone without reporting: presumed crashed; scope released")
