@@ -81,15 +81,7 @@ fn release_in(
     name: &PodName,
     incarnation: Option<&str>,
 ) -> Result<Released, ScopeError> {
-    let children: Vec<PodName> = table
-        .children(name.as_str())
-        .map(|child| child.pod_name.clone())
-        .collect();
-    let allocation = table.release(name, incarnation)?;
-    let moved = children
-        .iter()
-        .filter_map(|child| table.get(child.as_str()).cloned())
-        .collect();
+    let (allocation, moved) = table.release_moving(name, incarnation)?;
     Ok(Released { allocation, moved })
 }
 

@@ -211,6 +211,19 @@ impl Table {
         name: &PodName,
         incarnation: Option<&str>,
     ) -> Result<Allocation, ScopeError> {
+        self.release_moving(name, incarnation)
+            .map(|(removed, _)| removed)
+    }
+
+    /// [`release`](Self::release), also returning the children it moved
+    /// (as they are now: under the released pod's parent, their
+    /// [`reparented`](Allocation::reparented) count grown), in table
+    /// order: the pods the new manager tells where to report.
+    pub fn release_moving(
+        &mut self,
+        name: &PodName,
+        incarnation: Option<&str>,
+    ) -> Result<(Allocation, Vec<Allocation>), ScopeError> {
         let Ok(index) = self.position(name.as_str()) else {
             return Err(ScopeError::UnknownPod { name: name.clone() });
         };
@@ -230,6 +243,7 @@ impl Table {
         }
         // Moved past one pod, and past those it had been moved past.
         let moved_past = removed.reparented.saturating_add(1);
+        let mut moved = Vec::new();
         for (i, child) in self.allocations.iter_mut().enumerate() {
             if child.delegated_from.as_ref() == Some(name) {
                 let from =
@@ -239,10 +253,11 @@ impl Table {
                 if let Some(journal) = &mut self.journal {
                     journal.record(Undo::Reparented(i, from, count));
                 }
+                moved.push(child.clone());
             }
         }
         self.touch();
-        Ok(removed)
+        Ok((removed, moved))
     }
 
     /// Fails with the first (rule order, then pod name order) requested
