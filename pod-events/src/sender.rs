@@ -19,7 +19,7 @@ const UNIX_SCHEME: &str = "unix:";
 
 /// A [`MethodSender`] that picks the transport by the address: a path or
 /// `unix:` + path goes to its [`UnixSender`], `tls://host:port` to its
-/// TLS sender (see [`with_tls`](AddressSender::with_tls), feature `tls`).
+/// TLS sender (see `with_tls`, feature `tls`).
 ///
 /// A `tls://` address without a TLS sender (none configured, or the crate
 /// built without `tls`) fails that send with [`SendError::Io`] of kind
