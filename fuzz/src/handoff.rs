@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 
-use pod_events::handoff::{HANDOFF_VARIABLES, POD_SCOPE_LOCK, POD_SCOPE_STORE};
+use pod_events::handoff::{ALL_VARIABLES, POD_SCOPE_LOCK, POD_SCOPE_STORE, TLS_VARIABLES};
 use pod_events::{Handoff, HandoffError, TableLocation};
 use pod_protocol::{PodName, ScopeRule};
 use pod_scope_lock::testing::{FakeLiveness, MemoryStore};
@@ -16,9 +16,13 @@ use pod_scope_lock::{PodSpec, ScopeTable, TableStore};
 /// through [`Handoff::from_lookup`].
 ///
 /// Checks: a refusal names one of the handoff variables; an accepted
-/// handoff holds a valid name, parent and absolute, lexically normal
-/// paths, its table in exactly one of `POD_SCOPE_LOCK` (a valid path) and
-/// `POD_SCOPE_STORE` (an `etcd://` address without spaces), and survives [`Handoff::vars`] and a second parse unchanged;
+/// handoff holds a valid name, parent and addresses (absolute, lexically
+/// normal socket paths, or `tls://` addresses that parse), its table in
+/// exactly one of `POD_SCOPE_LOCK` (a valid path) and `POD_SCOPE_STORE`
+/// (an `etcd://` address without spaces), TLS files exactly when the
+/// input sets all three `POD_TLS_*` (each a valid path), always when an
+/// address is `tls://`, and survives [`Handoff::vars`] and a second parse
+/// unchanged;
 /// adopting it against a table where `child` is reserved (incarnation
 /// `0123abcd`) succeeds only for that name and incarnation, and a
 /// refused adoption leaves the table as it was.
@@ -40,18 +44,48 @@ pub fn handoff(data: &[u8]) {
                 HandoffError::Missing { variable }
                 | HandoffError::NotUnicode { variable }
                 | HandoffError::Invalid { variable, .. } => *variable,
+                HandoffError::Incomplete { variable, given } => {
+                    assert!(TLS_VARIABLES.contains(variable), "{error}");
+                    assert!(TLS_VARIABLES.contains(given), "{error}");
+                    assert!(!vars.contains_key(variable.as_bytes()), "{error}");
+                    assert!(vars.contains_key(given.as_bytes()), "{error}");
+                    *variable
+                }
                 _ => panic!("an unknown handoff error: {error}"),
             };
             assert!(
-                HANDOFF_VARIABLES.contains(&variable) || variable == POD_SCOPE_STORE,
+                ALL_VARIABLES.contains(&variable),
                 "{error} names no handoff variable"
             );
             assert!(error.to_string().contains(variable), "{error}");
             return;
         }
     };
-    for path in [&handoff.parent_socket, &handoff.socket] {
-        pod_protocol::validate_path("socket", path).expect("an accepted socket is valid");
+    for address in [&handoff.parent_socket, &handoff.socket] {
+        match address.parse::<pod_protocol::Address>() {
+            Ok(pod_protocol::Address::Unix(path)) => {
+                assert_eq!(&path, address, "a Unix address is kept as its bare path");
+            }
+            Ok(tls) => {
+                assert_eq!(&tls.to_string(), address, "a tls:// address is canonical");
+                assert!(handoff.tls.is_some(), "a tls:// address without TLS files");
+            }
+            Err(error) => panic!("an accepted address {address:?} does not parse: {error}"),
+        }
+    }
+    let all_set = TLS_VARIABLES
+        .iter()
+        .all(|v| vars.contains_key(v.as_bytes()));
+    assert_eq!(
+        handoff.tls.is_some(),
+        all_set,
+        "TLS files iff all three are set"
+    );
+    if let Some(files) = &handoff.tls {
+        for path in [&files.cert, &files.key, &files.ca] {
+            let path = path.to_str().expect("an accepted TLS path is text");
+            pod_protocol::validate_path("tls", path).expect("an accepted TLS path is valid");
+        }
     }
     match &handoff.scope {
         TableLocation::File(path) => {

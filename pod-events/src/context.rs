@@ -9,6 +9,14 @@
 //! fire-and-forget; the last one, `ShutDown`, goes out with the release,
 //! from [`PodContext::shut_down`] or, failing that, from the drop guard.
 //!
+//! A child whose parent listens over TLS (`POD_PARENT_SOCKET` is
+//! `tls://`, feature `tls`) reports through an [`AddressSender`] that
+//! presents the TLS identity its spawner handed over:
+//! `PodContext::from_env_tls`, or [`PodContext::adopt`] with
+//! `AddressSender::for_handoff` for any other table.
+//! [`PodContext::from_env`] reports over Unix sockets only, and refuses
+//! such a handoff rather than lose every report.
+//!
 //! On a table on etcd (feature `etcd`) a pid means nothing to the other
 //! hosts: `PodContext::from_env_etcd` and `PodContext::adopt_leased`
 //! hold the allocation by an etcd lease the context keeps alive, revoked
@@ -27,6 +35,8 @@ mod etcd;
 
 use crate::guard::{on_table, Departure, Guard};
 use crate::handoff::{Handoff, HandoffError};
+#[cfg(feature = "tls")]
+use crate::AddressSender;
 use crate::UpwardLink;
 
 /// Why a child could not take up its place in the tree. Nothing was
@@ -84,9 +94,11 @@ where
 impl PodContext {
     /// Reads the handoff variables of this process and adopts the
     /// reservation they name in the scope table file `POD_SCOPE_LOCK`,
-    /// with this process's pid. A handoff to a table on etcd
-    /// (`POD_SCOPE_STORE`) is refused ([`ContextError::Handoff`]): that
-    /// is `from_env_etcd`'s (feature `etcd`).
+    /// with this process's pid, reporting over Unix sockets. A handoff to
+    /// a table on etcd (`POD_SCOPE_STORE`) is refused
+    /// ([`ContextError::Handoff`]): that is `from_env_etcd`'s (feature
+    /// `etcd`); so is one whose `POD_PARENT_SOCKET` is `tls://`: that is
+    /// `from_env_tls`'s (feature `tls`).
     ///
     /// Refused with one typed error, changing nothing, when a variable is
     /// missing or invalid ([`ContextError::Handoff`], naming it) or the
@@ -94,10 +106,43 @@ impl PodContext {
     /// environment: for binaries and examples, not libraries.
     pub async fn from_env() -> Result<PodContext, ContextError> {
         let handoff = Handoff::from_env()?;
+        handoff.unix_parent("PodContext::from_env")?;
         let table = ScopeTable::with_proc_liveness(FileStore::new(
             handoff.table_file("PodContext::from_env")?,
         ));
         PodContext::adopt(handoff, table, UnixSender::default(), std::process::id()).await
+    }
+}
+
+#[cfg(feature = "tls")]
+impl PodContext<FileStore, ProcLiveness, AddressSender> {
+    /// [`from_env`](PodContext::from_env) for a child that may report over
+    /// TLS: reports go through [`AddressSender::for_handoff`] (with the
+    /// default [`TlsSendConfig`](pod_transport::tls::TlsSendConfig)), so a
+    /// `tls://` `POD_PARENT_SOCKET` is reached with the identity in
+    /// `POD_TLS_CERT`, `POD_TLS_KEY` and `POD_TLS_CA`, and a Unix one as
+    /// `from_env` reaches it. Feature `tls`.
+    ///
+    /// Refused as `from_env` is, and ([`ContextError::Handoff`], naming
+    /// the variable) when a TLS file cannot be read or parsed or the key
+    /// is not the certificate's; nothing is changed in the table then.
+    /// Reads the environment: for binaries and examples, not libraries.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), pod_events::ContextError> {
+    /// let context = pod_events::PodContext::from_env_tls().await?;
+    /// context.turn_ended();
+    /// context.shut_down().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn from_env_tls() -> Result<Self, ContextError> {
+        let handoff = Handoff::from_env()?;
+        let table = ScopeTable::with_proc_liveness(FileStore::new(
+            handoff.table_file("PodContext::from_env_tls")?,
+        ));
+        let sender = AddressSender::for_handoff(&handoff, Default::default())?;
+        PodContext::adopt(handoff, table, sender, std::process::id()).await
     }
 }
 

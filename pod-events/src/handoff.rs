@@ -5,6 +5,12 @@
 //! Parsing is a pure function of a variable lookup
 //! ([`Handoff::from_lookup`]), so every bad value is unit-tested without
 //! touching the process environment; only [`Handoff::from_env`] reads it.
+//!
+//! An address may be `tls://host:port` (DESIGN section 13); the child then
+//! needs its TLS identity, which the spawner hands over as three file
+//! paths ([`TlsFiles`]: `POD_TLS_CERT`, `POD_TLS_KEY`, `POD_TLS_CA`).
+//! Parsing only checks the paths; loading the files is the sender's
+//! business (`AddressSender::for_handoff`, feature `tls`).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -27,12 +33,26 @@ pub const POD_SCOPE_LOCK: &str = "POD_SCOPE_LOCK";
 /// set instead of [`POD_SCOPE_LOCK`].
 pub const POD_SCOPE_STORE: &str = "POD_SCOPE_STORE";
 
+/// This pod's certificate chain (PEM, leaf first), naming it as
+/// `pod://<name>`: set with [`POD_TLS_KEY`] and [`POD_TLS_CA`] when an
+/// address is `tls://`.
+pub const POD_TLS_CERT: &str = "POD_TLS_CERT";
+/// The private key of [`POD_TLS_CERT`] (PEM).
+pub const POD_TLS_KEY: &str = "POD_TLS_KEY";
+/// The CA certificates (PEM) a `tls://` peer's certificate must be signed
+/// by.
+pub const POD_TLS_CA: &str = "POD_TLS_CA";
+
+/// The TLS variables, all set or none.
+pub const TLS_VARIABLES: [&str; 3] = [POD_TLS_CERT, POD_TLS_KEY, POD_TLS_CA];
+
 /// The longest `POD_SCOPE_STORE` accepted: a few dozen endpoints.
 const MAX_STORE_LEN: usize = 4096;
 
 /// Every variable a spawner sets, in the order they are checked
 /// ([`POD_SCOPE_STORE`] stands for [`POD_SCOPE_LOCK`] when the table is
-/// on a networked store).
+/// on a networked store). The [`TLS_VARIABLES`] come after them, set only
+/// when the child has a TLS identity; [`ALL_VARIABLES`] lists them all.
 pub const HANDOFF_VARIABLES: [&str; 6] = [
     POD_NAME,
     POD_INCARNATION,
@@ -40,6 +60,23 @@ pub const HANDOFF_VARIABLES: [&str; 6] = [
     POD_PARENT_SOCKET,
     POD_SOCKET,
     POD_SCOPE_LOCK,
+];
+
+/// Every variable a handoff may set: the [`HANDOFF_VARIABLES`],
+/// [`POD_SCOPE_STORE`] and the [`TLS_VARIABLES`]. Remove these from a
+/// command's environment to start a process that is no pod, whatever this
+/// process inherited.
+pub const ALL_VARIABLES: [&str; 10] = [
+    POD_NAME,
+    POD_INCARNATION,
+    POD_PARENT,
+    POD_PARENT_SOCKET,
+    POD_SOCKET,
+    POD_SCOPE_LOCK,
+    POD_SCOPE_STORE,
+    POD_TLS_CERT,
+    POD_TLS_KEY,
+    POD_TLS_CA,
 ];
 
 /// The longest incarnation id accepted: minted ids are far shorter; the
@@ -109,6 +146,42 @@ impl From<PathBuf> for TableLocation {
     }
 }
 
+/// The child's TLS identity, as file paths (`POD_TLS_CERT`,
+/// `POD_TLS_KEY`, `POD_TLS_CA`): each absolute and lexically normal.
+/// Parsing the handoff does not read them; the sender that uses them does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsFiles {
+    /// This pod's certificate chain (PEM, leaf first), naming it with the
+    /// URI `pod://<name>`.
+    pub cert: PathBuf,
+    /// The private key of `cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// The CA certificates (PEM) a peer's certificate must be signed by.
+    pub ca: PathBuf,
+}
+
+impl TlsFiles {
+    /// The three files. [`Handoff::from_lookup`] checks the paths a child
+    /// receives; a spawner should give absolute, lexically normal ones.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>, ca: impl Into<PathBuf>) -> Self {
+        TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+            ca: ca.into(),
+        }
+    }
+
+    /// The variables and their paths, in [`TLS_VARIABLES`] order.
+    fn entries(&self) -> [(&'static str, &Path); 3] {
+        [
+            (POD_TLS_CERT, self.cert.as_path()),
+            (POD_TLS_KEY, self.key.as_path()),
+            (POD_TLS_CA, self.ca.as_path()),
+        ]
+    }
+}
+
 /// What a spawner hands its child: the values of the handoff variables,
 /// each validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,12 +193,18 @@ pub struct Handoff {
     pub incarnation: String,
     /// The parent's pod name (`POD_PARENT`).
     pub parent: PodName,
-    /// The Unix socket to report to (`POD_PARENT_SOCKET`).
+    /// The address to report to (`POD_PARENT_SOCKET`): a Unix socket
+    /// path (without `unix:`), or `tls://host:port`.
     pub parent_socket: String,
-    /// The Unix socket the child listens on (`POD_SOCKET`).
+    /// The address the child listens on (`POD_SOCKET`), in the same forms.
     pub socket: String,
     /// The scope table (`POD_SCOPE_LOCK` or `POD_SCOPE_STORE`).
     pub scope: TableLocation,
+    /// The child's TLS identity (`POD_TLS_CERT`, `POD_TLS_KEY`,
+    /// `POD_TLS_CA`): always present when an address is `tls://`, and
+    /// possibly without one (a pod may listen over TLS, or send to a
+    /// `tls://` child, while reporting to a Unix socket).
+    pub tls: Option<TlsFiles>,
 }
 
 /// Why the handoff variables cannot be used. Each names the variable.
@@ -143,6 +222,15 @@ pub enum HandoffError {
     NotUnicode {
         /// The variable.
         variable: &'static str,
+    },
+    /// A variable of a set that goes together is missing while another
+    /// of the set is given: the TLS files are all three or none.
+    #[error("{variable} is not set, but {given} is: the TLS files go together; a spawner sets all of POD_TLS_CERT, POD_TLS_KEY and POD_TLS_CA, or none")]
+    Incomplete {
+        /// The missing variable.
+        variable: &'static str,
+        /// A variable of the set that is set.
+        given: &'static str,
     },
     /// A variable's value is unacceptable.
     #[error("{variable}={value:?} is invalid: {reason}")]
@@ -180,10 +268,12 @@ impl Handoff {
 
     /// Reads the handoff variables through `lookup` (a variable's value,
     /// or `None` when unset), validating each: names as pod names, sockets
-    /// as absolute lexically normal Unix socket addresses (bare or with
-    /// `unix:`), the scope table as an absolute path (`POD_SCOPE_LOCK`) or
-    /// an `etcd://` address (`POD_SCOPE_STORE`; exactly one of the two is
-    /// set). The first problem found is the error.
+    /// as addresses (an absolute lexically normal Unix socket path, bare or
+    /// with `unix:`, or `tls://host:port`), the scope table as an absolute
+    /// path (`POD_SCOPE_LOCK`) or an `etcd://` address (`POD_SCOPE_STORE`;
+    /// exactly one of the two is set), the TLS files as absolute paths, all
+    /// three or none; a `tls://` address without them is refused, naming
+    /// its variable. The first problem found is the error.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Handoff, HandoffError> {
         let text = |variable: &'static str| -> Result<String, HandoffError> {
             let value = lookup(variable).ok_or(HandoffError::Missing { variable })?;
@@ -200,17 +290,21 @@ impl Handoff {
             let value = text(variable)?;
             PodName::new(value.as_str()).map_err(|e| invalid(variable, &value, e.to_string()))
         };
-        let socket = |variable| -> Result<String, HandoffError> {
+        // Kept as the address's canonical text: a Unix path without
+        // `unix:`, or `tls://host:port`.
+        let socket = |variable| -> Result<(String, bool), HandoffError> {
             let value = text(variable)?;
             match value.parse::<Address>() {
-                Ok(Address::Unix(path)) => Ok(path),
-                Ok(_) => Err(invalid(
-                    variable,
-                    &value,
-                    "this build reports over Unix sockets only; `tls://` needs the TLS variables, which PodContext does not read yet".into(),
-                )),
+                Ok(Address::Unix(path)) => Ok((path, false)),
+                Ok(address) => Ok((address.to_string(), true)),
                 Err(e) => Err(invalid(variable, &value, e.to_string())),
             }
+        };
+        let path = |variable| -> Result<PathBuf, HandoffError> {
+            let value = text(variable)?;
+            validate_path(variable, &value)
+                .map_err(|e| invalid(variable, &value, e.to_string()))?;
+            Ok(PathBuf::from(value))
         };
 
         let name_value = name(POD_NAME)?;
@@ -235,8 +329,8 @@ impl Handoff {
                 format!("a pod cannot be its own parent ({POD_NAME} has the same value)"),
             ));
         }
-        let parent_socket = socket(POD_PARENT_SOCKET)?;
-        let own_socket = socket(POD_SOCKET)?;
+        let (parent_socket, parent_tls) = socket(POD_PARENT_SOCKET)?;
+        let (own_socket, own_tls) = socket(POD_SOCKET)?;
         if own_socket == parent_socket {
             return Err(invalid(
                 POD_SOCKET,
@@ -257,13 +351,39 @@ impl Handoff {
                 check_store(&value).map_err(|reason| invalid(POD_SCOPE_STORE, &value, reason))?;
                 TableLocation::Store(value)
             }
-            _ => {
-                let value = text(POD_SCOPE_LOCK)?;
-                validate_path(POD_SCOPE_LOCK, &value)
-                    .map_err(|e| invalid(POD_SCOPE_LOCK, &value, e.to_string()))?;
-                TableLocation::File(PathBuf::from(value))
+            _ => TableLocation::File(path(POD_SCOPE_LOCK)?),
+        };
+        let tls = match TLS_VARIABLES.iter().find(|v| lookup(v).is_some()) {
+            None => None,
+            Some(&given) => {
+                let part = |variable| match lookup(variable) {
+                    None => Err(HandoffError::Incomplete { variable, given }),
+                    Some(_) => path(variable),
+                };
+                Some(TlsFiles {
+                    cert: part(POD_TLS_CERT)?,
+                    key: part(POD_TLS_KEY)?,
+                    ca: part(POD_TLS_CA)?,
+                })
             }
         };
+        if tls.is_none() {
+            for (variable, value, is_tls) in [
+                (POD_PARENT_SOCKET, &parent_socket, parent_tls),
+                (POD_SOCKET, &own_socket, own_tls),
+            ] {
+                if is_tls {
+                    return Err(invalid(
+                        variable,
+                        value,
+                        format!(
+                            "a tls:// address needs the pod's TLS identity, and none of \
+                             {POD_TLS_CERT}, {POD_TLS_KEY}, {POD_TLS_CA} is set"
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(Handoff {
             name: name_value,
             incarnation,
@@ -271,38 +391,52 @@ impl Handoff {
             parent_socket,
             socket: own_socket,
             scope,
+            tls,
         })
     }
 
     /// The variables as `(name, value)` pairs, for a spawner to set on the
-    /// child's command.
-    pub fn vars(&self) -> [(&'static str, String); 6] {
-        [
+    /// child's command: the six of [`HANDOFF_VARIABLES`] (with
+    /// `POD_SCOPE_STORE` for a networked table), then the
+    /// [`TLS_VARIABLES`] when the handoff has TLS files.
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
+        let mut vars = vec![
             (POD_NAME, self.name.to_string()),
             (POD_INCARNATION, self.incarnation.clone()),
             (POD_PARENT, self.parent.to_string()),
             (POD_PARENT_SOCKET, self.parent_socket.clone()),
             (POD_SOCKET, self.socket.clone()),
             (self.scope.variable(), self.scope.value()),
-        ]
+        ];
+        if let Some(files) = &self.tls {
+            vars.extend(
+                files
+                    .entries()
+                    .map(|(variable, path)| (variable, path.display().to_string())),
+            );
+        }
+        vars
     }
 
-    /// Sets the variables on `command`, and removes the one of
-    /// `POD_SCOPE_LOCK` and `POD_SCOPE_STORE` it does not set, so a value
-    /// inherited from this process cannot contradict them.
+    /// Sets the variables on `command`, and removes those it does not
+    /// set (the one of `POD_SCOPE_LOCK` and `POD_SCOPE_STORE` not used,
+    /// the TLS variables without TLS files), so a value inherited from this
+    /// process cannot contradict them.
     pub fn apply_to(&self, command: &mut tokio::process::Command) {
-        for variable in [POD_SCOPE_LOCK, POD_SCOPE_STORE] {
-            if variable != self.scope.variable() {
+        let vars = self.vars();
+        for variable in ALL_VARIABLES {
+            if !vars.iter().any(|(set, _)| *set == variable) {
                 command.env_remove(variable);
             }
         }
-        for (name, value) in self.vars() {
+        for (name, value) in vars {
             command.env(name, value);
         }
     }
 
     /// A handoff built from its parts, as a spawner does; `scope` is the
-    /// table file (a `PathBuf`) or a [`TableLocation`].
+    /// table file (a `PathBuf`) or a [`TableLocation`]. It has no TLS
+    /// files: add them with [`with_tls`](Handoff::with_tls).
     pub fn new(
         name: PodName,
         incarnation: String,
@@ -318,9 +452,57 @@ impl Handoff {
             parent_socket,
             socket,
             scope: scope.into(),
+            tls: None,
         }
     }
+
+    /// The same handoff with the child's TLS identity (or without one,
+    /// for `None`): needed when an address is `tls://`.
+    pub fn with_tls(self, tls: impl Into<Option<TlsFiles>>) -> Handoff {
+        Handoff {
+            tls: tls.into(),
+            ..self
+        }
+    }
+
+    /// Whether the address to report to is `tls://`.
+    pub fn reports_over_tls(&self) -> bool {
+        self.parent_socket.starts_with(TLS_SCHEME)
+    }
+
+    /// Refuses a handoff whose `POD_PARENT_SOCKET` is `tls://`, for
+    /// `what`, which reports over Unix sockets only.
+    pub(crate) fn unix_parent(&self, what: &str) -> Result<(), HandoffError> {
+        if !self.reports_over_tls() {
+            return Ok(());
+        }
+        Err(HandoffError::Invalid {
+            variable: POD_PARENT_SOCKET,
+            value: self.parent_socket.clone(),
+            reason: format!(
+                "{what} reports over Unix sockets only: a child reporting to a tls:// parent \
+                 sends through AddressSender::for_handoff (pod-events, feature `tls`), as \
+                 PodContext::from_env_tls does"
+            ),
+        })
+    }
+
+    /// Refuses a handoff whose `POD_SOCKET` is `tls://`, for `what`,
+    /// which listens on Unix sockets only.
+    pub(crate) fn unix_socket(&self, what: &str) -> Result<(), HandoffError> {
+        if !self.socket.starts_with(TLS_SCHEME) {
+            return Ok(());
+        }
+        Err(HandoffError::Invalid {
+            variable: POD_SOCKET,
+            value: self.socket.clone(),
+            reason: format!("{what} listens on Unix sockets only"),
+        })
+    }
 }
+
+/// The scheme of a TLS address.
+const TLS_SCHEME: &str = "tls://";
 
 /// What `POD_SCOPE_STORE` must look like before a store parses it: an
 /// `etcd://` address with hosts and a prefix, bounded, printable, without
@@ -378,8 +560,32 @@ mod tests {
         match error {
             HandoffError::Missing { variable }
             | HandoffError::NotUnicode { variable }
+            | HandoffError::Incomplete { variable, .. }
             | HandoffError::Invalid { variable, .. } => variable,
         }
+    }
+
+    /// [`good`] with TLS files and `tls://` addresses.
+    fn good_tls() -> HashMap<&'static str, OsString> {
+        let mut vars = good();
+        for (variable, value) in [
+            (POD_PARENT_SOCKET, "tls://pods.example:7443"),
+            (POD_TLS_CERT, "/etc/pods/child.pem"),
+            (POD_TLS_KEY, "/etc/pods/child.key"),
+            (POD_TLS_CA, "/etc/pods/ca.pem"),
+        ] {
+            vars.insert(variable, value.into());
+        }
+        vars
+    }
+
+    /// The variables `handoff` sets, as a lookup table.
+    fn as_vars(handoff: &Handoff) -> HashMap<&'static str, OsString> {
+        handoff
+            .vars()
+            .into_iter()
+            .map(|(k, v)| (k, v.into()))
+            .collect()
     }
 
     fn check(variable: &'static str, value: &str, blame: &'static str) {
@@ -395,12 +601,171 @@ mod tests {
         let handoff = parse(&good()).unwrap();
         assert_eq!(handoff.name.as_str(), "child");
         assert_eq!(handoff.socket, "/run/pods/child/sock", "unix: is stripped");
-        let vars: HashMap<&'static str, OsString> = handoff
-            .vars()
-            .into_iter()
-            .map(|(k, v)| (k, v.into()))
-            .collect();
+        assert_eq!(handoff.tls, None);
+        assert!(!handoff.reports_over_tls());
+        let vars = as_vars(&handoff);
+        assert!(TLS_VARIABLES.iter().all(|v| !vars.contains_key(v)));
         assert_eq!(parse(&vars).unwrap(), handoff);
+    }
+
+    #[test]
+    fn tls_addresses_with_the_tls_files_parse_and_round_trip() {
+        let handoff = parse(&good_tls()).unwrap();
+        assert_eq!(handoff.parent_socket, "tls://pods.example:7443");
+        assert!(handoff.reports_over_tls());
+        assert_eq!(
+            handoff.tls,
+            Some(TlsFiles::new(
+                "/etc/pods/child.pem",
+                "/etc/pods/child.key",
+                "/etc/pods/ca.pem"
+            ))
+        );
+        assert_eq!(parse(&as_vars(&handoff)).unwrap(), handoff);
+
+        // The child's own address may be tls:// too, and is kept in its
+        // canonical form.
+        let mut vars = good_tls();
+        vars.insert(POD_PARENT_SOCKET, "unix:/run/pods/root/sock".into());
+        vars.insert(POD_SOCKET, "tls://[::1]:7444".into());
+        let handoff = parse(&vars).unwrap();
+        assert_eq!(
+            (handoff.parent_socket.as_str(), handoff.socket.as_str()),
+            ("/run/pods/root/sock", "tls://[::1]:7444")
+        );
+        assert!(!handoff.reports_over_tls());
+        assert_eq!(parse(&as_vars(&handoff)).unwrap(), handoff);
+        assert_eq!(
+            handoff.unix_parent("x"),
+            Ok(()),
+            "a Unix parent is reachable without TLS"
+        );
+    }
+
+    #[test]
+    fn tls_files_without_a_tls_address_are_kept() {
+        let mut vars = good_tls();
+        vars.insert(POD_PARENT_SOCKET, "/run/pods/root/sock".into());
+        let handoff = parse(&vars).unwrap();
+        assert!(handoff.tls.is_some());
+        assert_eq!(parse(&as_vars(&handoff)).unwrap(), handoff);
+    }
+
+    #[test]
+    fn a_tls_address_without_the_tls_files_is_refused_naming_it() {
+        for variable in [POD_PARENT_SOCKET, POD_SOCKET] {
+            let mut vars = good();
+            vars.insert(variable, "tls://127.0.0.1:7443".into());
+            let error = parse(&vars).unwrap_err();
+            assert_eq!(blamed(error.clone()), variable, "{error}");
+            assert!(error.to_string().contains(POD_TLS_CERT), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_partial_set_of_tls_files_is_refused_naming_the_missing_one() {
+        // Every non-empty proper subset of the three variables.
+        for kept in 1..7u8 {
+            let mut vars = good_tls();
+            for (bit, variable) in TLS_VARIABLES.iter().enumerate() {
+                if kept & (1 << bit) == 0 {
+                    vars.remove(variable);
+                }
+            }
+            let given = TLS_VARIABLES
+                .iter()
+                .enumerate()
+                .find(|(bit, _)| kept & (1 << bit) != 0)
+                .map(|(_, v)| *v)
+                .unwrap();
+            let missing = TLS_VARIABLES
+                .iter()
+                .enumerate()
+                .find(|(bit, _)| kept & (1 << bit) == 0)
+                .map(|(_, v)| *v)
+                .unwrap();
+            let error = parse(&vars).unwrap_err();
+            assert_eq!(
+                error,
+                HandoffError::Incomplete {
+                    variable: missing,
+                    given
+                },
+                "kept {kept:03b}"
+            );
+            assert!(error.to_string().starts_with(missing), "{error}");
+            assert!(error.to_string().contains(given), "{error}");
+        }
+    }
+
+    #[test]
+    fn bad_tls_paths_are_refused_naming_their_variable() {
+        for variable in TLS_VARIABLES {
+            for bad in ["", "child.pem", "/etc/pods/../child.pem", "/etc/./x"] {
+                let mut vars = good_tls();
+                vars.insert(variable, bad.into());
+                let error = parse(&vars).unwrap_err();
+                assert_eq!(blamed(error.clone()), variable, "{variable}={bad:?}");
+                assert!(matches!(error, HandoffError::Invalid { .. }), "{error}");
+            }
+            let mut vars = good_tls();
+            vars.insert(variable, OsString::from_vec(vec![b'/', 0xff]));
+            assert_eq!(
+                parse(&vars).unwrap_err(),
+                HandoffError::NotUnicode { variable }
+            );
+        }
+    }
+
+    #[test]
+    fn a_unix_only_reporter_refuses_a_tls_parent_naming_it() {
+        let handoff = parse(&good_tls()).unwrap();
+        let error = handoff.unix_parent("PodContext::from_env").unwrap_err();
+        assert_eq!(blamed(error.clone()), POD_PARENT_SOCKET);
+        assert!(error.to_string().contains("from_env_tls"), "{error}");
+    }
+
+    /// What `apply_to` does to `command`'s environment: a value set, or
+    /// `None` for a variable removed.
+    fn applied(handoff: &Handoff) -> HashMap<String, Option<String>> {
+        let mut command = tokio::process::Command::new("true");
+        handoff.apply_to(&mut command);
+        command
+            .as_std()
+            .get_envs()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.map(|v| v.to_string_lossy().into_owned()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn apply_to_sets_the_tls_files_or_removes_inherited_ones() {
+        let plain = parse(&good()).unwrap();
+        let env = applied(&plain);
+        for variable in TLS_VARIABLES.into_iter().chain([POD_SCOPE_STORE]) {
+            assert_eq!(env.get(variable), Some(&None), "{variable} is removed");
+        }
+        assert_eq!(
+            env.get(POD_SCOPE_LOCK),
+            Some(&Some("/run/pods/scope.lock".into()))
+        );
+
+        let files = TlsFiles::new("/c.pem", "/c.key", "/ca.pem");
+        let with = plain.clone().with_tls(files.clone());
+        assert_eq!(with.tls.as_ref(), Some(&files));
+        let env = applied(&with);
+        for (variable, path) in [
+            (POD_TLS_CERT, "/c.pem"),
+            (POD_TLS_KEY, "/c.key"),
+            (POD_TLS_CA, "/ca.pem"),
+        ] {
+            assert_eq!(env.get(variable), Some(&Some(path.into())), "{variable}");
+        }
+        assert_eq!(with.with_tls(None), plain);
     }
 
     #[test]
@@ -463,11 +828,7 @@ mod tests {
             TableLocation::Store("etcd://127.0.0.1:2379,h:1/pods".into())
         );
         assert_eq!(handoff.scope.file(), None);
-        let again: HashMap<&'static str, OsString> = handoff
-            .vars()
-            .into_iter()
-            .map(|(k, v)| (k, v.into()))
-            .collect();
+        let again = as_vars(&handoff);
         assert!(!again.contains_key(POD_SCOPE_LOCK));
         assert_eq!(parse(&again).unwrap(), handoff);
     }

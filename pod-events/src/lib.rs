@@ -93,7 +93,7 @@ pub use endpoint::{
     EndpointStats, Notification, NotificationSink,
 };
 pub use guard::Departure;
-pub use handoff::{Handoff, HandoffError, TableLocation};
+pub use handoff::{Handoff, HandoffError, TableLocation, TlsFiles};
 pub use identity::{FakeProcessTree, ProcTree, ProcessTree, SenderPolicy};
 pub use merge::{merge, Merged};
 pub use parent::{Effects, Parent, PodStatus, Reconciliation};

@@ -148,9 +148,15 @@ impl PodBuilder {
     /// its socket and starts its endpoint (receive loop, reconcile, relays
     /// upward). A failure after the allocation was taken gives it back.
     /// A pod built from a handoff to a table on etcd is refused
-    /// ([`PodError::Handoff`]): a `Pod` keeps its table in a file.
+    /// ([`PodError::Handoff`]): a `Pod` keeps its table in a file; so is
+    /// one whose addresses are `tls://`: a `Pod` listens and reports on
+    /// Unix sockets.
     pub async fn start(self) -> Result<Pod, PodError> {
         let scope_lock = self.scope.file_only("Pod")?.to_path_buf();
+        if let Origin::Child(handoff) = &self.origin {
+            handoff.unix_parent("Pod")?;
+            handoff.unix_socket("Pod")?;
+        }
         let table = ScopeTable::with_proc_liveness(FileStore::new(&scope_lock));
         let pid = std::process::id();
         let lifecycle = match self.origin {
@@ -275,10 +281,14 @@ impl Pod {
     /// socket. Reads the environment: for binaries and examples.
     ///
     /// A handoff to a table on etcd (`POD_SCOPE_STORE`) is refused
-    /// ([`PodError::Handoff`]): a `Pod` keeps its table in a file.
+    /// ([`PodError::Handoff`]): a `Pod` keeps its table in a file; so is
+    /// one with a `tls://` address: a `Pod` listens and reports on Unix
+    /// sockets.
     pub fn from_env() -> Result<PodBuilder, PodError> {
         let handoff = Handoff::from_env()?;
         handoff.table_file("Pod::from_env")?;
+        handoff.unix_parent("Pod::from_env")?;
+        handoff.unix_socket("Pod::from_env")?;
         Ok(Pod::from_handoff(handoff))
     }
 

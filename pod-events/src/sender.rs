@@ -19,7 +19,7 @@ const UNIX_SCHEME: &str = "unix:";
 
 /// A [`MethodSender`] that picks the transport by the address: a path or
 /// `unix:` + path goes to its [`UnixSender`], `tls://host:port` to its
-/// TLS sender (see [`with_tls`](AddressSender::with_tls), feature `tls`).
+/// TLS sender (see `with_tls`, feature `tls`).
 ///
 /// A `tls://` address without a TLS sender (none configured, or the crate
 /// built without `tls`) fails that send with [`SendError::Io`] of kind
@@ -66,6 +66,28 @@ impl AddressSender {
         }
     }
 
+    /// The sender a child started by a spawner reports through: Unix
+    /// sockets, and `tls://` addresses with the identity of the handoff's
+    /// TLS files (`POD_TLS_CERT`, `POD_TLS_KEY`, `POD_TLS_CA`) when it has
+    /// them, through a pooled TLS sender with `config`. Without TLS files
+    /// it is [`AddressSender::new`] of the default Unix sender.
+    ///
+    /// Reads the three files; a file that cannot be read or parsed, or a
+    /// key that is not the certificate's, is
+    /// [`HandoffError::Invalid`](crate::HandoffError::Invalid) naming its
+    /// variable.
+    #[cfg(feature = "tls")]
+    pub fn for_handoff(
+        handoff: &crate::Handoff,
+        config: pod_transport::tls::TlsSendConfig,
+    ) -> Result<Self, crate::HandoffError> {
+        let sender = AddressSender::new(UnixSender::default());
+        match &handoff.tls {
+            None => Ok(sender),
+            Some(files) => Ok(sender.with_tls(tls_sender(files, config)?)),
+        }
+    }
+
     /// Whether `tls://` addresses can be sent to.
     pub fn has_tls(&self) -> bool {
         #[cfg(feature = "tls")]
@@ -96,6 +118,30 @@ impl AddressSender {
             source: std::io::Error::new(std::io::ErrorKind::Unsupported, what),
         })
     }
+}
+
+/// A pooled TLS sender presenting the identity in `files`.
+#[cfg(feature = "tls")]
+fn tls_sender(
+    files: &crate::TlsFiles,
+    config: pod_transport::tls::TlsSendConfig,
+) -> Result<pod_transport::tls::TlsSender, crate::HandoffError> {
+    use crate::handoff::{POD_TLS_CA, POD_TLS_CERT, POD_TLS_KEY};
+    use pod_transport::tls;
+
+    let refused = |variable, path: &Path, error: tls::TlsError| crate::HandoffError::Invalid {
+        variable,
+        value: path.display().to_string(),
+        reason: error.to_string(),
+    };
+    let chain = tls::load_certs(&files.cert).map_err(|e| refused(POD_TLS_CERT, &files.cert, e))?;
+    let key = tls::load_private_key(&files.key).map_err(|e| refused(POD_TLS_KEY, &files.key, e))?;
+    let cas = tls::load_certs(&files.ca).map_err(|e| refused(POD_TLS_CA, &files.ca, e))?;
+    // What the configuration refuses is a key that does not match the
+    // certificate (the CAs already parsed): the key's variable is blamed.
+    let client =
+        tls::client_config(chain, key, cas).map_err(|e| refused(POD_TLS_KEY, &files.key, e))?;
+    Ok(tls::TlsSender::new(client, config))
 }
 
 impl MethodSender for AddressSender {
@@ -149,5 +195,87 @@ mod tests {
         assert_eq!(path, Path::new("tls://127.0.0.1:1"));
         assert_eq!(source.kind(), std::io::ErrorKind::Unsupported);
         assert!(err.to_string().contains("tls"), "{err}");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn a_handoffs_tls_files_make_a_tls_sender_or_name_the_bad_file() {
+        use crate::handoff::{POD_TLS_CA, POD_TLS_CERT, POD_TLS_KEY};
+        use crate::{Handoff, HandoffError, TlsFiles};
+        use pod_protocol::PodName;
+
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![rcgen::SanType::URI("pod://child".try_into().unwrap())];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        let files = TlsFiles::new(
+            write("child.pem", cert.pem()),
+            write("child.key", key.serialize_pem()),
+            write("ca.pem", ca.pem()),
+        );
+        let other_key = write(
+            "other.key",
+            rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        );
+        let garbage = write("garbage.pem", "not PEM\n".into());
+
+        let name = |n: &str| PodName::new(n).unwrap();
+        let handoff = Handoff::new(
+            name("child"),
+            "0123abcd".into(),
+            name("root"),
+            "tls://127.0.0.1:7443".into(),
+            "/run/pods/child/sock".into(),
+            std::path::PathBuf::from("/run/pods/scope.lock"),
+        );
+        let config = pod_transport::tls::TlsSendConfig::default;
+        let unix_only = AddressSender::for_handoff(&handoff, config()).unwrap();
+        assert!(!unix_only.has_tls(), "no files, no TLS identity");
+        let with = handoff.clone().with_tls(files.clone());
+        assert!(AddressSender::for_handoff(&with, config())
+            .unwrap()
+            .has_tls());
+
+        let blamed = |files: TlsFiles| match AddressSender::for_handoff(
+            &handoff.clone().with_tls(files),
+            config(),
+        ) {
+            Err(HandoffError::Invalid { variable, .. }) => variable,
+            other => panic!("{other:?}"),
+        };
+        let with_cert = |cert| TlsFiles {
+            cert,
+            ..files.clone()
+        };
+        let with_key = |key| TlsFiles {
+            key,
+            ..files.clone()
+        };
+        let with_ca = |ca| TlsFiles {
+            ca,
+            ..files.clone()
+        };
+        assert_eq!(
+            blamed(with_cert(dir.path().join("missing.pem"))),
+            POD_TLS_CERT
+        );
+        assert_eq!(blamed(with_cert(garbage.clone())), POD_TLS_CERT);
+        assert_eq!(blamed(with_key(garbage.clone())), POD_TLS_KEY);
+        assert_eq!(
+            blamed(with_key(other_key)),
+            POD_TLS_KEY,
+            "not the certificate's key"
+        );
+        assert_eq!(blamed(with_ca(garbage)), POD_TLS_CA);
     }
 }

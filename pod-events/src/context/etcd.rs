@@ -21,14 +21,17 @@ impl PodContext<EtcdStore, LeaseLiveness, UnixSender> {
     /// Refused with one typed error, changing nothing: a missing or
     /// invalid variable, or a handoff to a table file
     /// ([`ContextError::Handoff`]: that one is [`PodContext::from_env`]'s),
-    /// an unreachable cluster or a refused adoption
-    /// ([`ContextError::Adopt`]). Reads the environment: for binaries and
-    /// examples, not libraries.
+    /// a `tls://` `POD_PARENT_SOCKET` (this reports over Unix sockets: over
+    /// TLS, use [`adopt_leased`](PodContext::adopt_leased) with
+    /// `AddressSender::for_handoff`, feature `tls`), an unreachable
+    /// cluster or a refused adoption ([`ContextError::Adopt`]). Reads the
+    /// environment: for binaries and examples, not libraries.
     pub async fn from_env_etcd(
         options: EtcdOptions,
         lease_ttl_secs: i64,
     ) -> Result<Self, ContextError> {
         let handoff = Handoff::from_env()?;
+        handoff.unix_parent("PodContext::from_env_etcd")?;
         let address = match &handoff.scope {
             TableLocation::Store(address) => address.clone(),
             other => {

@@ -65,10 +65,9 @@ impl Env {
         cmd.env("PODS_RUNTIME_DIR", self.path("run"))
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());
-        for var in pod_events::handoff::HANDOFF_VARIABLES {
+        for var in pod_events::handoff::ALL_VARIABLES {
             cmd.env_remove(var);
         }
-        cmd.env_remove(pod_events::handoff::POD_SCOPE_STORE);
         cmd
     }
 

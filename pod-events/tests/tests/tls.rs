@@ -1,7 +1,8 @@
 //! Black-box tests of `podctl` over TCP with mutual TLS (issue 17), with
 //! certificates made at test time (rcgen): a child reporting to its root
 //! over `tls://` on loopback, a client certified by another CA refused,
-//! and every bad value of the TLS flags and address forms.
+//! a child spawned by `podctl run` with its TLS identity in the handoff
+//! variables, and every bad value of the TLS flags and address forms.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use rcgen::{BasicConstraints, Certificate, CertificateParams, IsCa, KeyPair, San
 use rustix::process::Signal;
 use serde_json::{json, Value};
 
-use super::support::Env;
+use super::support::{Env, Running, PODCTL};
 
 /// A certificate authority that writes PEM files for pods.
 struct Ca {
@@ -234,6 +235,96 @@ fn a_child_over_tls_reaches_the_root_and_another_cas_client_is_refused() {
         .collect();
     assert_eq!(names, [&json!("child")], "{registry}");
     assert!(child.signal(Signal::TERM).success());
+}
+
+#[test]
+fn podctl_run_hands_its_tls_identity_to_a_listen_that_reports_over_tls() {
+    let env = TlsEnv::new();
+    let tls = env.tls_address();
+    let src = env.path("repo/src");
+    env.allocate(None, "root", std::process::id(), &env.path("repo"));
+    // No reconcile: what the root learns of `child` comes by TLS.
+    let mut root_flags = args(&["--listen", &tls, "--reconcile-interval-ms", "0"]);
+    root_flags.extend(env.tls_flags("root"));
+    let mut root = env.listen("root", &strs(&root_flags));
+    root.expect_log(&format!("tls={tls}"));
+
+    let child_socket = env.socket("child");
+    let run_child = |tls_flags: Vec<String>| {
+        let mut cmd = env.command();
+        cmd.args(["run", "--from", "root", "--name", "child", "--write", &src])
+            .args(["--scope-lock", &env.lock(), "--parent-socket", &tls])
+            .args(["--socket", &child_socket])
+            .args(tls_flags)
+            .args(["--", PODCTL, "listen", "--reconcile-interval-ms", "0"]);
+        cmd
+    };
+    // Refused before anything is reserved: no identity, or another pod's.
+    let before = env.allocations();
+    for (flags, needle) in [
+        (Vec::new(), "missing: --tls-cert, --tls-key, --tls-ca"),
+        (env.tls_flags("root"), "names pod `root`, not `child`"),
+    ] {
+        let out = run_child(flags).output().unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(needle), "{needle:?}: {stderr}");
+    }
+    assert_eq!(env.allocations(), before, "a refused run changed the table");
+
+    // The listen gets no TLS flag: its identity comes from POD_TLS_*.
+    let mut run = Running::start(&mut run_child(env.tls_flags("child")));
+    let started = run.expect("child pid ");
+    let pid: u64 = started.split(' ').nth(2).unwrap().parse().unwrap();
+    run.wait_for_path(Path::new(&format!("{child_socket}.control")));
+    let child = env
+        .allocations()
+        .into_iter()
+        .find(|a| a["pod_name"] == "child")
+        .unwrap();
+    assert_eq!(
+        child["pid"].as_u64(),
+        Some(pid),
+        "the listen adopted: {child}"
+    );
+
+    // `child` relays the spawn of `gc` to the root over TLS, certified
+    // as `child` by the certificate it was handed.
+    let gc = Sleeper::new();
+    let parser = env.path("repo/src/parser");
+    env.allocate(Some("child"), "gc", gc.0.id(), &parser);
+    let announce = json!({
+        "kind": "scope_sub_delegated",
+        "parent_pod": "child",
+        "sub_pod": "gc",
+        "sub_socket": env.socket("gc"),
+        "scope": [{"target": parser, "permission": "write"}],
+        "sub_incarnation": env.incarnation("gc"),
+        "spawner_socket": child_socket,
+    });
+    env.send(&child_socket, announce);
+    run.expect("pod `child` spawned `gc`");
+    root.expect("pod `child` spawned `gc`");
+
+    // SIGTERM reaches the listen through podctl run; its clean exit's
+    // ShutDown reaches the root over TLS, and its scope is released.
+    assert!(run.signal(Signal::TERM).success());
+    run.expect("child exited with status 0");
+    assert!(
+        !run.seen.iter().any(|l| l.contains("without reporting")),
+        "the listen reported its own shutdown: {:?}",
+        run.seen
+    );
+    root.expect("pod `child` shut down");
+    let mut names = env.pod_names();
+    names.sort();
+    assert_eq!(names, ["gc", "root"], "child's allocation was released");
+    assert!(root.signal(Signal::TERM).success());
+    let logs = root.all_logs();
+    assert!(
+        !logs.iter().any(|l| l.contains("rejected")),
+        "the root refused something: {logs:?}"
+    );
 }
 
 #[test]

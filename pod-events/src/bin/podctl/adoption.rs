@@ -1,20 +1,21 @@
 //! `podctl listen` as a child pod: started by a spawner (`podctl run ...
 //! -- podctl listen`), it takes its name, sockets and scope table from the
-//! handoff variables (DESIGN section 11) where its flags are omitted,
+//! handoff variables (DESIGN section 11) where its flags are omitted
+//! (its TLS identity too, POD_TLS_*, as a set),
 //! adopts the reservation with its own pid, and on exit reports its
 //! `ShutDown` and releases the allocation it adopted.
 
 use anyhow::{bail, Context, Result};
-use pod_events::{Handoff, PodContext, TableLocation};
+use pod_events::{AddressSender, Handoff, PodContext, TableLocation};
 use pod_protocol::PodName;
-use pod_transport::UnixSender;
 
 use crate::store::{AnyLiveness, AnyStore, Keeper, Scopes, TableArgs};
+use crate::tls::TlsArgs;
 
 /// The context of an adopted reservation, and what keeps the allocation
 /// alive (this process, or on an etcd table a lease it holds).
 pub(crate) struct Adopted {
-    context: PodContext<AnyStore, AnyLiveness>,
+    context: PodContext<AnyStore, AnyLiveness, AddressSender>,
     keeper: Keeper,
 }
 
@@ -25,15 +26,30 @@ impl Adopted {
     }
 }
 
+/// The flags of `podctl listen` a handoff may fill.
+pub(crate) struct Fillable<'a> {
+    pub(crate) name: &'a mut Option<String>,
+    pub(crate) socket: &'a mut Option<String>,
+    pub(crate) listen: &'a mut Option<String>,
+    pub(crate) table: &'a mut TableArgs,
+    pub(crate) parent_socket: &'a mut Option<String>,
+    pub(crate) tls: &'a mut TlsArgs,
+}
+
 /// Reads the handoff variables when `POD_INCARNATION` is set (else
 /// `None`, and nothing is filled) and fills each omitted flag from them:
-/// flags override. Without a handoff `--name` is required.
-pub(crate) fn fill(
-    name: &mut Option<String>,
-    socket: &mut Option<String>,
-    table: &mut TableArgs,
-    parent_socket: &mut Option<String>,
-) -> Result<Option<Handoff>> {
+/// flags override (the table and the TLS files as a set). A `tls://`
+/// POD_SOCKET fills `--listen` when neither it nor `--socket` is given.
+/// Without a handoff `--name` is required.
+pub(crate) fn fill(flags: Fillable<'_>) -> Result<Option<Handoff>> {
+    let Fillable {
+        name,
+        socket,
+        listen,
+        table,
+        parent_socket,
+        tls,
+    } = flags;
     if !Handoff::present_in_env() {
         if name.is_none() {
             bail!("--name is required (unless podctl listen is started by a spawner, with the handoff variables POD_NAME, POD_INCARNATION, ...)");
@@ -44,15 +60,23 @@ pub(crate) fn fill(
         "POD_INCARNATION is set, so this listen adopts a reservation, but the handoff is unusable",
     )?;
     name.get_or_insert_with(|| handoff.name.to_string());
-    socket.get_or_insert_with(|| handoff.socket.clone());
+    if !handoff.socket.starts_with("tls://") {
+        socket.get_or_insert_with(|| handoff.socket.clone());
+    } else if socket.is_none() {
+        listen.get_or_insert_with(|| handoff.socket.clone());
+    }
     table.fill_from(&handoff.scope);
     parent_socket.get_or_insert_with(|| handoff.parent_socket.clone());
+    if let Some(files) = &handoff.tls {
+        tls.fill_from(files);
+    }
     Ok(Some(handoff))
 }
 
 /// Adopts the reservation of `handoff` as pod `name` (the flags may have
 /// renamed it), in `table` (at `location`), with this process's pid; the
-/// context reports to `parent_socket`. `None` without a handoff.
+/// context reports to `parent_socket` through `sender` (the endpoint's
+/// upward sender, with its TLS identity). `None` without a handoff.
 ///
 /// On an etcd table the allocation is held by a lease: the one the
 /// spawner already adopted it with (`podctl run` holds one for its
@@ -64,6 +88,7 @@ pub(crate) fn adopt(
     parent_socket: Option<&str>,
     location: &TableLocation,
     table: &Scopes,
+    sender: AddressSender,
 ) -> Result<Option<Adopted>> {
     let Some(handoff) = handoff else {
         return Ok(None);
@@ -75,7 +100,8 @@ pub(crate) fn adopt(
         parent_socket.map_or(handoff.parent_socket, str::to_owned),
         socket.map_or(handoff.socket, str::to_owned),
         location.clone(),
-    );
+    )
+    .with_tls(handoff.tls);
     let (keeper, holder) = match adopted_by_spawner(table, &handoff)? {
         Some(holder) => (Keeper::Process, holder),
         None => {
@@ -87,12 +113,7 @@ pub(crate) fn adopt(
     // Adoption takes the table's lock: on a runtime of its own, before the
     // endpoint's exists, so no executor thread blocks on it.
     let runtime = crate::current_thread_runtime()?;
-    let context = runtime.block_on(PodContext::adopt(
-        handoff,
-        table.clone(),
-        UnixSender::default(),
-        holder,
-    ))?;
+    let context = runtime.block_on(PodContext::adopt(handoff, table.clone(), sender, holder))?;
     tracing::info!(pod = %context.name(), incarnation = context.incarnation(), "adopted the reservation");
     Ok(Some(Adopted { context, keeper }))
 }

@@ -35,8 +35,9 @@ use crate::{adoption, output, paths};
 pub(crate) struct ListenArgs {
     /// This pod's name [default: $POD_NAME when started by a spawner
     /// (`podctl run ... -- podctl listen`): the handoff variables then
-    /// also give --socket, --scope-lock (or --scope-store) and
-    /// --parent-socket, and the
+    /// also give --socket (or --listen, for a tls:// POD_SOCKET),
+    /// --scope-lock (or --scope-store), --parent-socket and the TLS
+    /// flags (POD_TLS_CERT, POD_TLS_KEY, POD_TLS_CA), and the
     /// reservation POD_INCARNATION names is adopted at start and released
     /// at a clean exit].
     #[arg(long, value_name = "NAME")]
@@ -76,12 +77,14 @@ pub(crate) struct ListenArgs {
 
 /// `podctl listen`.
 pub(crate) fn run(mut args: ListenArgs, json: bool) -> Result<()> {
-    let handoff = adoption::fill(
-        &mut args.name,
-        &mut args.socket,
-        &mut args.table,
-        &mut args.parent_socket,
-    )?;
+    let handoff = adoption::fill(adoption::Fillable {
+        name: &mut args.name,
+        socket: &mut args.socket,
+        listen: &mut args.listen,
+        table: &mut args.table,
+        parent_socket: &mut args.parent_socket,
+        tls: &mut args.tls,
+    })?;
     let name = paths::pod_name(args.name.as_deref().unwrap_or_default())?;
     let tls_listen = args
         .listen
@@ -117,18 +120,6 @@ pub(crate) fn run(mut args: ListenArgs, json: bool) -> Result<()> {
     // Reading the table and opening the registry block: do it before the
     // runtime exists. Either refusal leaves its file untouched; the table
     // goes first because opening a registry creates missing files.
-    let table = store::open(&location)?;
-    table.list()?;
-    let adopted = adoption::adopt(
-        handoff,
-        &name,
-        socket.as_deref(),
-        parent_socket.as_deref(),
-        &location,
-        &table,
-    )?;
-    let registry = FileRegistry::open(&state_dir)?;
-    let parent = Parent::new(name, registry, table, SocketProbe::default());
     let mut upward = AddressSender::new(UnixSender::new(SendConfig {
         dialect: args.upward_dialect,
         ..SendConfig::default()
@@ -136,6 +127,20 @@ pub(crate) fn run(mut args: ListenArgs, json: bool) -> Result<()> {
     if let Some(identity) = identity.as_ref().filter(|_| tls_up) {
         upward = upward.with_tls(identity.sender()?);
     }
+    let table = store::open(&location)?;
+    table.list()?;
+    // The context's own reports (its ShutDown) go the relays' way.
+    let adopted = adoption::adopt(
+        handoff,
+        &name,
+        socket.as_deref(),
+        parent_socket.as_deref(),
+        &location,
+        &table,
+        upward.clone(),
+    )?;
+    let registry = FileRegistry::open(&state_dir)?;
+    let parent = Parent::new(name, registry, table, SocketProbe::default());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -8,6 +8,14 @@
 //! one that is accepts an adoption already made for its pid), announced to
 //! the parent, and released when the child exits without having done so.
 //!
+//! Over TLS (`--parent-socket tls://...`) the child is handed the TLS
+//! files of `--tls-cert`, `--tls-key` and `--tls-ca` (POD_TLS_*), its
+//! own identity: the certificate must name it. `podctl run` reports on
+//! the child's behalf with it, but does not announce the spawn there: a
+//! certificate naming the child does not speak for its spawner (DESIGN
+//! section 7), so the parent would refuse the announcement; it registers
+//! the child at its next reconcile instead, from the scope table.
+//!
 //! On an etcd table (`--scope-store`) a pid means nothing to the other
 //! hosts: the child's allocation is held by a lease this `podctl run`
 //! keeps alive while the child runs (and revokes after it exits), so the
@@ -21,7 +29,7 @@ use std::process::{ExitStatus, Stdio};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use pod_events::{send_pod_event, Handoff};
+use pod_events::{send_pod_event, AddressSender, Handoff};
 use pod_protocol::{PodEvent, ScopeRule};
 use pod_scope_lock::{Allocation, PodSpec, ScopeError};
 use pod_transport::UnixSender;
@@ -29,6 +37,7 @@ use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::store::{self, Keeper, Scopes, TableArgs};
+use crate::tls::TlsArgs;
 use crate::{output, paths};
 
 #[derive(Debug, Args)]
@@ -49,13 +58,20 @@ pub(crate) struct RunArgs {
     #[command(flatten)]
     table: TableArgs,
     /// Where PARENT listens: the spawn is announced there and the child
-    /// reports there [default: PARENT's socket in the scope table].
-    #[arg(long, value_name = "PATH")]
+    /// reports there [default: PARENT's socket in the scope table]. A
+    /// Unix socket path, `unix:` + path, or tls://HOST:PORT (with
+    /// --tls-cert, --tls-key and --tls-ca).
+    #[arg(long, value_name = "ADDRESS")]
     parent_socket: Option<String>,
     /// The socket the child is told to listen on [default:
     /// RUNTIME_DIR/NAME/sock].
     #[arg(long, value_name = "PATH")]
     socket: Option<String>,
+    /// The child's TLS identity (its certificate names it as pod://NAME),
+    /// handed over as POD_TLS_CERT, POD_TLS_KEY and POD_TLS_CA; needed
+    /// when PARENT's address is tls://.
+    #[command(flatten)]
+    tls: TlsArgs,
     /// The child's program and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -85,9 +101,28 @@ pub(crate) fn run(args: RunArgs, json: bool) -> Result<()> {
         );
     };
     let parent_socket = match args.parent_socket {
-        Some(flag) => paths::checked("--parent-socket", flag)?,
+        Some(flag) => paths::address("--parent-socket", flag)?,
         None => spawner.socket.clone(),
     };
+    let tls_up = parent_socket.starts_with("tls://");
+    let identity = if tls_up {
+        args.tls.load(true, "this run")?
+    } else {
+        args.tls.load_given("the child's TLS identity")?
+    };
+    let tls_files = args.tls.files()?;
+    let mut sender = AddressSender::new(UnixSender::default());
+    if let Some(identity) = &identity {
+        let certified = identity.pod_name()?;
+        if certified != name {
+            bail!(
+                "--tls-cert names pod `{certified}`, not `{name}`: give the child its own certificate (pod://{name})"
+            );
+        }
+        if tls_up {
+            sender = sender.with_tls(identity.sender()?);
+        }
+    }
     let reservation = table
         .reserve(
             &from,
@@ -111,7 +146,8 @@ pub(crate) fn run(args: RunArgs, json: bool) -> Result<()> {
         parent_socket,
         socket,
         location,
-    );
+    )
+    .with_tls(tls_files);
     // What will hold the child's allocation: its own pid (known once it
     // runs) on a file table, a lease taken now on an etcd table.
     let keeper = match Keeper::new(&table) {
@@ -132,7 +168,15 @@ pub(crate) fn run(args: RunArgs, json: bool) -> Result<()> {
             return Err(error).context("cannot start the async runtime");
         }
     };
-    let status = runtime.block_on(supervise(table, handoff, keeper, scope, args.command, json))?;
+    let status = runtime.block_on(supervise(
+        table,
+        handoff,
+        keeper,
+        sender,
+        scope,
+        args.command,
+        json,
+    ))?;
     drop(runtime);
     std::process::exit(exit_code(status));
 }
@@ -143,6 +187,7 @@ async fn supervise(
     table: Scopes,
     handoff: Handoff,
     keeper: Keeper,
+    sender: AddressSender,
     scope: Vec<ScopeRule>,
     command: Vec<OsString>,
     json: bool,
@@ -186,7 +231,6 @@ async fn supervise(
         // released below.
         tracing::warn!(%error, pod = %handoff.name, "could not adopt the reservation on the child's behalf");
     }
-    let sender = UnixSender::default();
     let up = Path::new(&handoff.parent_socket);
     let announce = PodEvent::ScopeSubDelegated {
         parent_pod: handoff.parent.to_string(),
@@ -196,7 +240,11 @@ async fn supervise(
         sub_incarnation: Some(handoff.incarnation.clone()),
         spawner_socket: Some(handoff.parent_socket.clone()),
     };
-    if let Err(error) = send_pod_event(&sender, up, announce).await {
+    if handoff.reports_over_tls() {
+        // Certified as the child, the announcement would be refused: only
+        // the spawner (or a pod above it) may announce a delegation.
+        tracing::info!(parent = %handoff.parent, "the parent listens over TLS: it registers the child at its next reconcile, from the scope table");
+    } else if let Err(error) = send_pod_event(&sender, up, announce).await {
         tracing::warn!(%error, parent = %handoff.parent, "could not announce the child; the parent's reconcile finds it in the scope table");
     }
     if json {

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use pod_events::TlsFiles;
+use pod_protocol::{validate_path, PodName};
 use pod_transport::tls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use pod_transport::tls::rustls::{ClientConfig, ServerConfig};
 use pod_transport::tls::{self, TlsSendConfig, TlsSender};
@@ -26,6 +28,10 @@ pub(crate) struct TlsArgs {
     /// signed by.
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<PathBuf>,
+    /// The three came from a spawner's handoff (POD_TLS_*), not from the
+    /// command line: unused, they are no mistake of the user's.
+    #[arg(skip)]
+    inherited: bool,
 }
 
 /// Loaded TLS material: this pod's chain and key, and the trusted CAs.
@@ -42,12 +48,25 @@ impl TlsArgs {
         self.tls_cert.is_some() || self.tls_key.is_some() || self.tls_ca.is_some()
     }
 
+    /// Takes the TLS files a spawner handed over (POD_TLS_CERT,
+    /// POD_TLS_KEY, POD_TLS_CA) unless a flag is given: flags override, as
+    /// a set, so a certificate is never paired with another's key.
+    pub(crate) fn fill_from(&mut self, files: &TlsFiles) {
+        if self.given() {
+            return;
+        }
+        self.tls_cert = Some(files.cert.clone());
+        self.tls_key = Some(files.key.clone());
+        self.tls_ca = Some(files.ca.clone());
+        self.inherited = true;
+    }
+
     /// The identity, when `needed` (something uses a `tls://` address,
-    /// described by `what`); refuses flags that nothing would use, and an
-    /// incomplete set.
+    /// described by `what`); refuses flags that nothing would use (files
+    /// inherited from a handoff are left unused), and an incomplete set.
     pub(crate) fn load(&self, needed: bool, what: &str) -> Result<Option<Identity>> {
         if !needed {
-            if self.given() {
+            if self.given() && !self.inherited {
                 bail!(
                     "--tls-cert, --tls-key and --tls-ca are for tls:// addresses, and {what} uses none: \
                      drop them, or give a tls:// address"
@@ -55,6 +74,20 @@ impl TlsArgs {
             }
             return Ok(None);
         }
+        self.load_all(&format!("{what} uses a tls:// address, which"))
+            .map(Some)
+    }
+
+    /// The identity if any flag is given (all three then), for `why`
+    /// (what needs it, as the start of a sentence).
+    pub(crate) fn load_given(&self, why: &str) -> Result<Option<Identity>> {
+        if !self.given() {
+            return Ok(None);
+        }
+        self.load_all(why).map(Some)
+    }
+
+    fn load_all(&self, why: &str) -> Result<Identity> {
         let missing: Vec<&str> = [
             ("--tls-cert", self.tls_cert.is_none()),
             ("--tls-key", self.tls_key.is_none()),
@@ -66,7 +99,7 @@ impl TlsArgs {
         let (Some(cert), Some(key), Some(ca)) = (&self.tls_cert, &self.tls_key, &self.tls_ca)
         else {
             bail!(
-                "{what} uses a tls:// address, which needs --tls-cert, --tls-key and --tls-ca; missing: {}",
+                "{why} needs --tls-cert, --tls-key and --tls-ca; missing: {}",
                 missing.join(", ")
             );
         };
@@ -76,12 +109,43 @@ impl TlsArgs {
             key.display(),
             ca.display()
         );
-        Ok(Some(Identity {
+        Ok(Identity {
             chain: tls::load_certs(cert).context("--tls-cert")?,
             key: tls::load_private_key(key).context("--tls-key")?,
             cas: tls::load_certs(ca).context("--tls-ca")?,
             files,
-        }))
+        })
+    }
+
+    /// The three files as a handoff carries them (absolute and lexically
+    /// normal, as the child checks them), if given.
+    pub(crate) fn files(&self) -> Result<Option<TlsFiles>> {
+        let (Some(cert), Some(key), Some(ca)) = (&self.tls_cert, &self.tls_key, &self.tls_ca)
+        else {
+            return Ok(None);
+        };
+        let handed = |flag: &'static str, path: &PathBuf| -> Result<PathBuf> {
+            let absolute = std::path::absolute(path)
+                .with_context(|| format!("{flag} {}: cannot make it absolute", path.display()))?;
+            let text = absolute.to_str().with_context(|| {
+                format!(
+                    "{flag} {}: the child is handed UTF-8 paths only",
+                    path.display()
+                )
+            })?;
+            validate_path(flag, text).with_context(|| {
+                format!(
+                    "{flag} {} cannot be handed to the child: give a path without `.` or `..`",
+                    path.display()
+                )
+            })?;
+            Ok(absolute)
+        };
+        Ok(Some(TlsFiles::new(
+            handed("--tls-cert", cert)?,
+            handed("--tls-key", key)?,
+            handed("--tls-ca", ca)?,
+        )))
     }
 }
 
@@ -96,6 +160,17 @@ impl Identity {
     fn client(&self) -> Result<Arc<ClientConfig>> {
         tls::client_config(self.chain.clone(), self.key.clone_key(), self.cas.clone())
             .with_context(|| format!("cannot send with {}", self.files))
+    }
+
+    /// The pod the certificate names (its URI `pod://NAME`).
+    pub(crate) fn pod_name(&self) -> Result<PodName> {
+        let leaf = self
+            .chain
+            .first()
+            .context("--tls-cert holds no certificate")?;
+        tls::pod_name_of(leaf)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("--tls-cert names no pod ({})", self.files))
     }
 
     /// A pooled sender presenting this identity.
