@@ -119,6 +119,9 @@ pub(crate) fn run(mut args: ListenArgs, json: bool) -> Result<()> {
     // goes first because opening a registry creates missing files.
     let table = store::open(&location)?;
     table.list()?;
+    let config = EndpointConfig::default()
+        .reconcile_every(interval)
+        .exit_watch(store::exit_watch(&table));
     let adopted = adoption::adopt(
         handoff,
         &name,
@@ -151,12 +154,12 @@ pub(crate) fn run(mut args: ListenArgs, json: bool) -> Result<()> {
                 None => pod_events::UpwardLink::new(up),
             };
             let parent = Arc::new(parent.with_upward_link(upward, link));
-            runtime.block_on(serve(parent, socket, tls_listen, interval, json))
+            runtime.block_on(serve(parent, socket, tls_listen, config, json))
         }
         None => {
             // Its sender still serves: reparent notices to orphans.
             let parent = Arc::new(parent.with_sender(upward));
-            runtime.block_on(serve(parent, socket, tls_listen, interval, json))
+            runtime.block_on(serve(parent, socket, tls_listen, config, json))
         }
     };
     adoption::depart(&runtime, adopted, served.is_ok());
@@ -191,7 +194,7 @@ async fn serve<U: MethodSender + Clone>(
     parent: Arc<FileParent<U>>,
     socket: Option<String>,
     tls_listen: Option<(String, Arc<ServerConfig>)>,
-    interval: Option<Duration>,
+    config: EndpointConfig,
     json: bool,
 ) -> Result<()> {
     // Handlers first: once the socket exists, SIGTERM means a clean
@@ -238,12 +241,7 @@ async fn serve<U: MethodSender + Clone>(
         .name("podctl-stdout".into())
         .spawn(move || print_lines(lines, json))
         .context("cannot start the output thread")?;
-    let endpoint = spawn_endpoint(
-        parent.clone(),
-        listener,
-        sink,
-        EndpointConfig::default().reconcile_every(interval),
-    );
+    let endpoint = spawn_endpoint(parent.clone(), listener, sink, config);
     let (unix, tls) = (socket.as_deref(), tls_addr.as_deref());
     tracing::info!(pod = %parent.name(), socket = %unix.unwrap_or("-"), tls = %tls.unwrap_or("-"), "listening");
 
