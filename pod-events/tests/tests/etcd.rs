@@ -422,6 +422,41 @@ fn podctl_listen_on_an_etcd_table_presumes_a_child_whose_lease_is_revoked_crashe
     drop((root, grandkid));
 }
 
+/// `podctl run` on an etcd table stops its child with SIGTERM once the
+/// lease it holds for it is lost: here etcd stops answering (SIGSTOP, as a
+/// partition looks) for longer than the lease's TTL (10 s), so the child's
+/// parent may presume it crashed and its scope is no longer the child's.
+#[test]
+fn podctl_run_stops_its_child_once_the_lease_it_holds_for_it_is_lost() {
+    let mut cluster = EtcdCluster::start(1);
+    let prefix = "podctl/run-lost";
+    let url = cluster.url(prefix);
+    let env = Env::new();
+    let root = LeaseHolder::acquire(&cluster.store(prefix), 30).unwrap();
+    env.allocate_on(&url, None, "root", root.holder_id(), "/srv/repo");
+    let mut run = Running::start(env.command().args([
+        "run",
+        "--scope-store",
+        &url,
+        "--from",
+        "root",
+        "--name",
+        "kid",
+        "--write",
+        "/srv/repo/kid",
+        "--",
+        "sleep",
+        "600",
+    ]));
+    run.expect("kid pid ");
+    cluster.pause(0);
+    run.expect_log("the lease holding the child's allocation is lost");
+    cluster.resume(0);
+    run.expect("kid was killed by signal 15");
+    assert_eq!(run.wait().code(), Some(128 + 15));
+    drop(root);
+}
+
 #[test]
 fn bad_addresses_conflicting_flags_and_an_unreachable_cluster_are_refused() {
     let env = Env::new();
