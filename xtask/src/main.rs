@@ -22,7 +22,8 @@ fn usage() -> &'static str {
 commands:
   bench    [--quick]: the benchmarks of DESIGN.md section 8 next to raw
            baselines; writes <target dir>/bench/results.json (about 3 min,
-           --quick about 30 s)
+           --quick about 30 s; provisions protoc and etcd first, as test
+           does, for item 9, the scope table on etcd)
   demo     [--tls]: a live tree of pod processes: root, child, grandchild;
            the child is killed with SIGKILL and the root takes over the
            grandchild (--tls: the child reports to the root over tls://)
