@@ -15,12 +15,16 @@
 //! durable registry alone under a burst (scope table in memory), 5
 //! scope-table delegate, 6 peak memory of a loaded endpoint, 7 end to end
 //! over persistent connections into a pipe, 8 events over mutual TLS
-//! (pooled connections, and a cold handshake). Timing assertions never go in
-//! tests; they live here.
+//! (pooled connections, and a cold handshake), 9 the scope table on etcd
+//! (feature `etcd`: a delegate next to a raw etcd range + txn, and 16
+//! concurrent delegaters). Timing assertions never go in tests; they live
+//! here.
 
 mod counter;
 mod delivery;
 mod endtoend;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod memory;
 mod mix;
 mod receive;
@@ -70,6 +74,15 @@ pub(crate) struct Plan {
     pub(crate) tls_events: usize,
     /// Cold handshakes per run of item 8.
     pub(crate) tls_handshakes: usize,
+    /// Measured delegates of each kind in item 9.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub(crate) etcd_rounds: usize,
+    /// Measured runs of item 9's concurrent figures.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub(crate) etcd_runs: usize,
+    /// Delegates per delegater per run of item 9's concurrent figures.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub(crate) etcd_delegates: usize,
 }
 
 impl Plan {
@@ -90,6 +103,9 @@ impl Plan {
             e2e_connections: 8,
             tls_events: 50_000,
             tls_handshakes: 300,
+            etcd_rounds: 100,
+            etcd_runs: 5,
+            etcd_delegates: 25,
         }
     }
 
@@ -111,6 +127,9 @@ impl Plan {
             e2e_connections: 8,
             tls_events: 10_000,
             tls_handshakes: 60,
+            etcd_rounds: 20,
+            etcd_runs: 1,
+            etcd_delegates: 10,
         }
     }
 }
@@ -121,12 +140,19 @@ const USAGE: &str = "usage: pod-bench [--quick] [--only ITEM[,ITEM...]] [--out D
   --only    items to run: 1 delivery, 2 burst, 3 receive path,
             4 file-backed registry and scope table (shutdowns, registrations),
             4-mem durable registry alone, 5 scope table, 6 peak memory,
-            7 end to end into a pipe, 8 mutual TLS (default: all)
+            7 end to end into a pipe, 8 mutual TLS,
+            9 scope table on etcd (needs the `etcd` feature, which
+            `cargo xtask bench` turns on) (default: all)
   --out     where to write results.json and results.md
             (default: <cargo target dir>/bench)";
 
 /// The items, in the order they run.
-const ITEMS: [&str; 9] = ["1", "2", "3", "4", "4-mem", "5", "6", "7", "8"];
+const ITEMS: [&str; 10] = ["1", "2", "3", "4", "4-mem", "5", "6", "7", "8", "9"];
+
+/// Items this build can run: item 9 only with the `etcd` feature.
+fn built(item: &str) -> bool {
+    item != "9" || cfg!(feature = "etcd")
+}
 
 struct Args {
     plan: Plan,
@@ -149,6 +175,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
                     let Some(known) = ITEMS.iter().find(|known| **known == item) else {
                         bail!("no item {item:?}: items are {}", ITEMS.join(", "));
                     };
+                    if !built(known) {
+                        bail!(
+                            "item {known} needs pod-bench built with `--features etcd` \
+                             (`cargo xtask bench` does that, and provisions protoc and etcd)"
+                        );
+                    }
                     only.insert(*known);
                 }
             }
@@ -161,7 +193,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
         }
     }
     if only.is_empty() {
-        only = ITEMS.into_iter().collect();
+        only = ITEMS.into_iter().filter(|item| built(item)).collect();
     }
     let out = match out {
         Some(out) => out,
@@ -436,7 +468,43 @@ fn run(args: &Args) -> Result<Vec<Row>> {
     item("8", "events over mutual TLS", &mut || {
         Ok(tls_rows(&tls::measure(plan)?))
     })?;
+
+    #[cfg(feature = "etcd")]
+    item("9", "the scope table on etcd", &mut || {
+        Ok(etcd_rows(&etcd::measure(plan)?))
+    })?;
     Ok(rows)
+}
+
+/// Item 9's rows: a delegate through `EtcdStore` against a raw range +
+/// txn, the same through `ScopeTable` with lease liveness, and the
+/// throughput of concurrent delegaters each way.
+#[cfg(feature = "etcd")]
+fn etcd_rows(f: &etcd::Measured) -> Vec<Row> {
+    let (n, d) = (etcd::TABLE, etcd::DELEGATERS);
+    vec![
+        Row::new(
+            format!("9. etcd: delegate via EtcdStore::transact, table of {n} (raw: range + txn)"),
+            "ms",
+            f.store_ms,
+            f.raw_ms,
+            Goal::ratio(Bound::AtMost(1.5)),
+        ),
+        Row::new(
+            "9b. same via ScopeTable::delegate, LeaseLiveness (+ lease read, spawner probe)",
+            "ms",
+            f.table_ms,
+            f.raw_ms,
+            Goal::none(),
+        ),
+        Row::new(
+            format!("9c. etcd: {d} concurrent delegaters, one store each (raw: one client each)"),
+            "delegates/s",
+            f.store_rate,
+            f.raw_rate,
+            Goal::none(),
+        ),
+    ]
 }
 
 /// Item 8's rows: pooled delivery against a raw rustls writer on one
@@ -584,7 +652,7 @@ mod tests {
         let all = parse(&["--quick", "--out", "/tmp/x"]).unwrap();
         assert_eq!(all.only.len(), ITEMS.len());
         assert_eq!(all.plan.system_pods, Plan::quick().system_pods);
-        let error = parse(&["--only", "9"]).err().unwrap().to_string();
+        let error = parse(&["--only", "10"]).err().unwrap().to_string();
         assert!(error.contains("4-mem"), "{error}");
     }
 
@@ -636,6 +704,28 @@ mod tests {
         // baseline's server), so a lost event fails here.
         let rows = tls_rows(&tls::measure(&plan).unwrap());
         assert_eq!(rows.len(), 4);
+        for row in &rows {
+            let json = serde_json::to_value(row).unwrap();
+            for key in ["ours", "baseline"] {
+                let figure = json[key].as_f64().unwrap();
+                assert!(figure.is_finite() && figure > 0.0, "{json}");
+            }
+        }
+    }
+
+    #[cfg(feature = "etcd")]
+    #[test]
+    fn item_9_commits_every_delegate_each_way() {
+        let plan = Plan {
+            etcd_rounds: 2,
+            etcd_runs: 1,
+            etcd_delegates: 2,
+            ..tiny()
+        };
+        // `measure` fails unless every concurrent delegate landed, on
+        // either side, and every single one succeeded.
+        let rows = etcd_rows(&etcd::measure(&plan).unwrap());
+        assert_eq!(rows.len(), 3);
         for row in &rows {
             let json = serde_json::to_value(row).unwrap();
             for key in ["ours", "baseline"] {

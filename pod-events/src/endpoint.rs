@@ -121,7 +121,9 @@ pub struct EndpointConfig {
     /// What tells the endpoint at once that a registered pod's process
     /// exited, so it is presumed crashed without waiting for reconcile
     /// (default: [`PidfdWatch`](crate::PidfdWatch) on Linux, none
-    /// elsewhere; `None` leaves exits to reconcile). See [`crate::watch`].
+    /// elsewhere; `None` leaves exits to reconcile). On a scope table on
+    /// etcd, where a pod is held by a lease, use `LeaseWatch` (feature
+    /// `etcd`) instead. See [`crate::watch`].
     pub exit_watch: Option<Arc<dyn ExitWatch>>,
     /// Most pods watched at once (default 4096). A pod registered past it
     /// is not watched (counted in [`EndpointStats::unwatched_over_bound`]):

@@ -106,6 +106,8 @@ pub use send::{fire_and_forget, send_pod_event};
 pub use sender::AddressSender;
 pub use spawner::{SpawnError, SpawnedChild, Spawner};
 pub use upward::UpwardLink;
+#[cfg(feature = "etcd")]
+pub use watch::LeaseWatch;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub use watch::PidfdWatch;
 pub use watch::{ExitSignal, ExitWatch, ManualExitWatch, WatchError, WatchedPod};

@@ -7,8 +7,10 @@
 //! holder is gone, and the endpoint applies what reconcile would have
 //! applied for that pod alone: a synthetic `ShutDown` (departed, released,
 //! relayed) rendered as "presumed crashed". [`PidfdWatch`] watches local
-//! processes with `pidfd_open(2)`; a watch of etcd leases feeds the same
-//! seam for pods on other machines.
+//! processes with `pidfd_open(2)`; `LeaseWatch` (feature `etcd`) watches
+//! the etcd leases that hold pods' allocations on a table on etcd, so a
+//! pod on another machine whose lease is revoked or expires is presumed
+//! crashed at once too.
 //!
 //! A watch is a hint, never the truth: before applying anything the
 //! endpoint checks that the pod is still registered and that its holder
@@ -282,6 +284,64 @@ mod pidfd {
                     // an error of the driver is as good a reason to look.
                     _ = fd.readable() => signal.exited(),
                     _ = signal.stopped() => {}
+                }
+            });
+            Ok(())
+        }
+    }
+}
+
+#[cfg(feature = "etcd")]
+pub use lease::LeaseWatch;
+
+#[cfg(feature = "etcd")]
+mod lease {
+    use pod_scope_lock::LeaseLiveness;
+
+    use super::{ExitSignal, ExitWatch, WatchError};
+
+    /// Watches the lease holders of a scope table on etcd: a pod's holder
+    /// is gone once its liveness key is (its lease revoked, or expired
+    /// after its holder stopped renewing it: a crash, a partition), or
+    /// once the key holds another lease than the allocation's
+    /// `start_time`. Use it as [`EndpointConfig::exit_watch`] for an
+    /// endpoint whose table is an [`EtcdStore`](pod_scope_lock::EtcdStore)
+    /// probed by [`LeaseLiveness`]; [`PidfdWatch`](super::PidfdWatch)
+    /// would watch the holder ids as if they were local pids.
+    ///
+    /// Every pod is served by one etcd watch of the table's liveness keys
+    /// ([`LeaseLiveness::watch_gone`]), plus one small task per pod on the
+    /// endpoint's runtime. While etcd cannot be asked nothing is reported
+    /// (a holder nobody can ask about is presumed alive), and reconcile
+    /// stays the fallback, as for every watch.
+    ///
+    /// [`EndpointConfig::exit_watch`]: crate::EndpointConfig::exit_watch
+    #[derive(Debug, Clone)]
+    pub struct LeaseWatch {
+        liveness: LeaseLiveness,
+    }
+
+    impl LeaseWatch {
+        /// A watch of the lease holders `liveness` probes (the endpoint's
+        /// own table's).
+        pub fn new(liveness: LeaseLiveness) -> Self {
+            LeaseWatch { liveness }
+        }
+    }
+
+    impl ExitWatch for LeaseWatch {
+        fn watch(&self, signal: ExitSignal) -> Result<(), WatchError> {
+            let pod = signal.pod();
+            let runtime = tokio::runtime::Handle::try_current().map_err(|_| WatchError::Io {
+                pod: pod.pod_name.clone(),
+                pid: pod.pid,
+                source: std::io::Error::other("not called on a tokio runtime"),
+            })?;
+            let gone = self.liveness.watch_gone(pod.pid, pod.start_time);
+            runtime.spawn(async move {
+                tokio::select! {
+                    () = gone => signal.exited(),
+                    () = signal.stopped() => {}
                 }
             });
             Ok(())

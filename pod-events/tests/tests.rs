@@ -6,6 +6,8 @@ mod tests {
     pub(crate) mod etcd;
     #[cfg(any(target_os = "linux", target_os = "android"))]
     pub(crate) mod exits;
+    #[cfg(feature = "etcd")]
+    pub(crate) mod leases;
     pub(crate) mod lifecycle;
     pub(crate) mod model;
     #[cfg(feature = "cli")]

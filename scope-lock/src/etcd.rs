@@ -50,10 +50,11 @@
 mod error;
 mod layout;
 mod liveness;
+mod watch;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
@@ -67,6 +68,7 @@ pub use error::EtcdError;
 pub use layout::EtcdAddress;
 use layout::{meta_value, parse_meta, range_end, Keys, Meta, META_VERSION};
 pub use liveness::{LeaseHolder, LeaseLiveness};
+pub use watch::HolderGone;
 
 /// How an [`EtcdStore`] talks to etcd.
 #[derive(Debug, Clone)]
@@ -148,6 +150,9 @@ pub(crate) struct Inner {
     /// Set when a lock could not be released: the next transaction takes
     /// a new lease and lets the old one (and the lock) go.
     abandon_session: AtomicBool,
+    /// The watch of liveness keys, started by the first
+    /// [`LeaseLiveness::watch_gone`].
+    watcher: OnceLock<watch::LivenessWatcher>,
 }
 
 impl Drop for Inner {
@@ -256,6 +261,7 @@ impl EtcdStore {
                 options,
                 state: Mutex::new(State::default()),
                 abandon_session: AtomicBool::new(false),
+                watcher: OnceLock::new(),
             }),
         };
         let meta = store.inner.keys.meta.clone();
@@ -685,6 +691,13 @@ impl Inner {
             .unwrap_or_else(|| unreachable!("the runtime is taken only when the store is dropped"))
     }
 
+    /// The store's watch of liveness keys, started now if it was not.
+    pub(crate) fn watcher(&self) -> &watch::LivenessWatcher {
+        self.watcher.get_or_init(|| {
+            watch::LivenessWatcher::start(self.runtime(), self.client.clone(), self.keys.clone())
+        })
+    }
+
     pub(crate) fn request<T, F, Fut>(&self, f: F) -> Result<T, EtcdError>
     where
         F: FnOnce(Client) -> Fut + Send,
@@ -706,31 +719,69 @@ impl Inner {
         }
     }
 
-    /// Keeps `lease` alive every third of its TTL until a keep-alive fails
-    /// or etcd says it expired; then sets `lost`.
+    /// Keeps `lease` alive every third of its TTL until etcd says it is
+    /// gone, or until it may have expired unseen; then sets `lost`.
+    ///
+    /// A lease expires `ttl` seconds after the last keep-alive etcd took,
+    /// so the holder counts from the moment it *sent* the last keep-alive
+    /// that was answered (etcd took it no earlier): past that deadline the
+    /// lease may be gone, and the holder must say so even though no answer
+    /// came. That is what makes a partitioned holder learn it: a member
+    /// that stops answering (a partition, a paused process) leaves the
+    /// keep-alive stream open but silent, and only the deadline ends the
+    /// wait. Before it, a stream that fails (a member restarted, the
+    /// leader changed) is opened again, since the lease may well live.
     pub(crate) fn spawn_keep_alive(
         &self,
         lease: i64,
         ttl: i64,
         lost: Arc<AtomicBool>,
     ) -> tokio::task::JoinHandle<()> {
-        let mut client = self.client.clone();
-        let period = Duration::from_millis(u64::try_from(ttl.max(1)).unwrap_or(1) * 1000 / 3);
+        let client = self.client.clone();
+        let ttl = Duration::from_secs(u64::try_from(ttl.max(1)).unwrap_or(1));
         self.runtime().spawn(async move {
-            let ended = async {
-                let (mut keeper, mut answers) = client.lease_keep_alive(lease).await.ok()?;
-                loop {
-                    tokio::time::sleep(period).await;
-                    keeper.keep_alive().await.ok()?;
-                    match answers.message().await {
-                        Ok(Some(answer)) if answer.ttl() > 0 => {}
-                        _ => return Some(()),
-                    }
-                }
-            };
-            let _ = ended.await;
+            keep_alive(client, lease, ttl).await;
             lost.store(true, Ordering::Release);
         })
+    }
+}
+
+/// The loop of [`Inner::spawn_keep_alive`]; returns once the lease is, or
+/// may be, gone.
+async fn keep_alive(mut client: Client, lease: i64, ttl: Duration) {
+    let period = ttl / 3;
+    // Granted just before: its TTL runs from about now.
+    let mut expires = tokio::time::Instant::now() + ttl;
+    let mut stream = None;
+    loop {
+        let next = tokio::time::Instant::now() + period;
+        tokio::time::sleep_until(next.min(expires)).await;
+        let sent = tokio::time::Instant::now();
+        if sent >= expires {
+            return;
+        }
+        let answered = tokio::time::timeout_at(expires, async {
+            if stream.is_none() {
+                stream = client.lease_keep_alive(lease).await.ok();
+            }
+            let (keeper, answers) = stream.as_mut()?;
+            keeper.keep_alive().await.ok()?;
+            answers.message().await.ok()?
+        })
+        .await;
+        match answered {
+            // etcd says the lease is gone (revoked, or expired already).
+            Ok(Some(answer)) if answer.ttl() <= 0 => return,
+            Ok(Some(answer)) => {
+                let left = Duration::from_secs(u64::try_from(answer.ttl()).unwrap_or(0));
+                expires = sent + left;
+            }
+            // The stream failed: open it again at the next round, while
+            // the deadline allows.
+            Ok(None) => stream = None,
+            // No answer before the deadline: it may have expired.
+            Err(_) => return,
+        }
     }
 }
 

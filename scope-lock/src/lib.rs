@@ -91,7 +91,9 @@ pub use pod_protocol::{Permission, PodName, ScopeRule};
 
 pub use error::ScopeError;
 #[cfg(feature = "etcd")]
-pub use etcd::{EtcdAddress, EtcdError, EtcdOptions, EtcdStore, LeaseHolder, LeaseLiveness};
+pub use etcd::{
+    EtcdAddress, EtcdError, EtcdOptions, EtcdStore, HolderGone, LeaseHolder, LeaseLiveness,
+};
 pub use file_store::{FileStore, FileStoreStats};
 pub use liveness::{Liveness, ProcLiveness};
 pub use store::TableStore;

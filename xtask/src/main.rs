@@ -22,7 +22,8 @@ fn usage() -> &'static str {
 commands:
   bench    [--quick]: the benchmarks of DESIGN.md section 8 next to raw
            baselines; writes <target dir>/bench/results.json (about 3 min,
-           --quick about 30 s)
+           --quick about 30 s; provisions protoc and etcd first, as test
+           does, for item 9, the scope table on etcd)
   demo     [--tls]: a live tree of pod processes, spawned with podctl run:
            the middle pod is killed with SIGKILL, its child told to report
            to the root, then it restarts and takes its child back

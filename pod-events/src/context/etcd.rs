@@ -113,8 +113,29 @@ impl<U: MethodSender + Clone> PodContext<EtcdStore, LeaseLiveness, U> {
 
     /// The lease this context holds its allocation by: `None` when its
     /// spawner holds it. Check it ([`LeaseHolder::check`]) before each
-    /// write to the pod's scope.
+    /// write to the pod's scope, or ask [`lease_lost`](Self::lease_lost).
     pub fn lease(&self) -> Option<&LeaseHolder> {
         self.lease.as_ref()
+    }
+
+    /// Whether the lease this context holds is, or may be, gone: etcd
+    /// said it was revoked or expired, or a TTL passed without an
+    /// answered renewal (the pod is cut off from the cluster). It never
+    /// becomes `false` again. No I/O: a flag the keep-alive task sets.
+    ///
+    /// What a pod must do once it is `true`: stop writing to its scope at
+    /// once, and exit. Its parent has presumed it crashed (its lease
+    /// watch fired, or its reconcile found the lease gone), released its
+    /// allocation and may grant the same paths to another pod; the
+    /// context's `ShutDown` and release at the end change nothing then.
+    /// Checking before each write is what keeps two pods from writing the
+    /// same files: the flag is set no later than the lease can have
+    /// expired on etcd.
+    ///
+    /// `false` when the spawner holds the lease ([`lease`](Self::lease)
+    /// is `None`): the spawner watches it then (`podctl run` stops its
+    /// child with SIGTERM once the lease it holds for it is lost).
+    pub fn lease_lost(&self) -> bool {
+        self.lease.as_ref().is_some_and(LeaseHolder::is_lost)
     }
 }

@@ -361,6 +361,102 @@ fn an_endpoint_on_an_etcd_table_refuses_a_live_leased_pods_shutdown_and_applies_
     assert!(root.signal(Signal::TERM).success());
 }
 
+/// `podctl listen --scope-store` watches its descendants' leases: with
+/// the reconcile interval at a minute (past the tests' 30 s patience), a
+/// child whose lease is revoked is presumed crashed at once and its
+/// allocation released, its own child moved up.
+#[test]
+fn podctl_listen_on_an_etcd_table_presumes_a_child_whose_lease_is_revoked_crashed() {
+    let cluster = EtcdCluster::start(1);
+    let table = Table {
+        cluster: &cluster,
+        prefix: "podctl/lease-watch",
+    };
+    let url = table.url();
+    let env = Env::new();
+    let (root, kid, grandkid) = (table.holder(), table.holder(), table.holder());
+    env.allocate_on(&url, None, "root", root.holder_id(), "/srv/repo");
+    env.allocate_on(&url, Some("root"), "kid", kid.holder_id(), "/srv/repo/kid");
+    env.allocate_on(
+        &url,
+        Some("kid"),
+        "gk",
+        grandkid.holder_id(),
+        "/srv/repo/kid/g",
+    );
+    let socket = env.socket("root");
+    // The reconcile at start finds both descendants in the table and
+    // watches their leases.
+    let mut listen = Running::start(env.command().args([
+        "listen",
+        "--name",
+        "root",
+        "--socket",
+        &socket,
+        "--state-dir",
+        &env.path("root"),
+        "--scope-store",
+        &url,
+        "--reconcile-interval-ms",
+        "60000",
+    ]));
+    listen.wait_for_path(std::path::Path::new(&format!("{socket}.control")));
+    listen.expect("gk");
+
+    kid.revoke().unwrap();
+    listen.expect("`kid` is gone without reporting: presumed crashed; scope released");
+    let scopes = table.scopes();
+    let names: Vec<String> = scopes
+        .list()
+        .unwrap()
+        .iter()
+        .map(|a| a.pod_name.to_string())
+        .collect();
+    assert_eq!(names, ["gk", "root"]);
+    let moved = scopes
+        .find(&pod_scope_lock::PodName::new("gk").unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(moved.delegated_from.unwrap().as_str(), "root");
+    assert!(listen.signal(Signal::TERM).success());
+    drop((root, grandkid));
+}
+
+/// `podctl run` on an etcd table stops its child with SIGTERM once the
+/// lease it holds for it is lost: here etcd stops answering (SIGSTOP, as a
+/// partition looks) for longer than the lease's TTL (10 s), so the child's
+/// parent may presume it crashed and its scope is no longer the child's.
+#[test]
+fn podctl_run_stops_its_child_once_the_lease_it_holds_for_it_is_lost() {
+    let mut cluster = EtcdCluster::start(1);
+    let prefix = "podctl/run-lost";
+    let url = cluster.url(prefix);
+    let env = Env::new();
+    let root = LeaseHolder::acquire(&cluster.store(prefix), 30).unwrap();
+    env.allocate_on(&url, None, "root", root.holder_id(), "/srv/repo");
+    let mut run = Running::start(env.command().args([
+        "run",
+        "--scope-store",
+        &url,
+        "--from",
+        "root",
+        "--name",
+        "kid",
+        "--write",
+        "/srv/repo/kid",
+        "--",
+        "sleep",
+        "600",
+    ]));
+    run.expect("kid pid ");
+    cluster.pause(0);
+    run.expect_log("the lease holding the child's allocation is lost");
+    cluster.resume(0);
+    run.expect("kid was killed by signal 15");
+    assert_eq!(run.wait().code(), Some(128 + 15));
+    drop(root);
+}
+
 #[test]
 fn bad_addresses_conflicting_flags_and_an_unreachable_cluster_are_refused() {
     let env = Env::new();

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 
 use crate::error::ScopeError;
-use crate::etcd::{EtcdError, EtcdStore};
+use crate::etcd::{EtcdError, EtcdStore, HolderGone};
 use crate::liveness::Liveness;
 
 /// [`Liveness`] on etcd: holder `id` is alive, with start time `L`, while
@@ -55,6 +55,21 @@ impl LeaseLiveness {
             .kvs()
             .first()
             .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse().ok()))
+    }
+
+    /// A future that resolves once holder `id` is gone: its liveness key
+    /// deleted (the lease revoked, or expired) or, with `lease` given (an
+    /// allocation's `start_time`), holding another lease. At once if it
+    /// already is; pending while etcd cannot be asked (presumed alive).
+    ///
+    /// Push liveness: one etcd watch on the table's liveness keys serves
+    /// every future of this store, so a parent watching thousands of
+    /// children holds one stream, and each revocation or expiry reaches it
+    /// as one event. Dropping the future stops its watch. How no change
+    /// is missed between reading a key and watching it is in the `watch`
+    /// module's source documentation.
+    pub fn watch_gone(&self, id: u32, lease: Option<u64>) -> HolderGone {
+        self.store.inner().watcher().watch(id, lease)
     }
 }
 
@@ -143,9 +158,12 @@ impl LeaseHolder {
         self.lease
     }
 
-    /// Whether the lease is known to be gone: a keep-alive failed or etcd
-    /// answered that it expired. A pod that sees this must stop writing to
-    /// its scope: its parent presumes it dead and reclaims it.
+    /// Whether the lease is, or may be, gone: etcd answered that it was
+    /// revoked or expired, or a TTL passed since the last renewal etcd
+    /// answered (the holder is cut off from the cluster, so the lease may
+    /// have expired unseen). It never becomes `false` again. A pod that
+    /// sees this must stop writing to its scope: its parent presumes it
+    /// dead and reclaims it, and may grant the scope to another pod.
     pub fn is_lost(&self) -> bool {
         self.lost.load(Ordering::Acquire)
     }

@@ -279,6 +279,38 @@ impl EtcdCluster {
         }
     }
 
+    /// SIGSTOPs member `i`: it keeps its connections open but answers
+    /// nothing, as a member cut off by a partition looks to its clients.
+    ///
+    /// # Panics
+    ///
+    /// If it is not running.
+    pub fn pause(&mut self, i: usize) {
+        self.signal(i, rustix::process::Signal::STOP);
+    }
+
+    /// SIGCONTs member `i` after [`pause`](Self::pause).
+    ///
+    /// # Panics
+    ///
+    /// If it is not running.
+    pub fn resume(&mut self, i: usize) {
+        self.signal(i, rustix::process::Signal::CONT);
+    }
+
+    fn signal(&mut self, i: usize, signal: rustix::process::Signal) {
+        let child = self.members[i]
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("member {i} is not running"));
+        let pid = i32::try_from(child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .unwrap_or_else(|| panic!("member {i} has no valid pid"));
+        rustix::process::kill_process(pid, signal)
+            .unwrap_or_else(|e| panic!("cannot signal member {i}: {e}"));
+    }
+
     /// Starts member `i` again on its data dir.
     ///
     /// # Panics

@@ -1,9 +1,10 @@
 //! `EtcdStore` and `LeaseLiveness` on real etcd members (feature `etcd`):
 //! the store suite's backing, what only a networked store has (its key
 //! layout, invalid tables, unreachable clusters, leases), and the fault
-//! tests on three members (`faults`).
+//! tests on three members (`faults`); push liveness (`watch`).
 
 mod faults;
+mod watch;
 
 use std::time::{Duration, Instant};
 

@@ -129,6 +129,9 @@ pub(crate) fn run(mut args: ListenArgs, json: bool) -> Result<()> {
     }
     let table = store::open(&location)?;
     table.list()?;
+    let config = EndpointConfig::default()
+        .reconcile_every(interval)
+        .exit_watch(store::exit_watch(&table));
     // The context's own reports (its ShutDown) go the relays' way.
     let adopted = adoption::adopt(
         handoff,
@@ -156,12 +159,12 @@ pub(crate) fn run(mut args: ListenArgs, json: bool) -> Result<()> {
                 None => pod_events::UpwardLink::new(up),
             };
             let parent = Arc::new(parent.with_upward_link(upward, link));
-            runtime.block_on(serve(parent, socket, tls_listen, interval, json))
+            runtime.block_on(serve(parent, socket, tls_listen, config, json))
         }
         None => {
             // Its sender still serves: reparent notices to orphans.
             let parent = Arc::new(parent.with_sender(upward));
-            runtime.block_on(serve(parent, socket, tls_listen, interval, json))
+            runtime.block_on(serve(parent, socket, tls_listen, config, json))
         }
     };
     adoption::depart(&runtime, adopted, served.is_ok());
@@ -196,7 +199,7 @@ async fn serve<U: MethodSender + Clone>(
     parent: Arc<FileParent<U>>,
     socket: Option<String>,
     tls_listen: Option<(String, Arc<ServerConfig>)>,
-    interval: Option<Duration>,
+    config: EndpointConfig,
     json: bool,
 ) -> Result<()> {
     // Handlers first: once the socket exists, SIGTERM means a clean
@@ -243,12 +246,7 @@ async fn serve<U: MethodSender + Clone>(
         .name("podctl-stdout".into())
         .spawn(move || print_lines(lines, json))
         .context("cannot start the output thread")?;
-    let endpoint = spawn_endpoint(
-        parent.clone(),
-        listener,
-        sink,
-        EndpointConfig::default().reconcile_every(interval),
-    );
+    let endpoint = spawn_endpoint(parent.clone(), listener, sink, config);
     let (unix, tls) = (socket.as_deref(), tls_addr.as_deref());
     tracing::info!(pod = %parent.name(), socket = %unix.unwrap_or("-"), tls = %tls.unwrap_or("-"), "listening");
 

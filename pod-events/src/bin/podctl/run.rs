@@ -20,7 +20,10 @@
 //! hosts: the child's allocation is held by a lease this `podctl run`
 //! keeps alive while the child runs (and revokes after it exits), so the
 //! child is presumed gone 10 s (the lease's TTL, `store::LEASE_TTL_SECS`)
-//! after `podctl run` itself dies.
+//! after `podctl run` itself dies. If the lease is lost while the child
+//! runs (revoked, or no renewal answered for a TTL: `podctl run` is cut
+//! off from etcd), the child's parent presumes it crashed, so `podctl run`
+//! stops the child with SIGTERM: it may no longer write to its scope.
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
@@ -261,11 +264,19 @@ async fn supervise(
         ))?;
     }
 
+    let mut lost_told = false;
     let status = loop {
         let forward = tokio::select! {
             status = child.wait() => break status.context("cannot wait for the child")?,
             _ = terminate.recv() => rustix::process::Signal::TERM,
             _ = interrupt.recv() => rustix::process::Signal::INT,
+            // The child may no longer write to its scope: its parent
+            // presumes it crashed and may grant the scope to another pod.
+            () = keeper.lost(), if !lost_told => {
+                lost_told = true;
+                tracing::warn!(pod = %handoff.name, "the lease holding the child's allocation is lost (revoked, or etcd unreachable for its TTL); stopping the child with SIGTERM");
+                rustix::process::Signal::TERM
+            }
         };
         if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
             let _ = rustix::process::kill_process(pid, forward);

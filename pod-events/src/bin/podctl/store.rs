@@ -8,10 +8,11 @@
 //! and its `start_time` the lease id).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use pod_events::TableLocation;
+use pod_events::{EndpointConfig, ExitWatch, TableLocation};
 use pod_scope_lock::{Allocation, FileStore, Liveness, ProcLiveness, ScopeError, ScopeTable};
 use pod_scope_lock::{Table, TableStore};
 
@@ -168,6 +169,19 @@ impl Liveness for AnyLiveness {
 
 /// The scope table every command works on.
 pub(crate) type Scopes = ScopeTable<AnyStore, AnyLiveness>;
+
+/// What tells `podctl listen` at once that a registered pod is gone: its
+/// process's exit on a file table (the endpoint's default watch), its
+/// lease's end on an etcd table, where a holder id is no local pid.
+pub(crate) fn exit_watch(table: &Scopes) -> Option<Arc<dyn ExitWatch>> {
+    match table.liveness() {
+        AnyLiveness::Proc(_) => EndpointConfig::default().exit_watch,
+        #[cfg(feature = "etcd")]
+        AnyLiveness::Lease(liveness) => {
+            Some(Arc::new(pod_events::LeaseWatch::new(liveness.clone())))
+        }
+    }
+}
 
 /// Opens the table at `location`: a file table is opened lazily (its
 /// first operation reads it); an etcd table connects now and fails if the
@@ -329,6 +343,20 @@ impl Keeper {
             Keeper::Process => pid,
             #[cfg(feature = "etcd")]
             Keeper::Lease(holder) => holder.holder_id(),
+        }
+    }
+
+    /// Resolves once the lease is, or may be, gone (never for a process's
+    /// own pid): checked every 100 ms, as the flag its keep-alive sets.
+    pub(crate) async fn lost(&self) {
+        match self {
+            Keeper::Process => std::future::pending().await,
+            #[cfg(feature = "etcd")]
+            Keeper::Lease(holder) => {
+                while !holder.is_lost() {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
         }
     }
 
