@@ -13,6 +13,7 @@ mod tests {
     #[cfg(feature = "cli")]
     pub(crate) mod podctl;
     pub(crate) mod processes;
+    #[cfg(feature = "cli")]
     pub(crate) mod reparent;
     #[cfg(feature = "cli")]
     pub(crate) mod run;
