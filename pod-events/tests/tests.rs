@@ -10,6 +10,7 @@ mod tests {
     pub(crate) mod model;
     #[cfg(feature = "cli")]
     pub(crate) mod operator;
+    pub(crate) mod orphans;
     #[cfg(feature = "cli")]
     pub(crate) mod podctl;
     pub(crate) mod processes;
