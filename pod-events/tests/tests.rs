@@ -4,6 +4,7 @@ mod tests {
     pub(crate) mod endpoint;
     #[cfg(all(feature = "cli", feature = "etcd"))]
     pub(crate) mod etcd;
+    pub(crate) mod exhaustive;
     #[cfg(any(target_os = "linux", target_os = "android"))]
     pub(crate) mod exits;
     pub(crate) mod lifecycle;
