@@ -4,6 +4,7 @@ mod tests {
     pub(crate) mod endpoint;
     #[cfg(all(feature = "cli", feature = "etcd"))]
     pub(crate) mod etcd;
+    pub(crate) mod exhaustive;
     #[cfg(any(target_os = "linux", target_os = "android"))]
     pub(crate) mod exits;
     #[cfg(feature = "etcd")]
@@ -12,6 +13,7 @@ mod tests {
     pub(crate) mod model;
     #[cfg(feature = "cli")]
     pub(crate) mod operator;
+    pub(crate) mod orphans;
     #[cfg(feature = "cli")]
     pub(crate) mod podctl;
     pub(crate) mod processes;
