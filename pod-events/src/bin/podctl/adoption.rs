@@ -113,7 +113,31 @@ pub(crate) fn adopt(
     // Adoption takes the table's lock: on a runtime of its own, before the
     // endpoint's exists, so no executor thread blocks on it.
     let runtime = crate::current_thread_runtime()?;
-    let context = runtime.block_on(PodContext::adopt(handoff, table.clone(), sender, holder))?;
+    let adopted = runtime.block_on(PodContext::adopt(
+        handoff.clone(),
+        table.clone(),
+        sender.clone(),
+        holder,
+    ));
+    let (context, keeper) = match adopted {
+        Ok(context) => (context, keeper),
+        // The spawner adopted on this process's behalf between the look
+        // above and this adoption (`podctl run` does so as soon as the
+        // child runs): take its adoption; the lease taken for this
+        // process goes when `keeper` is dropped at the end of this scope.
+        Err(error) => match adopted_by_spawner(table, &handoff)? {
+            Some(spawners) if !matches!(keeper, Keeper::Process) => {
+                let context = runtime.block_on(PodContext::adopt(
+                    handoff,
+                    table.clone(),
+                    sender,
+                    spawners,
+                ))?;
+                (context, Keeper::Process)
+            }
+            _ => return Err(error.into()),
+        },
+    };
     tracing::info!(pod = %context.name(), incarnation = context.incarnation(), "adopted the reservation");
     Ok(Some(Adopted { context, keeper }))
 }
