@@ -329,20 +329,7 @@ fn an_endpoint_on_an_etcd_table_refuses_a_live_leased_pods_shutdown_and_applies_
     let url = table.url();
     let env = Env::new();
     let socket = env.socket("root");
-    let mut root = Running::start(env.command().args([
-        "listen",
-        "--name",
-        "root",
-        "--socket",
-        &socket,
-        "--state-dir",
-        &env.path("root"),
-        "--scope-store",
-        &url,
-        "--reconcile-interval-ms",
-        "0",
-    ]));
-    root.wait_for_path(std::path::Path::new(&format!("{socket}.control")));
+    let mut root = listen_root(&env, &url, "0");
     let w9 = table.holder();
     env.allocate_on(&url, None, "w9", w9.holder_id(), "/srv/w9");
 
@@ -384,23 +371,9 @@ fn podctl_listen_on_an_etcd_table_presumes_a_child_whose_lease_is_revoked_crashe
         grandkid.holder_id(),
         "/srv/repo/kid/g",
     );
-    let socket = env.socket("root");
     // The reconcile at start finds both descendants in the table and
     // watches their leases.
-    let mut listen = Running::start(env.command().args([
-        "listen",
-        "--name",
-        "root",
-        "--socket",
-        &socket,
-        "--state-dir",
-        &env.path("root"),
-        "--scope-store",
-        &url,
-        "--reconcile-interval-ms",
-        "60000",
-    ]));
-    listen.wait_for_path(std::path::Path::new(&format!("{socket}.control")));
+    let mut listen = listen_root(&env, &url, "60000");
     listen.expect("gk");
 
     kid.revoke().unwrap();
@@ -614,4 +587,25 @@ async fn a_child_context_holds_its_allocation_by_a_lease_it_keeps_alive() {
     tokio::task::spawn_blocking(move || drop(cluster))
         .await
         .unwrap();
+}
+
+/// `podctl listen` as the top-level `root` on the etcd table at `url`,
+/// reconciling every `reconcile_ms` (0: never), once it listens.
+fn listen_root(env: &Env, url: &str, reconcile_ms: &str) -> Running {
+    let socket = env.socket("root");
+    let mut root = Running::start(env.command().args([
+        "listen",
+        "--name",
+        "root",
+        "--socket",
+        &socket,
+        "--state-dir",
+        &env.path("root"),
+        "--scope-store",
+        url,
+        "--reconcile-interval-ms",
+        reconcile_ms,
+    ]));
+    root.wait_for_path(std::path::Path::new(&format!("{socket}.control")));
+    root
 }
