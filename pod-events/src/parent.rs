@@ -337,9 +337,7 @@ where
         }
         self.relay(&effects.relayed);
         if !effects.reparented.is_empty() {
-            let orphans = std::mem::take(&mut effects.reparented);
-            self.reparent_orphans(&orphans, None).await;
-            effects.reparented = orphans;
+            self.reparent_orphans(&effects.reparented, None).await;
         }
         effects
     }
@@ -725,7 +723,9 @@ where
 
         let mut orphans = Vec::new();
         for (allocation, spawner, callback) in descendants {
-            if allocation.reparented > 0 && self.scopes.is_live(&allocation) {
+            // One liveness probe (a /proc read) per descendant.
+            let live = self.scopes.is_live(&allocation);
+            if allocation.reparented > 0 && live {
                 if spawner == self.name.as_str() {
                     orphans.push(allocation.clone());
                 } else {
@@ -747,7 +747,7 @@ where
                         allocation.incarnation.as_deref(),
                     )
             });
-            if known || !self.scopes.is_live(&allocation) {
+            if known || !live {
                 continue;
             }
             let held = allocation

@@ -42,16 +42,29 @@ fn no_reconcile() -> EndpointConfig {
     EndpointConfig::default().reconcile_every(None)
 }
 
-/// Polls `f` until it is true; fails after 10 s (a liveness bound, not a
-/// performance assertion).
-async fn until(mut f: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if f() {
-            return;
-        }
+/// The line of a pod presumed crashed, as reconcile and the exit watches
+/// render it.
+pub(crate) fn crashed(name: &str) -> String {
+    format!("`{name}` is gone without reporting: presumed crashed; scope released")
+}
+
+/// Polls `f` every 10 ms until it is true; fails after `deadline` (a
+/// liveness bound, not a performance assertion) naming `what`.
+pub(crate) async fn reached(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < deadline,
+            "{what}: not reached in {deadline:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("condition not reached in 10 s");
+}
+
+/// Polls `f` until it is true; fails after 10 s (a liveness bound, not a
+/// performance assertion).
+async fn until(f: impl FnMut() -> bool) {
+    reached("condition", Duration::from_secs(10), f).await;
 }
 
 #[tokio::test]

@@ -195,27 +195,11 @@ fn podctl_run_holds_the_childs_allocation_by_a_lease_and_hands_the_store_over() 
 
     // The child looks at the table it was handed while it runs.
     let script = r#""$PODCTL" -o json scopes --scope-store "$POD_SCOPE_STORE"; echo "lock=${POD_SCOPE_LOCK:-unset}""#;
-    let out = env
-        .command()
+    let out = run_kid(&env, &url, &["sh", "-c", script])
         .env("PODCTL", PODCTL)
         // Inherited by `run`, which must not pass it on: the table is
         // POD_SCOPE_STORE.
         .env("POD_SCOPE_LOCK", env.lock())
-        .args([
-            "run",
-            "--scope-store",
-            &url,
-            "--from",
-            "root",
-            "--name",
-            "kid",
-            "--write",
-            "/srv/repo/kid",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ])
         .output()
         .unwrap();
     let (stdout, stderr) = text(&out);
@@ -265,24 +249,16 @@ fn podctl_listen_started_by_podctl_run_adopts_and_departs_on_an_etcd_table() {
     let root = table.holder();
     env.allocate_on(&url, None, "root", root.holder_id(), "/srv/repo");
 
-    let mut run = Running::start(env.command().args([
-        "run",
-        "--scope-store",
-        &url,
-        "--from",
-        "root",
-        "--name",
-        "kid",
-        "--write",
-        "/srv/repo/kid",
-        "--",
+    let kid_dir = env.path("kid");
+    let listen = [
         PODCTL,
         "listen",
         "--state-dir",
-        &env.path("kid"),
+        &kid_dir,
         "--reconcile-interval-ms",
         "0",
-    ]));
+    ];
+    let mut run = Running::start(&mut run_kid(&env, &url, &listen));
     run.expect("kid pid ");
     let control = format!("{}.control", env.path("run/kid/sock"));
     run.wait_for_path(std::path::Path::new(&control));
@@ -407,20 +383,7 @@ fn podctl_run_stops_its_child_once_the_lease_it_holds_for_it_is_lost() {
     let env = Env::new();
     let root = LeaseHolder::acquire(&cluster.store(prefix), 30).unwrap();
     env.allocate_on(&url, None, "root", root.holder_id(), "/srv/repo");
-    let mut run = Running::start(env.command().args([
-        "run",
-        "--scope-store",
-        &url,
-        "--from",
-        "root",
-        "--name",
-        "kid",
-        "--write",
-        "/srv/repo/kid",
-        "--",
-        "sleep",
-        "600",
-    ]));
+    let mut run = Running::start(&mut run_kid(&env, &url, &["sleep", "600"]));
     run.expect("kid pid ");
     cluster.pause(0);
     run.expect_log("the lease holding the child's allocation is lost");
@@ -608,4 +571,23 @@ fn listen_root(env: &Env, url: &str, reconcile_ms: &str) -> Running {
     ]));
     root.wait_for_path(std::path::Path::new(&format!("{socket}.control")));
     root
+}
+
+/// `podctl run --scope-store URL --from root --name kid --write
+/// /srv/repo/kid -- CMD...`.
+fn run_kid(env: &Env, url: &str, cmd: &[&str]) -> std::process::Command {
+    let mut command = env.command();
+    command
+        .args([
+            "run",
+            "--scope-store",
+            url,
+            "--from",
+            "root",
+            "--name",
+            "kid",
+        ])
+        .args(["--write", "/srv/repo/kid", "--"])
+        .args(cmd);
+    command
 }

@@ -19,7 +19,7 @@ use pod_scope_lock::{FileStore, PodSpec, ScopeTable};
 use pod_transport::{ListenConfig, Listener, UnixSender};
 use rustix::process::{kill_process, Pid, Signal};
 
-use super::endpoint::{pod, spec};
+use super::endpoint::{crashed, pod, reached, spec};
 
 /// A liveness bound for waits, not a performance assertion; well under
 /// the reconcile interval of [`RARE`].
@@ -27,20 +27,9 @@ const DEADLINE: Duration = Duration::from_secs(10);
 /// A reconcile interval no test waits for.
 const RARE: Duration = Duration::from_secs(60);
 
-fn crashed(name: &str) -> String {
-    format!("`{name}` is gone without reporting: presumed crashed; scope released")
-}
-
 /// Polls `f` until it is true; fails after [`DEADLINE`].
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{what}: not reached in {DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+async fn until(what: &str, f: impl FnMut() -> bool) {
+    reached(what, DEADLINE, f).await;
 }
 
 /// `root` (pid 1) holding `/w`, and one registered child per name, each

@@ -9,21 +9,19 @@ use std::time::Duration;
 
 use pod_events::{spawn_endpoint, CollectingSink, EndpointConfig, FakeReachability, LeaseWatch};
 use pod_events::{Origin, Parent};
-use pod_protocol::{PodName, ScopeRule};
+use pod_protocol::ScopeRule;
 use pod_registry::testing::MemoryRegistry;
 use pod_registry::{Record, Registry};
 use pod_scope_lock::testing::etcd::EtcdCluster;
 use pod_scope_lock::{EtcdStore, LeaseHolder, LeaseLiveness, PodSpec, ScopeTable};
+
+use super::endpoint::{crashed, pod, reached};
 
 /// A liveness bound for waits, not a performance assertion; well under
 /// [`RARE`].
 const DEADLINE: Duration = Duration::from_secs(20);
 /// A reconcile interval no test waits for.
 const RARE: Duration = Duration::from_secs(60);
-
-fn pod(name: &str) -> PodName {
-    PodName::new(name).unwrap()
-}
 
 fn spec(name: &str, holder: &LeaseHolder, target: &str) -> PodSpec {
     PodSpec {
@@ -34,20 +32,9 @@ fn spec(name: &str, holder: &LeaseHolder, target: &str) -> PodSpec {
     }
 }
 
-fn crashed(name: &str) -> String {
-    format!("`{name}` is gone without reporting: presumed crashed; scope released")
-}
-
 /// Polls `f` until it is true; fails after [`DEADLINE`].
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{what}: not reached in {DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn until(what: &str, f: impl FnMut() -> bool) {
+    reached(what, DEADLINE, f).await;
 }
 
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
