@@ -16,6 +16,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -27,6 +28,8 @@ use serde_json::{json, Value};
 
 use crate::cargo;
 
+mod cluster;
+
 /// How long one step may take before the demo calls it missing: generous,
 /// a bound for a loaded machine, not an expectation.
 const STEP_DEADLINE: Duration = Duration::from_secs(20);
@@ -34,22 +37,39 @@ const STEP_DEADLINE: Duration = Duration::from_secs(20);
 /// How often the root reconciles: short, so the story moves quickly.
 const ROOT_RECONCILE_MS: &str = "250";
 
-/// Entry point; `demo` takes `--tls` alone: the child then reports to the
-/// root over `tls://` on loopback, with certificates made for the demo.
+/// Entry point; `demo` takes `--tls` or `--cluster` alone. With `--tls`
+/// the child reports to the root over `tls://` on loopback, with
+/// certificates made for the demo; `--cluster` is the story of
+/// [`cluster`]: two hosts, one etcd.
 pub(crate) fn run(args: &[String]) -> Result<()> {
-    let tls = match args {
-        [] => false,
-        [flag] if flag == "--tls" => true,
-        [extra, ..] => bail!("`cargo xtask demo` takes only --tls (got {extra:?})"),
+    let (tls, cluster) = match args {
+        [] => (false, false),
+        [flag] if flag == "--tls" => (true, false),
+        [flag] if flag == "--cluster" => (true, true),
+        [extra, ..] => bail!("`cargo xtask demo` takes only --tls or --cluster (got {extra:?})"),
     };
-    let podctl = build_podctl()?;
+    let tools = if cluster {
+        Some(crate::provision::tools()?)
+    } else {
+        None
+    };
+    let podctl = build_podctl(tools.as_ref())?;
     let cert_tool = if tls { Some(build_cert_tool()?) } else { None };
     let started = Instant::now();
     let mut demo = Demo::new(podctl)?;
-    if let Some(tool) = cert_tool {
-        demo.use_tls(&tool)?;
+    match (&tools, &cert_tool) {
+        (Some(tools), Some(tool)) => {
+            demo.use_hosts()?;
+            demo.use_tls(tool, &["root", "worker"])?;
+            demo.use_etcd(tools.etcd())?;
+            demo.cluster_story()?;
+        }
+        (None, Some(tool)) => {
+            demo.use_tls(tool, &["root", "child"])?;
+            demo.story()?;
+        }
+        _ => demo.story()?,
     }
-    demo.story()?;
     drop(demo);
     println!(
         "\ndemo: every step happened ({:.1} s); processes stopped, temporary directory removed",
@@ -58,15 +78,23 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Builds podctl and returns the path of the executable cargo reports.
-pub(crate) fn build_podctl() -> Result<PathBuf> {
+/// Builds podctl and returns the path of the executable cargo reports;
+/// with `tools` (protoc), with `--scope-store etcd://` too.
+pub(crate) fn build_podctl(tools: Option<&crate::provision::Tools>) -> Result<PathBuf> {
     let mut cmd = cargo();
+    let features = match tools {
+        Some(tools) => {
+            cmd.envs(tools.env());
+            "cli,etcd"
+        }
+        None => "cli",
+    };
     cmd.args([
         "build",
         "-p",
         "pod-events",
         "--features",
-        "cli",
+        features,
         "--bin",
         "podctl",
         "--message-format=json-render-diagnostics",
@@ -132,6 +160,19 @@ struct Line {
     text: String,
     /// From the pod's stderr (its log), not its stdout.
     log: bool,
+    /// When it arrived.
+    at: Instant,
+}
+
+/// Where pods run: the demo directory on one machine; with `--cluster`
+/// a runtime directory and a process group per "host".
+struct Host {
+    /// The host's runtime directory (`PODS_RUNTIME_DIR` of its podctls).
+    dir: PathBuf,
+    /// Its process group, once its first process runs: `None` (and not
+    /// `isolated`) on the one-machine demo, where pods stay in ours.
+    group: Option<u32>,
+    isolated: bool,
 }
 
 /// A running `podctl listen`, or the `podctl run` that supervises one.
@@ -155,6 +196,14 @@ struct Demo {
     step: usize,
     /// With `--tls`: the loopback port the root also listens on with TLS.
     tls_port: Option<u16>,
+    /// The flags that name the scope table: `--scope-lock FILE`, or
+    /// `--scope-store etcd://...`.
+    table: [String; 2],
+    hosts: Vec<Host>,
+    /// Which host each pod runs on (index into `hosts`); 0 when unnamed.
+    placement: Vec<(&'static str, usize)>,
+    /// With `--cluster`: the etcd member, stopped last.
+    etcd: Option<Child>,
 }
 
 impl Drop for Demo {
@@ -164,6 +213,10 @@ impl Drop for Demo {
                 let _ = pod.child.kill();
             }
             let _ = pod.child.wait();
+        }
+        if let Some(etcd) = &mut self.etcd {
+            let _ = etcd.kill();
+            let _ = etcd.wait();
         }
         if let Err(error) = std::fs::remove_dir_all(&self.dir) {
             eprintln!("demo: could not remove {}: {error}", self.dir.display());
@@ -189,6 +242,15 @@ impl Demo {
         // state directories and the table are its defaults under $DEMO.
         println!("export PODS_RUNTIME_DIR=$DEMO");
         let (line_sink, lines) = mpsc::channel();
+        let table = [
+            "--scope-lock".to_owned(),
+            dir.join("scope.lock").display().to_string(),
+        ];
+        let host = Host {
+            dir: dir.clone(),
+            group: None,
+            isolated: false,
+        };
         Ok(Demo {
             podctl,
             dir,
@@ -198,29 +260,34 @@ impl Demo {
             pending: Vec::new(),
             step: 0,
             tls_port: None,
+            table,
+            hosts: vec![host],
+            placement: Vec::new(),
+            etcd: None,
         })
     }
 
-    /// The root listens on `tls://127.0.0.1:PORT` too, and `child` reports
-    /// there; certificates for both (and their CA) are made now, in the
-    /// demo directory.
-    fn use_tls(&mut self, cert_tool: &PathBuf) -> Result<()> {
+    /// The root listens on `tls://127.0.0.1:PORT` too, and its child
+    /// reports there; certificates for `pods` (and their CA) are made now,
+    /// in the demo directory.
+    fn use_tls(&mut self, cert_tool: &PathBuf, pods: &[&str]) -> Result<()> {
         let dir = self.path("tls");
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
             .with_context(|| format!("cannot create {dir}"))?;
-        println!("   $ tls_certs $DEMO/tls root child   # a CA, and a certificate per pod");
+        println!(
+            "   $ tls_certs $DEMO/tls {}   # a CA, and a certificate per pod",
+            pods.join(" ")
+        );
         let status = Command::new(cert_tool)
-            .args([&dir, "root", "child"])
+            .arg(&dir)
+            .args(pods)
             .status()
             .with_context(|| format!("could not start {}", cert_tool.display()))?;
         ensure!(status.success(), "tls_certs failed ({status})");
         // A free port now; the root binds it a moment later.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .context("cannot find a free loopback port")?
-            .port();
+        let [port] = free_ports()?;
         self.tls_port = Some(port);
         Ok(())
     }
@@ -252,19 +319,19 @@ impl Demo {
         let ast = self.path("repo/src/parser/ast");
 
         self.begin("the root registers its scope and listens");
-        let root = self.listen("root", ROOT_RECONCILE_MS)?;
+        let root = self.listen("root", ROOT_RECONCILE_MS, &[])?;
         self.allocate(None, "root", root, &repo, None)?;
 
         self.begin("the root spawns `child` with write scope on repo/src");
         // The child reconciles only when told: its registry changes only
         // through the events of this story.
-        self.run("child", "root", &src, "0")?;
+        self.run("child", "root", &src, "0", &[])?;
         self.expect("root", "that it spawned `child`", |l| {
             l.starts_with("pod `root` spawned `child`")
         })?;
 
         self.begin("`child` spawns `gc` with repo/src/parser; the root hears of it");
-        self.run("gc", "child", &parser, "0")?;
+        self.run("gc", "child", &parser, "0", &[])?;
         self.expect("child", "that `child` spawned `gc`", |l| {
             l.starts_with("pod `child` spawned `gc`")
         })?;
@@ -303,7 +370,7 @@ impl Demo {
         self.check_registry(&["gc"])?;
 
         self.begin("`gc` spawns `ggc`; its report reaches the root through `gc`");
-        self.run_program("ggc", "gc", &ast, &["sleep", "600"])?;
+        self.run_program("ggc", "gc", &ast, &[], &["sleep", "600"])?;
         self.expect("gc", "that `gc` spawned `ggc`", |l| {
             l.starts_with("pod `gc` spawned `ggc`")
         })?;
@@ -312,13 +379,13 @@ impl Demo {
         })?;
 
         self.begin("`child` restarts under its name and takes `gc` back");
-        let child = self.listen("child", "250")?;
+        let child = self.listen("child", "250", &[])?;
         self.allocate(
             Some("root"),
             "child",
             child,
             &src,
-            Some(&self.path("child")),
+            Some(&self.pod_dir("child")),
         )?;
         self.expect_log("gc", "that `gc` reports to `child` again", |l| {
             l.contains("reports to a new manager from now on") && l.contains("parent=child")
@@ -355,14 +422,8 @@ impl Demo {
             l.starts_with("pod `child` shut down")
         })?;
         self.stop("child")?;
-        self.podctl_shown(&[
-            "scope",
-            "release",
-            "--scope-lock",
-            &self.lock(),
-            "--name",
-            "root",
-        ])?;
+        let [flag, table] = &self.table;
+        self.podctl_shown(&["scope", "release", flag, table, "--name", "root"])?;
         self.stop("root")?;
         self.show_tables()?;
         self.check_registry(&[])?;
@@ -380,12 +441,26 @@ impl Demo {
         self.dir.join(relative).display().to_string()
     }
 
-    fn lock(&self) -> String {
-        self.path("scope.lock")
+    /// The host `pod` runs on.
+    fn host_of(&self, pod: &str) -> usize {
+        self.placement
+            .iter()
+            .find(|(name, _)| *name == pod)
+            .map_or(0, |&(_, host)| host)
+    }
+
+    /// `pod`'s directory below its host's runtime directory: its state
+    /// directory, holding its socket.
+    fn pod_dir(&self, pod: &str) -> String {
+        self.hosts[self.host_of(pod)]
+            .dir
+            .join(pod)
+            .display()
+            .to_string()
     }
 
     fn socket(&self, pod: &str) -> String {
-        self.path(&format!("{pod}/sock"))
+        format!("{}/sock", self.pod_dir(pod))
     }
 
     /// `text` with the demo directory written as `$DEMO`: for the commands
@@ -397,8 +472,9 @@ impl Demo {
     /// `podctl listen` for `name` (its socket, state directory and table
     /// the defaults under the demo directory), once its socket answers;
     /// returns its pid.
-    fn listen(&mut self, name: &'static str, reconcile_ms: &str) -> Result<u32> {
+    fn listen(&mut self, name: &'static str, reconcile_ms: &str, extra: &[String]) -> Result<u32> {
         let mut args = self.listen_args(name, reconcile_ms);
+        args.extend(extra.iter().cloned());
         // The socket named: with `--listen tls://...` alone a listen
         // would serve TLS only.
         let socket = self.socket(name);
@@ -419,37 +495,42 @@ impl Demo {
         Ok(pid)
     }
 
-    /// `podctl run --from FROM --name NAME --write WRITE -- podctl listen`:
-    /// the spawner reserves, the listen adopts and listens.
+    /// `podctl run --from FROM --name NAME --write WRITE EXTRA... --
+    /// podctl listen`: the spawner reserves, the listen adopts and
+    /// listens.
     fn run(
         &mut self,
         name: &'static str,
         from: &str,
         write: &str,
         reconcile_ms: &str,
+        extra: &[String],
     ) -> Result<()> {
         let podctl = self.podctl.display().to_string();
         let mut listen = vec![podctl];
         listen.extend(self.listen_args(name, reconcile_ms));
         let listen: Vec<&str> = listen.iter().map(String::as_str).collect();
-        self.run_program(name, from, write, &listen)?;
+        self.run_program(name, from, write, extra, &listen)?;
         self.wait_for_socket(name)
     }
 
-    /// `podctl run --from FROM --name NAME --write WRITE -- CMD`; records
-    /// the pid it prints (the child's).
+    /// `podctl run --from FROM --name NAME --write WRITE EXTRA... -- CMD`
+    /// (the table named when it is not the default); records the pid it
+    /// prints (the child's).
     fn run_program(
         &mut self,
         name: &'static str,
         from: &str,
         write: &str,
+        extra: &[String],
         cmd: &[&str],
     ) -> Result<()> {
-        let mut args: Vec<String> = [
-            "run", "--from", from, "--name", name, "--write", write, "--",
-        ]
-        .map(str::to_owned)
-        .to_vec();
+        let mut args: Vec<String> = ["run", "--from", from, "--name", name, "--write", write]
+            .map(str::to_owned)
+            .to_vec();
+        args.extend(self.table_unless_default());
+        args.extend(extra.iter().cloned());
+        args.push("--".to_owned());
         args.extend(cmd.iter().map(|&a| a.to_owned()));
         let shown = self
             .short(&args.join(" "))
@@ -473,6 +554,15 @@ impl Demo {
             .with_context(|| format!("podctl run printed no pid: {started:?}"))?;
         self.pods.push(Pod { name, child, pid });
         Ok(())
+    }
+
+    /// The table flags, unless the table is the default one (under the
+    /// runtime directory), so the commands shown stay short.
+    fn table_unless_default(&self) -> Vec<String> {
+        match self.etcd {
+            Some(_) => self.table.to_vec(),
+            None => Vec::new(),
+        }
     }
 
     /// `listen --reconcile-interval-ms N`, and with `--tls` what `name`
@@ -501,10 +591,15 @@ impl Demo {
     }
 
     /// Starts podctl with `args`, its output forwarded under `name`.
-    fn start(&self, name: &'static str, args: &[String]) -> Result<Child> {
+    fn start(&mut self, name: &'static str, args: &[String]) -> Result<Child> {
+        let host = self.host_of(name);
         let mut cmd = Command::new(&self.podctl);
+        if self.hosts[host].isolated {
+            // The host's first process starts its group; the rest join.
+            cmd.process_group(self.hosts[host].group.unwrap_or(0) as i32);
+        }
         cmd.args(args)
-            .env("PODS_RUNTIME_DIR", &self.dir)
+            .env("PODS_RUNTIME_DIR", &self.hosts[host].dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -521,6 +616,10 @@ impl Demo {
         let stderr = child.stderr.take().context("no stderr pipe")?;
         forward(name, stdout, false, self.line_sink.clone());
         forward(name, stderr, true, self.line_sink.clone());
+        let host = &mut self.hosts[host];
+        if host.isolated && host.group.is_none() {
+            host.group = Some(child.id());
+        }
         Ok(child)
     }
 
@@ -606,11 +705,12 @@ impl Demo {
         write: &str,
         take_back: Option<&str>,
     ) -> Result<()> {
-        let (lock, pid, socket) = (self.lock(), pid.to_string(), self.socket(name));
+        let (pid, socket) = (pid.to_string(), self.socket(name));
+        let [flag, table] = &self.table;
         let mut args = vec!["scope"];
         match from {
-            Some(from) => args.extend(["delegate", "--scope-lock", &lock, "--from", from]),
-            None => args.extend(["register", "--scope-lock", &lock]),
+            Some(from) => args.extend(["delegate", flag, table, "--from", from]),
+            None => args.extend(["register", flag, table]),
         }
         args.extend([
             "--name", name, "--pid", &pid, "--socket", &socket, "--write", write,
@@ -662,7 +762,8 @@ impl Demo {
     }
 
     fn allocations(&self) -> Result<Vec<Value>> {
-        let table = self.podctl_json(&["scopes", "--scope-lock", &self.lock()])?;
+        let [flag, table] = &self.table;
+        let table = self.podctl_json(&["scopes", flag, table])?;
         Ok(table["allocations"].as_array().cloned().unwrap_or_default())
     }
 
@@ -686,7 +787,7 @@ impl Demo {
 
     /// Fails unless the root's registry holds exactly `names`.
     fn check_registry(&self, names: &[&str]) -> Result<()> {
-        let registry = self.podctl_json(&["registry", "--state-dir", &self.path("root")])?;
+        let registry = self.podctl_json(&["registry", "--state-dir", &self.pod_dir("root")])?;
         let mut held: Vec<&str> = registry["pods"]
             .as_array()
             .into_iter()
@@ -704,13 +805,18 @@ impl Demo {
     /// Prints the scope table and the root's registry, as an operator
     /// would see them.
     fn show_tables(&self) -> Result<()> {
-        let scopes = self.podctl(&["scopes", "--scope-lock", &self.lock()])?;
-        let registry = self.podctl(&["registry", "--state-dir", &self.path("root")])?;
+        let [flag, table] = &self.table;
+        let scopes = self.podctl(&["scopes", flag, table])?;
+        let state = self.pod_dir("root");
+        let registry = self.podctl(&["registry", "--state-dir", &state])?;
         // One print, so no pod's line lands inside a table.
         let mut text = String::new();
         for (command, table) in [
-            ("scopes --scope-lock $DEMO/scope.lock", scopes),
-            ("registry --state-dir $DEMO/root", registry),
+            (self.short(&format!("scopes {flag} {table}")), scopes),
+            (
+                self.short(&format!("registry --state-dir {state}")),
+                registry,
+            ),
         ] {
             text.push_str(&format!("   $ podctl {command}\n"));
             for line in table.lines() {
@@ -723,8 +829,13 @@ impl Demo {
 
     /// Waits for a line from `pod` that `matches` (`what` describes it),
     /// taking lines already received first; fails the step at the
-    /// deadline.
-    fn expect(&mut self, pod: &str, what: &str, matches: impl FnMut(&str) -> bool) -> Result<()> {
+    /// deadline. Returns when the line arrived.
+    fn expect(
+        &mut self,
+        pod: &str,
+        what: &str,
+        matches: impl FnMut(&str) -> bool,
+    ) -> Result<Instant> {
         self.expect_in(false, pod, what, matches)
     }
 
@@ -734,7 +845,7 @@ impl Demo {
         pod: &str,
         what: &str,
         matches: impl FnMut(&str) -> bool,
-    ) -> Result<()> {
+    ) -> Result<Instant> {
         self.expect_in(true, pod, what, matches)
     }
 
@@ -744,17 +855,16 @@ impl Demo {
         pod: &str,
         what: &str,
         mut matches: impl FnMut(&str) -> bool,
-    ) -> Result<()> {
+    ) -> Result<Instant> {
         let mut found = |line: &Line| line.log == log && line.pod == pod && matches(&line.text);
         if let Some(i) = self.pending.iter().position(&mut found) {
-            self.pending.remove(i);
-            return Ok(());
+            return Ok(self.pending.remove(i).at);
         }
         let deadline = Instant::now() + STEP_DEADLINE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) if found(&line) => return Ok(()),
+                Ok(line) if found(&line) => return Ok(line.at),
                 Ok(line) => self.pending.push(line),
                 Err(_) => bail!(
                     "step {} did not happen: `{pod}` printed no line saying {what} within {STEP_DEADLINE:?}",
@@ -785,9 +895,24 @@ fn forward(
                 pod: pod.to_owned(),
                 text,
                 log,
+                at: Instant::now(),
             });
         }
     });
+}
+
+/// `N` distinct free loopback ports (all bound at once, then let go: the
+/// processes that take them bind them a moment later).
+fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("cannot find a free loopback port")?;
+    let mut ports = [0; N];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
 }
 
 fn wait_with_deadline(child: &mut Child) -> Result<ExitStatus> {

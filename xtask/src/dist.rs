@@ -22,7 +22,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         [flag, dir] if flag == "--out" => PathBuf::from(dir),
         _ => bail!("usage: cargo xtask dist [--out DIR]"),
     };
-    let podctl = crate::demo::build_podctl()?;
+    let podctl = crate::demo::build_podctl(None)?;
     let completions = out.join("completions");
     std::fs::create_dir_all(&completions)
         .with_context(|| format!("cannot create {}", completions.display()))?;

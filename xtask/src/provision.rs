@@ -44,6 +44,11 @@ impl Tools {
     pub(crate) fn env(&self) -> [(&'static str, &Path); 2] {
         [("PROTOC", &self.protoc), ("POD_ETCD_BIN", &self.etcd)]
     }
+
+    /// The etcd binary.
+    pub(crate) fn etcd(&self) -> &Path {
+        &self.etcd
+    }
 }
 
 /// Finds or installs both tools, and checks that each one runs.

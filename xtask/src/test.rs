@@ -32,6 +32,8 @@ pub(crate) fn run_all() -> Result<()> {
     crate::demo::run(&[])?;
     eprintln!("\n==> demo over TLS: cargo xtask demo --tls");
     crate::demo::run(&["--tls".to_owned()])?;
+    eprintln!("\n==> demo across two hosts: cargo xtask demo --cluster");
+    crate::demo::run(&["--cluster".to_owned()])?;
     if root().join("fuzz/Cargo.toml").exists() {
         // The fuzz crate is its own workspace: `--all` above does not see
         // it. Its libFuzzer binaries need the `libfuzzer` feature, so

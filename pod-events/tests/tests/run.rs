@@ -178,6 +178,59 @@ fn podctl_run_then_podctl_listen_builds_a_tree_from_the_shell() {
     assert!(root.signal(Signal::TERM).success());
 }
 
+/// `podctl listen --write P` is a top-level pod that registers its own
+/// scope, held by its own process, and releases it when it stops.
+#[test]
+fn a_top_level_listen_registers_its_own_scope_and_releases_it_at_exit() {
+    let env = env();
+    let socket = env.path("run/root/sock");
+    let listen = |extra: &[&str]| {
+        let mut cmd = env.command();
+        cmd.args(["listen", "--name", "root", "--reconcile-interval-ms", "0"])
+            .args(extra);
+        cmd
+    };
+    let srv = env.path("srv");
+    let mut root = Running::start(&mut listen(&["--write", &srv]));
+    root.wait_for_path(Path::new(&socket));
+    let held = env.allocations();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0]["pod_name"], "root");
+    assert_eq!(held[0]["pid"].as_u64(), Some(u64::from(root.pid())));
+    assert_eq!(held[0]["socket"], socket.as_str());
+    assert!(held[0]["delegated_from"].is_null(), "{held:?}");
+
+    // A child can be spawned from it at once.
+    let out = env.podctl_run("kid", "srv/a", &["true"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    // Its name is taken while it lives; a parent and a handoff exclude
+    // registering (the spawner delegates a child's scope).
+    let other = env.path("other/sock");
+    env.refused(
+        &mut listen(&["--socket", &other, "--write", &srv]),
+        "cannot register pod `root`",
+    );
+    let out = listen(&["--write", &srv, "--parent-socket", &other])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    env.refused(
+        listen(&["--write", &srv])
+            .env("POD_NAME", "root")
+            .env("POD_INCARNATION", "abc")
+            .env("POD_PARENT", "up")
+            .env("POD_PARENT_SOCKET", &other)
+            .env("POD_SOCKET", env.path("run/root/sock2"))
+            .env("POD_SCOPE_LOCK", env.lock()),
+        "--write and --read register a top-level pod",
+    );
+    assert_eq!(env.pod_names(), ["root"]);
+
+    assert!(root.signal(Signal::TERM).success());
+    assert_eq!(env.pod_names(), Vec::<String>::new(), "released at exit");
+}
+
 #[test]
 fn bad_spawns_are_refused_and_change_nothing() {
     let env = env();

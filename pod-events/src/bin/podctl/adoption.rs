@@ -3,13 +3,16 @@
 //! handoff variables (DESIGN section 11) where its flags are omitted
 //! (its TLS identity too, POD_TLS_*, as a set),
 //! adopts the reservation with its own pid, and on exit reports its
-//! `ShutDown` and releases the allocation it adopted.
+//! `ShutDown` and releases the allocation it adopted. A top-level
+//! `podctl listen --write P` registers its own allocation instead, and
+//! releases it on exit.
 
 use anyhow::{bail, Context, Result};
 use pod_events::{AddressSender, Handoff, PodContext, TableLocation};
-use pod_protocol::PodName;
+use pod_protocol::{PodName, ScopeRule};
+use pod_scope_lock::PodSpec;
 
-use crate::store::{AnyLiveness, AnyStore, Keeper, Scopes, TableArgs};
+use crate::store::{self, AnyLiveness, AnyStore, Keeper, Scopes, TableArgs};
 use crate::tls::TlsArgs;
 
 /// The context of an adopted reservation, and what keeps the allocation
@@ -173,4 +176,52 @@ pub(crate) fn depart(runtime: &tokio::runtime::Runtime, adopted: Option<Adopted>
     }
     drop(context);
     keeper.revoke();
+}
+
+/// The allocation a top-level `podctl listen --write P` registered for
+/// itself, and what keeps it alive (this process, or a lease it holds).
+pub(crate) struct Registered {
+    name: PodName,
+    incarnation: Option<String>,
+    keeper: Keeper,
+}
+
+/// Registers pod `name` at `socket` with `scope` as a top-level pod, held
+/// by this process: its pid on a file table, a lease taken now on an etcd
+/// table.
+pub(crate) fn register(
+    table: &Scopes,
+    name: &PodName,
+    socket: Option<String>,
+    scope: Vec<ScopeRule>,
+) -> Result<Registered> {
+    let socket = socket.context("a registered pod needs an address: give --socket or --listen")?;
+    let keeper = Keeper::new(table)?;
+    let allocation = table
+        .register(PodSpec {
+            pod_name: name.clone(),
+            pid: keeper.holder_id(std::process::id()),
+            socket,
+            scope,
+        })
+        .with_context(|| format!("cannot register pod `{name}`"))?;
+    tracing::info!(pod = %name, incarnation = allocation.incarnation.as_deref().unwrap_or("-"), "registered");
+    Ok(Registered {
+        name: name.clone(),
+        incarnation: allocation.incarnation,
+        keeper,
+    })
+}
+
+impl Registered {
+    /// On a clean exit, releases the allocation (this incarnation only;
+    /// gone already is fine); then gives up the lease that held it. After
+    /// a failure the allocation stays for reclaim: the process (or its
+    /// lease, at its TTL) is gone soon after.
+    pub(crate) fn depart(self, table: &Scopes, clean: bool) {
+        if clean && store::release_own(table, &self.name, self.incarnation.as_deref()) {
+            tracing::info!(pod = %self.name, "released its registration");
+        }
+        self.keeper.revoke();
+    }
 }

@@ -17,7 +17,7 @@ use pod_events::{
     control_socket_path, spawn_endpoint, AddressSender, ControlSink, EndpointConfig, Notification,
     Parent, SocketProbe,
 };
-use pod_protocol::Dialect;
+use pod_protocol::{Dialect, ScopeRule};
 use pod_registry::FileRegistry;
 use pod_transport::tls::rustls::ServerConfig;
 use pod_transport::tls::{TlsListenConfig, TlsListener};
@@ -71,12 +71,31 @@ pub(crate) struct ListenArgs {
     /// Reconcile at start and then every this many milliseconds (0: never).
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     reconcile_interval_ms: u64,
+    /// Register this pod at start as a top-level pod with write scope on
+    /// PATH (repeatable), held by this process: its pid on a file table,
+    /// on an etcd table a lease it keeps alive (a pid means nothing to
+    /// the other hosts). Released at a clean exit. Not for a pod with a
+    /// parent: its spawner delegates its scope (`podctl run`).
+    #[arg(long = "write", value_name = "PATH", conflicts_with = "parent_socket")]
+    writes: Vec<String>,
+    /// Read scope for the registration, as --write (repeatable).
+    #[arg(long = "read", value_name = "PATH", conflicts_with = "parent_socket")]
+    reads: Vec<String>,
     #[command(flatten)]
     tls: TlsArgs,
 }
 
 /// `podctl listen`.
 pub(crate) fn run(mut args: ListenArgs, json: bool) -> Result<()> {
+    let scope: Vec<ScopeRule> = std::mem::take(&mut args.writes)
+        .into_iter()
+        .map(ScopeRule::write)
+        .chain(
+            std::mem::take(&mut args.reads)
+                .into_iter()
+                .map(ScopeRule::read),
+        )
+        .collect();
     let handoff = adoption::fill(adoption::Fillable {
         name: &mut args.name,
         socket: &mut args.socket,
@@ -85,6 +104,9 @@ pub(crate) fn run(mut args: ListenArgs, json: bool) -> Result<()> {
         parent_socket: &mut args.parent_socket,
         tls: &mut args.tls,
     })?;
+    if handoff.is_some() && !scope.is_empty() {
+        bail!("--write and --read register a top-level pod; this listen adopts the reservation its spawner made (POD_INCARNATION is set)");
+    }
     let name = paths::pod_name(args.name.as_deref().unwrap_or_default())?;
     let tls_listen = args
         .listen
@@ -108,6 +130,7 @@ pub(crate) fn run(mut args: ListenArgs, json: bool) -> Result<()> {
     let identity = args
         .tls
         .load(tls_listen.is_some() || tls_up, "this listen")?;
+    let tls_address = tls_listen.as_ref().map(|addr| format!("tls://{addr}"));
     let tls_listen = match (tls_listen, &identity) {
         (Some(addr), Some(identity)) => Some((addr, identity.server()?)),
         _ => None,
@@ -142,8 +165,17 @@ pub(crate) fn run(mut args: ListenArgs, json: bool) -> Result<()> {
         &table,
         upward.clone(),
     )?;
+    let registered = match scope.is_empty() {
+        true => None,
+        false => Some(adoption::register(
+            &table,
+            &name,
+            socket.clone().or(tls_address),
+            scope,
+        )?),
+    };
     let registry = FileRegistry::open(&state_dir)?;
-    let parent = Parent::new(name, registry, table, SocketProbe::default());
+    let parent = Parent::new(name, registry, table.clone(), SocketProbe::default());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -168,6 +200,9 @@ pub(crate) fn run(mut args: ListenArgs, json: bool) -> Result<()> {
         }
     };
     adoption::depart(&runtime, adopted, served.is_ok());
+    if let Some(registered) = registered {
+        registered.depart(&table, served.is_ok());
+    }
     served
 }
 

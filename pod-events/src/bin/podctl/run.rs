@@ -4,8 +4,9 @@
 //! The order keeps the grant with the process that runs: the reservation
 //! is made before the child exists (held under the spawner pod's process),
 //! adopted on the child's behalf with the child's own pid as soon as it is
-//! started (a program not built on these crates never adopts by itself;
-//! one that is accepts an adoption already made for its pid), announced to
+//! started (on an etcd table with the lease held for it, before it is
+//! started; a program not built on these crates never adopts by itself,
+//! one that is accepts an adoption already made for it), announced to
 //! the parent, and released when the child exits without having done so.
 //!
 //! Over TLS (`--parent-socket tls://...`) the child is handed the TLS
@@ -207,6 +208,17 @@ async fn supervise(
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
     handoff.apply_to(&mut child_command);
+    // A lease's holder id is known before the child exists: adopt with it
+    // first, so the child never sees its reservation pending (and a child
+    // built on these crates finds the adoption made, never racing it).
+    let adopted_early = match keeper.holder_before_spawn() {
+        Some(holder) => {
+            let (t, h) = (table.clone(), handoff.clone());
+            adopt_logged(blocking(move || adopt_for(&t, &h, holder)).await, &handoff);
+            true
+        }
+        None => false,
+    };
     let mut child = match child_command.spawn() {
         Ok(child) => child,
         Err(error) => {
@@ -225,14 +237,11 @@ async fn supervise(
         .id()
         .context("the child exited before its pid was known")?;
 
-    // On a file table the child's own pid holds it; on an etcd table the
-    // lease taken for it.
-    let holder = keeper.holder_id(pid);
-    let (t, h) = (table.clone(), handoff.clone());
-    if let Err(error) = blocking(move || adopt_for(&t, &h, holder)).await {
-        // Its reservation stays under the spawner until it expires or is
-        // released below.
-        tracing::warn!(%error, pod = %handoff.name, "could not adopt the reservation on the child's behalf");
+    // On a file table the child's own pid holds it, known only now.
+    if !adopted_early {
+        let holder = keeper.holder_id(pid);
+        let (t, h) = (table.clone(), handoff.clone());
+        adopt_logged(blocking(move || adopt_for(&t, &h, holder)).await, &handoff);
     }
     let up = Path::new(&handoff.parent_socket);
     let announce = PodEvent::ScopeSubDelegated {
@@ -344,15 +353,18 @@ fn adopt_for(table: &Scopes, handoff: &Handoff, pid: u32) -> Result<(), ScopeErr
     }
 }
 
+/// Logs a failed adoption: the reservation then stays under the spawner
+/// until it expires or is released when the child exits.
+fn adopt_logged(adopted: Result<(), ScopeError>, handoff: &Handoff) {
+    if let Err(error) = adopted {
+        tracing::warn!(%error, pod = %handoff.name, "could not adopt the reservation on the child's behalf");
+    }
+}
+
 /// Releases the child's allocation (this incarnation only); gone already
 /// is fine.
 fn release(table: &Scopes, handoff: &Handoff) {
-    match table.release(&handoff.name, Some(&handoff.incarnation)) {
-        Ok(_) | Err(ScopeError::UnknownPod { .. } | ScopeError::IncarnationMismatch { .. }) => {}
-        Err(error) => {
-            tracing::warn!(%error, pod = %handoff.name, "could not release the child's allocation; reclaim removes it, its process being gone");
-        }
-    }
+    store::release_own(table, &handoff.name, Some(&handoff.incarnation));
 }
 
 /// Runs a table operation (flock, fsync) off the executor.

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use clap::Args;
 use pod_events::{EndpointConfig, ExitWatch, TableLocation};
+use pod_protocol::PodName;
 use pod_scope_lock::{Allocation, FileStore, Liveness, ProcLiveness, ScopeError, ScopeTable};
 use pod_scope_lock::{Table, TableStore};
 
@@ -169,6 +170,20 @@ impl Liveness for AnyLiveness {
 
 /// The scope table every command works on.
 pub(crate) type Scopes = ScopeTable<AnyStore, AnyLiveness>;
+
+/// Releases pod `name`'s allocation (only `incarnation`'s); gone already
+/// is fine. A failure is logged: reclaim removes the allocation once its
+/// holder is gone.
+pub(crate) fn release_own(table: &Scopes, name: &PodName, incarnation: Option<&str>) -> bool {
+    match table.release(name, incarnation) {
+        Ok(_) => true,
+        Err(ScopeError::UnknownPod { .. } | ScopeError::IncarnationMismatch { .. }) => false,
+        Err(error) => {
+            tracing::warn!(%error, pod = %name, "could not release the allocation; reclaim removes it once its holder is gone");
+            false
+        }
+    }
+}
 
 /// What tells `podctl listen` at once that a registered pod is gone: its
 /// process's exit on a file table (the endpoint's default watch), its
@@ -343,6 +358,16 @@ impl Keeper {
             Keeper::Process => pid,
             #[cfg(feature = "etcd")]
             Keeper::Lease(holder) => holder.holder_id(),
+        }
+    }
+
+    /// The holder id when it does not depend on the process (a lease's),
+    /// so the allocation can be adopted before the process exists.
+    pub(crate) fn holder_before_spawn(&self) -> Option<u32> {
+        match self {
+            Keeper::Process => None,
+            #[cfg(feature = "etcd")]
+            Keeper::Lease(holder) => Some(holder.holder_id()),
         }
     }
 
