@@ -26,7 +26,7 @@
 //! | --- | --- | --- |
 //! | `TurnEnded`, `Errored` | only from `n` | policy |
 //! | `ShutDown` | from `n`, from a pod above `n` in the table (a relay), or anyone once `n`'s process is dead | from a pod holding an allocation that this parent has registered (a relaying child), else policy |
-//! | `ScopeSubDelegated` | the table must agree: `n`'s allocation exists with the event's rules and incarnation, and the sender is the pod it was delegated from or a pod above that | admitted when this parent already saw that incarnation depart (a reordered announcement, which registers nothing); else refused, whatever the policy |
+//! | `ScopeSubDelegated` | the table must agree: `n`'s allocation exists with the event's rules and incarnation, and the sender is the pod it was delegated from or a pod above that | admitted when this parent already saw that incarnation depart (a reordered announcement, which registers nothing), or when the sender is the pod the event says delegated to `n`, or above it, and that pod is in the table holding the event's scope (`n` ran briefly and was released before its announcement arrived: applying it finds `n` dead and departs it); else refused, whatever the policy |
 //!
 //! The policy ([`SenderPolicy`]) only decides claims the table cannot
 //! check: `Strict` refuses them, `Legacy` admits them and counts them as
@@ -334,8 +334,24 @@ impl Context<'_> {
                 },
                 None,
             ) if (self.is_departed)(subject, incarnation) => Verdict::Verified,
+            // A pod that ran briefly: its release reached the table before
+            // its spawner's announcement reached this parent (the relay of
+            // its departure comes after). From a sender that speaks for the
+            // spawner, or above it, that is reordering, not forgery:
+            // applying it registers the pod, finds it dead and departs it.
+            (
+                PodEvent::ScopeSubDelegated {
+                    parent_pod, scope, ..
+                },
+                None,
+            ) if get(parent_pod).is_some_and(|spawner| {
+                within(scope, &spawner.scope_allow) && (speaks_for(spawner) || speaks_above(spawner))
+            }) =>
+            {
+                Verdict::Verified
+            }
             (PodEvent::ScopeSubDelegated { .. }, None) => Verdict::Rejected(format!(
-                "the scope table holds no allocation for `{subject}`: nothing was delegated to it"
+                "the scope table holds no allocation for `{subject}`, and the sender does not speak for the pod that says it delegated to it"
             )),
             (
                 PodEvent::ScopeSubDelegated {
@@ -432,6 +448,17 @@ fn who(peer: &Peer, lineage: &[u32]) -> String {
 }
 
 /// Whether two rule lists hold the same rules (in any order).
+/// Whether every rule of `inner` lies within one of `outer`'s: scope the
+/// spawner could have delegated.
+fn within(inner: &[pod_protocol::ScopeRule], outer: &[pod_protocol::ScopeRule]) -> bool {
+    !inner.is_empty()
+        && inner.iter().all(|rule| {
+            outer
+                .iter()
+                .any(|o| pod_scope_lock::coverage::covers(o, rule))
+        })
+}
+
 fn same_rules(a: &[pod_protocol::ScopeRule], b: &[pod_protocol::ScopeRule]) -> bool {
     let mut a = a.to_vec();
     let mut b = b.to_vec();

@@ -566,6 +566,65 @@ async fn the_spawner_and_its_supervisors_may_announce_a_delegation() {
     assert_eq!(forged.relayed.len(), 1);
 }
 
+/// A pod that ran briefly: its release reached the table before its
+/// spawner's relayed announcement reached this parent, whose departure
+/// relay comes after. From the spawner's process the announcement is
+/// admitted, and both converge to a departed pod; from a process that
+/// speaks for nobody it is still refused.
+#[tokio::test]
+async fn a_relayed_announcement_of_a_pod_already_released_is_admitted_from_its_spawner() {
+    let gone = PodEvent::ScopeSubDelegated {
+        parent_pod: "gc".into(),
+        sub_pod: "ggc".into(),
+        sub_socket: "/s/ggc".into(),
+        scope: vec![ScopeRule::write("/w/c/gc/g")],
+        sub_incarnation: Some("feed".into()),
+        spawner_socket: Some("/s/gc".into()),
+    };
+    let down = PodEvent::ShutDown {
+        pod_name: "ggc".into(),
+        incarnation: Some("feed".into()),
+    };
+    let relayed = child_endpoint_fed(SenderPolicy::Strict, |scopes| {
+        let gc = scopes.find(&pod("gc")).unwrap().unwrap();
+        let spawned = PodEvent::ScopeSubDelegated {
+            parent_pod: "child".into(),
+            sub_pod: "gc".into(),
+            sub_socket: "/s/gc".into(),
+            scope: vec![ScopeRule::write("/w/c/gc")],
+            sub_incarnation: gc.incarnation.clone(),
+            spawner_socket: Some("/s/child".into()),
+        };
+        vec![(2, spawned), (3, gone.clone()), (3, down)]
+    })
+    .await;
+    assert_eq!(relayed.stats.rejected_senders, 0);
+    let lines = relayed.sink.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("pod `gc` spawned `ggc`")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("`ggc`") && l.contains("shut down")
+                || l.starts_with("`ggc` is gone")),
+        "{lines:?}"
+    );
+    let names: Vec<String> = relayed
+        .registry
+        .list()
+        .iter()
+        .map(|r| r.pod_name.to_string())
+        .collect();
+    assert_eq!(names, ["gc"], "`ggc` ends departed");
+    let forged = child_endpoint_fed(SenderPolicy::Strict, |_| vec![(66, gone)]).await;
+    assert_eq!(forged.stats.rejected_senders, 1);
+    assert!(forged.registry.list().is_empty());
+}
+
 #[tokio::test]
 async fn claims_the_table_cannot_check_follow_the_policy() {
     let unknown = || {

@@ -169,7 +169,7 @@ async fn a_three_level_tree_through_the_facade_ends_empty() {
     {
         let note = tokio::time::timeout(DEADLINE, root.next_notification())
             .await
-            .expect("the root heard every event")
+            .unwrap_or_else(|_| panic!("the root heard every event; it heard {heard:?}"))
             .unwrap();
         heard.push(match &note.event {
             PodEvent::ScopeSubDelegated { sub_pod, .. } if sub_pod == "gc" => "sub gc",
