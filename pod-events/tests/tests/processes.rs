@@ -150,9 +150,9 @@ async fn a_three_level_tree_through_the_facade_ends_empty() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        root.pods().len(),
-        1,
+    // (Its grandchild may be registered already too: the child runs.)
+    assert!(
+        root.pods().iter().any(|r| r.pod_name.as_str() == "child"),
         "the spawner registers its child at once"
     );
     assert!(
