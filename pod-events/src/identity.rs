@@ -345,7 +345,7 @@ impl Context<'_> {
                 },
                 None,
             ) if get(parent_pod).is_some_and(|spawner| {
-                within(scope, &spawner.scope_allow) && (speaks_for(spawner) || speaks_above(spawner))
+                delegable(scope, &spawner.scope_allow) && (speaks_for(spawner) || speaks_above(spawner))
             }) =>
             {
                 Verdict::Verified
@@ -447,18 +447,16 @@ fn who(peer: &Peer, lineage: &[u32]) -> String {
     }
 }
 
-/// Whether two rule lists hold the same rules (in any order).
-/// Whether every rule of `inner` lies within one of `outer`'s: scope the
-/// spawner could have delegated.
-fn within(inner: &[pod_protocol::ScopeRule], outer: &[pod_protocol::ScopeRule]) -> bool {
-    !inner.is_empty()
-        && inner.iter().all(|rule| {
-            outer
-                .iter()
-                .any(|o| pod_scope_lock::coverage::covers(o, rule))
-        })
+/// Whether `held` could have delegated every rule of `scope` (none is
+/// not a delegation).
+fn delegable(scope: &[pod_protocol::ScopeRule], held: &[pod_protocol::ScopeRule]) -> bool {
+    !scope.is_empty()
+        && scope
+            .iter()
+            .all(|rule| pod_scope_lock::coverage::grants(held, rule))
 }
 
+/// Whether two rule lists hold the same rules (in any order).
 fn same_rules(a: &[pod_protocol::ScopeRule], b: &[pod_protocol::ScopeRule]) -> bool {
     let mut a = a.to_vec();
     let mut b = b.to_vec();

@@ -156,6 +156,29 @@ pub fn covers(outer: &ScopeRule, inner: &ScopeRule) -> bool {
     is_normal(&outer.target) && is_normal(&inner.target) && covers_valid(outer, inner)
 }
 
+/// Whether one of `held` covers `rule` with at least its permission: what
+/// delegating `rule` asks of the pod holding `held` (and the table's
+/// invariant of every child). False if a target is not lexically normal.
+///
+/// ```
+/// use pod_scope_lock::{coverage, ScopeRule};
+///
+/// let held = [ScopeRule::write("/srv/repo"), ScopeRule::read("/srv/docs")];
+/// assert!(coverage::grants(&held, &ScopeRule::read("/srv/repo/src")));
+/// assert!(!coverage::grants(&held, &ScopeRule::write("/srv/docs/a")));
+/// assert!(!coverage::grants(&held, &ScopeRule::write("/")));
+/// ```
+pub fn grants(held: &[ScopeRule], rule: &ScopeRule) -> bool {
+    held.iter()
+        .any(|h| h.permission >= rule.permission && covers(h, rule))
+}
+
+/// [`grants`] for rules already known to be valid.
+pub(crate) fn grants_valid(held: &[ScopeRule], rule: &ScopeRule) -> bool {
+    held.iter()
+        .any(|h| h.permission >= rule.permission && covers_valid(h, rule))
+}
+
 /// Whether some path is covered by both `a` and `b`.
 ///
 /// Overlapping targets are always on one line of descent; they overlap when

@@ -152,14 +152,7 @@ async fn a_sub_delegation_is_relayed_upward_and_a_shutdown_releases_scope() {
     );
     let sink = CollectingSink::new();
     let endpoint = spawn_endpoint(parent, net.bind("/s/child"), sink.clone(), no_reconcile());
-    let sub = PodEvent::ScopeSubDelegated {
-        parent_pod: "gc".into(),
-        sub_pod: "ggc".into(),
-        sub_socket: "/s/ggc".into(),
-        scope: vec![ScopeRule::write("/w/child/gc/x")],
-        sub_incarnation: ggc.incarnation.clone(),
-        spawner_socket: Some("/s/gc".into()),
-    };
+    let sub = announced("gc", "ggc", "/w/child/gc/x", ggc.incarnation.clone());
     let sender = net.sender();
     sender
         .send("/s/child".as_ref(), &Method::PodEvent(sub))
@@ -472,6 +465,19 @@ async fn child_endpoint_fed(
     }
 }
 
+/// `parent` announces that it spawned `sub` with write scope on
+/// `target`; every socket is `/s/NAME`.
+fn announced(parent: &str, sub: &str, target: &str, incarnation: Option<String>) -> PodEvent {
+    PodEvent::ScopeSubDelegated {
+        parent_pod: parent.into(),
+        sub_pod: sub.into(),
+        sub_socket: format!("/s/{sub}"),
+        scope: vec![ScopeRule::write(target)],
+        sub_incarnation: incarnation,
+        spawner_socket: Some(format!("/s/{parent}")),
+    }
+}
+
 fn shut_down(name: &str) -> PodEvent {
     PodEvent::ShutDown {
         pod_name: name.into(),
@@ -550,14 +556,7 @@ async fn the_spawner_and_its_supervisors_may_announce_a_delegation() {
         let gc = scopes.find(&pod("gc")).unwrap().unwrap();
         vec![(
             2,
-            PodEvent::ScopeSubDelegated {
-                parent_pod: "child".into(),
-                sub_pod: "gc".into(),
-                sub_socket: "/s/gc".into(),
-                scope: vec![ScopeRule::write("/w/c/gc")],
-                sub_incarnation: gc.incarnation.clone(),
-                spawner_socket: Some("/s/child".into()),
-            },
+            announced("child", "gc", "/w/c/gc", gc.incarnation.clone()),
         )]
     })
     .await;
@@ -573,28 +572,14 @@ async fn the_spawner_and_its_supervisors_may_announce_a_delegation() {
 /// speaks for nobody it is still refused.
 #[tokio::test]
 async fn a_relayed_announcement_of_a_pod_already_released_is_admitted_from_its_spawner() {
-    let gone = PodEvent::ScopeSubDelegated {
-        parent_pod: "gc".into(),
-        sub_pod: "ggc".into(),
-        sub_socket: "/s/ggc".into(),
-        scope: vec![ScopeRule::write("/w/c/gc/g")],
-        sub_incarnation: Some("feed".into()),
-        spawner_socket: Some("/s/gc".into()),
-    };
+    let gone = announced("gc", "ggc", "/w/c/gc/g", Some("feed".into()));
     let down = PodEvent::ShutDown {
         pod_name: "ggc".into(),
         incarnation: Some("feed".into()),
     };
     let relayed = child_endpoint_fed(SenderPolicy::Strict, |scopes| {
         let gc = scopes.find(&pod("gc")).unwrap().unwrap();
-        let spawned = PodEvent::ScopeSubDelegated {
-            parent_pod: "child".into(),
-            sub_pod: "gc".into(),
-            sub_socket: "/s/gc".into(),
-            scope: vec![ScopeRule::write("/w/c/gc")],
-            sub_incarnation: gc.incarnation.clone(),
-            spawner_socket: Some("/s/child".into()),
-        };
+        let spawned = announced("child", "gc", "/w/c/gc", gc.incarnation.clone());
         vec![(2, spawned), (3, gone.clone()), (3, down)]
     })
     .await;

@@ -4,8 +4,8 @@
 
 use pod_protocol::{validate_scope, validate_socket, ScopeRule};
 
-use super::rules::grants;
 use super::{Allocation, Table};
+use crate::coverage::grants_valid as grants;
 use crate::coverage::{is_normal_path, overlaps_valid, relation, Relation};
 use crate::error::DisplayRule;
 

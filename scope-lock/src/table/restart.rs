@@ -10,9 +10,10 @@ use std::collections::HashSet;
 use pod_protocol::PodName;
 
 use super::reclaim::Probe;
-use super::rules::{grants, Holder};
+use super::rules::Holder;
 use super::undo::Undo;
 use super::{Allocation, PodSpec, Table};
+use crate::coverage::grants_valid as grants;
 use crate::error::ScopeError;
 
 /// What a restart did: the restarted pod's new allocation, and the

@@ -10,7 +10,7 @@ use pod_protocol::{Permission, PodName, ScopeRule};
 use super::reclaim::Probe;
 use super::undo::Undo;
 use super::{Allocation, PodSpec, Table};
-use crate::coverage::{covers_valid, overlaps_valid};
+use crate::coverage::{grants_valid as grants, overlaps_valid};
 use crate::error::ScopeError;
 
 /// Who holds a new allocation: the new pod's own process (`pid: None`:
@@ -322,11 +322,4 @@ impl Table {
         self.touch();
         allocation
     }
-}
-
-/// Whether one of `held` covers `rule` with at least its permission: what
-/// a delegation asks of the spawner, and (b) of the invariant.
-pub(super) fn grants(held: &[ScopeRule], rule: &ScopeRule) -> bool {
-    held.iter()
-        .any(|h| h.permission >= rule.permission && covers_valid(h, rule))
 }

@@ -186,16 +186,16 @@ pub(crate) struct Registered {
     keeper: Keeper,
 }
 
-/// Registers pod `name` at `socket` with `scope` as a top-level pod, held
+/// Registers pod `name` at `socket` (its Unix socket, else its `tls://`
+/// address) with `scope` as a top-level pod, held
 /// by this process: its pid on a file table, a lease taken now on an etcd
 /// table.
 pub(crate) fn register(
     table: &Scopes,
     name: &PodName,
-    socket: Option<String>,
+    socket: String,
     scope: Vec<ScopeRule>,
 ) -> Result<Registered> {
-    let socket = socket.context("a registered pod needs an address: give --socket or --listen")?;
     let keeper = Keeper::new(table)?;
     let allocation = table
         .register(PodSpec {

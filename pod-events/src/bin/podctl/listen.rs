@@ -17,7 +17,7 @@ use pod_events::{
     control_socket_path, spawn_endpoint, AddressSender, ControlSink, EndpointConfig, Notification,
     Parent, SocketProbe,
 };
-use pod_protocol::{Dialect, ScopeRule};
+use pod_protocol::Dialect;
 use pod_registry::FileRegistry;
 use pod_transport::tls::rustls::ServerConfig;
 use pod_transport::tls::{TlsListenConfig, TlsListener};
@@ -87,15 +87,10 @@ pub(crate) struct ListenArgs {
 
 /// `podctl listen`.
 pub(crate) fn run(mut args: ListenArgs, json: bool) -> Result<()> {
-    let scope: Vec<ScopeRule> = std::mem::take(&mut args.writes)
-        .into_iter()
-        .map(ScopeRule::write)
-        .chain(
-            std::mem::take(&mut args.reads)
-                .into_iter()
-                .map(ScopeRule::read),
-        )
-        .collect();
+    let scope = paths::scope_rules(
+        std::mem::take(&mut args.writes),
+        std::mem::take(&mut args.reads),
+    );
     let handoff = adoption::fill(adoption::Fillable {
         name: &mut args.name,
         socket: &mut args.socket,
@@ -165,15 +160,11 @@ pub(crate) fn run(mut args: ListenArgs, json: bool) -> Result<()> {
         &table,
         upward.clone(),
     )?;
-    let registered = match scope.is_empty() {
-        true => None,
-        false => Some(adoption::register(
-            &table,
-            &name,
-            socket.clone().or(tls_address),
-            scope,
-        )?),
-    };
+    // run() gives a socket unless --listen is given.
+    let address = socket.clone().or(tls_address).unwrap_or_default();
+    let registered = (!scope.is_empty())
+        .then(|| adoption::register(&table, &name, address, scope))
+        .transpose()?;
     let registry = FileRegistry::open(&state_dir)?;
     let parent = Parent::new(name, registry, table.clone(), SocketProbe::default());
 

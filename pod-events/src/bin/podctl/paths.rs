@@ -12,7 +12,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use pod_protocol::{validate_path, validate_socket, Address, PodName};
+use pod_protocol::{validate_path, validate_socket, Address, PodName, ScopeRule};
 
 /// The runtime directory, created (mode 0700) if missing, and checked to
 /// be a directory owned by this user that nobody else can enter.
@@ -135,6 +135,16 @@ pub(crate) fn refuse_non_socket(flag: &'static str, address: &str) -> Result<()>
         "{flag} {path} is {what}, not a socket: check the path (a pod's socket is \
          RUNTIME_DIR/NAME/sock, or what its `podctl listen --socket` says)"
     )
+}
+
+/// The rules of `--write PATH` and `--read PATH` flags (each recursive),
+/// writes first. The library validates the paths.
+pub(crate) fn scope_rules(writes: Vec<String>, reads: Vec<String>) -> Vec<ScopeRule> {
+    writes
+        .into_iter()
+        .map(ScopeRule::write)
+        .chain(reads.into_iter().map(ScopeRule::read))
+        .collect()
 }
 
 /// A validated pod name.

@@ -87,12 +87,7 @@ pub(crate) fn run(args: RunArgs, json: bool) -> Result<()> {
     let from = paths::pod_name(&args.from)?;
     let name = paths::pod_name(&args.name)?;
     let socket = paths::socket(args.socket, &name)?;
-    let scope: Vec<ScopeRule> = args
-        .writes
-        .into_iter()
-        .map(ScopeRule::write)
-        .chain(args.reads.into_iter().map(ScopeRule::read))
-        .collect();
+    let scope = paths::scope_rules(args.writes, args.reads);
     if scope.is_empty() {
         bail!("give the child some scope: at least one --write PATH or --read PATH");
     }
@@ -211,14 +206,10 @@ async fn supervise(
     // A lease's holder id is known before the child exists: adopt with it
     // first, so the child never sees its reservation pending (and a child
     // built on these crates finds the adoption made, never racing it).
-    let adopted_early = match keeper.holder_before_spawn() {
-        Some(holder) => {
-            let (t, h) = (table.clone(), handoff.clone());
-            adopt_logged(blocking(move || adopt_for(&t, &h, holder)).await, &handoff);
-            true
-        }
-        None => false,
-    };
+    let early = keeper.holder_before_spawn();
+    if let Some(holder) = early {
+        adopt_on_behalf(&table, &handoff, holder).await;
+    }
     let mut child = match child_command.spawn() {
         Ok(child) => child,
         Err(error) => {
@@ -238,10 +229,8 @@ async fn supervise(
         .context("the child exited before its pid was known")?;
 
     // On a file table the child's own pid holds it, known only now.
-    if !adopted_early {
-        let holder = keeper.holder_id(pid);
-        let (t, h) = (table.clone(), handoff.clone());
-        adopt_logged(blocking(move || adopt_for(&t, &h, holder)).await, &handoff);
+    if early.is_none() {
+        adopt_on_behalf(&table, &handoff, keeper.holder_id(pid)).await;
     }
     let up = Path::new(&handoff.parent_socket);
     let announce = PodEvent::ScopeSubDelegated {
@@ -353,10 +342,12 @@ fn adopt_for(table: &Scopes, handoff: &Handoff, pid: u32) -> Result<(), ScopeErr
     }
 }
 
-/// Logs a failed adoption: the reservation then stays under the spawner
-/// until it expires or is released when the child exits.
-fn adopt_logged(adopted: Result<(), ScopeError>, handoff: &Handoff) {
-    if let Err(error) = adopted {
+/// [`adopt_for`] off the executor, a failure logged: the reservation
+/// then stays under the spawner until it expires or is released when the
+/// child exits.
+async fn adopt_on_behalf(table: &Scopes, handoff: &Handoff, holder: u32) {
+    let (t, h) = (table.clone(), handoff.clone());
+    if let Err(error) = blocking(move || adopt_for(&t, &h, holder)).await {
         tracing::warn!(%error, pod = %handoff.name, "could not adopt the reservation on the child's behalf");
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use pod_protocol::{PodName, ScopeRule};
+use pod_protocol::PodName;
 use pod_scope_lock::{Allocation, PodSpec};
 use serde_json::json;
 
@@ -174,12 +174,7 @@ impl SpecArgs {
     fn resolve(self) -> Result<(Scopes, PodSpec)> {
         let pod_name = paths::pod_name(&self.name)?;
         let socket = paths::socket(self.socket, &pod_name)?;
-        let scope = self
-            .writes
-            .into_iter()
-            .map(ScopeRule::write)
-            .chain(self.reads.into_iter().map(ScopeRule::read))
-            .collect();
+        let scope = paths::scope_rules(self.writes, self.reads);
         let table = store::open(&self.table.location()?)?;
         let spec = PodSpec {
             pod_name,
